@@ -1,0 +1,176 @@
+"""The one exception hierarchy of runhouse.
+
+::
+
+    RunhouseError
+    ├── ConfigError                    bad local configuration or state
+    ├── InvalidNameError (ValueError)  a resource or object name that is not allowed
+    ├── SerializationError (TypeError) an argument or result that cannot be pickled
+    ├── DaemonError                    the daemon answered with an error (carries its HTTP status)
+    │   ├── AuthenticationError        no token or a wrong one (401)
+    │   ├── BadRequestError (ValueError)        malformed request (400)
+    │   └── ObjectNotFoundError (KeyError)      unknown object, method or key (404)
+    ├── ClusterUnreachableError (ConnectionError)   nothing answers at the cluster's address
+    ├── DaemonStartError               the daemon did not come up (carries the last log lines)
+    ├── EnvCreationError               an env's packages could not be installed
+    ├── WorkerCrashedError             the worker process running a call died (carries exit code / signal)
+    ├── CallTimeoutError (TimeoutError)  a call did not finish within its timeout
+    ├── CallCancelledError             a call was cancelled before it finished
+    ├── RemoteError                    remote code raised an exception whose type cannot be rebuilt here
+    └── MapError                       some items of map/starmap failed (carries every item's outcome)
+
+Exceptions raised by remote code are re-raised as their own type when it can be unpickled here, with the
+remote traceback attached as ``__cause__`` (a :class:`RemoteTraceback`); otherwise as :class:`RemoteError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RunhouseError(Exception):
+    """Root of every error runhouse raises itself."""
+
+
+class ConfigError(RunhouseError):
+    """Local configuration or state is missing or invalid."""
+
+
+class InvalidNameError(RunhouseError, ValueError):
+    """A name that could escape its folder or is otherwise not allowed."""
+
+
+class SerializationError(RunhouseError, TypeError):
+    """A value could not be serialized to be sent, or deserialized on arrival."""
+
+
+class DaemonError(RunhouseError):
+    """The daemon refused or failed a request; ``status`` is the HTTP status code."""
+
+    status: int = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class AuthenticationError(DaemonError):
+    """The request had no token or a wrong one."""
+
+    status = 401
+
+
+class BadRequestError(DaemonError, ValueError):
+    """The request was malformed."""
+
+    status = 400
+
+
+class ObjectNotFoundError(DaemonError, KeyError):
+    """No object, method or key by that name on the cluster."""
+
+    status = 404
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ClusterUnreachableError(RunhouseError, ConnectionError):
+    """Nothing answers at the cluster's address."""
+
+
+class DaemonStartError(RunhouseError):
+    """The daemon process did not become ready; ``log_tail`` holds the end of its log."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(f"{message}\n--- last lines of the daemon log ---\n{log_tail}" if log_tail else message)
+        self.log_tail = log_tail
+
+
+class EnvCreationError(RunhouseError):
+    """An env could not be created (for example a requirement that does not exist)."""
+
+    status = 422
+
+
+class WorkerCrashedError(RunhouseError):
+    """The worker process running the call died; it has been restarted for the next call."""
+
+    status = 502
+
+    def __init__(self, message: str, exit_code: int | None = None, signal: str | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.signal = signal
+
+
+class CallTimeoutError(RunhouseError, TimeoutError):
+    """A call did not finish within its ``timeout``; it was cancelled on the cluster."""
+
+    status = 504
+
+
+class CallCancelledError(RunhouseError):
+    """A call was cancelled before it finished."""
+
+    status = 499
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted traceback of an exception raised on the cluster (set as ``__cause__``)."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n\nRemote traceback:\n" + self.tb
+
+
+class RemoteError(RunhouseError):
+    """Remote code raised an exception whose type cannot be rebuilt here."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.message}"
+        return f"{text}\n\nRemote traceback:\n{self.traceback}" if self.traceback else text
+
+
+class MapError(RunhouseError):
+    """Some items of a ``map``/``starmap`` failed.
+
+    ``results`` holds, in input order, each item's return value or the exception it raised;
+    ``errors`` maps the index of every failed item to its exception.
+    """
+
+    def __init__(self, results: list[Any]) -> None:
+        self.results = results
+        self.errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+        first = min(self.errors)
+        super().__init__(
+            f"{len(self.errors)} of {len(results)} items failed; first failure (item {first}): "
+            f"{type(self.errors[first]).__name__}: {self.errors[first]}"
+        )
+
+
+# Errors the daemon reports by type name, rebuilt on the client with these classes.
+BY_NAME: dict[str, type[RunhouseError]] = {
+    cls.__name__: cls
+    for cls in (
+        AuthenticationError,
+        BadRequestError,
+        ObjectNotFoundError,
+        EnvCreationError,
+        WorkerCrashedError,
+        CallTimeoutError,
+        CallCancelledError,
+        DaemonError,
+        InvalidNameError,
+    )
+}

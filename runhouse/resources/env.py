@@ -1,0 +1,64 @@
+"""Envs: the requirements and environment variables that code runs with on a cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from runhouse.errors import InvalidNameError
+from runhouse.resources.resource import Resource
+
+if TYPE_CHECKING:
+    from runhouse.resources.cluster import Cluster
+
+DEFAULT_ENV = "default"
+
+
+class Env(Resource):
+    """Requirements (installed with pip into a cached venv) and environment variables for workers.
+
+    Each env on a cluster has its own worker processes; code deployed into it runs there.
+    """
+
+    RESOURCE_TYPE = "env"
+
+    def __init__(
+        self, reqs: Sequence[str] | None = None, env_vars: Mapping[str, str] | None = None, name: str | None = None
+    ) -> None:
+        self.reqs = [str(r) for r in reqs or []]
+        self.env_vars = {str(k): str(v) for k, v in (env_vars or {}).items()}
+        if name is None:
+            if self.reqs or self.env_vars:
+                digest = hashlib.sha256(json.dumps([sorted(self.reqs), self.env_vars], sort_keys=True).encode())
+                name = f"env-{digest.hexdigest()[:10]}"
+            else:
+                name = DEFAULT_ENV
+        if not name or "/" in name or name.startswith("_") or len(name) > 255:
+            raise InvalidNameError(f"invalid env name {name!r}: use 1-255 characters, no '/', not starting with '_'")
+        super().__init__(name)
+
+    def spec(self) -> dict[str, Any]:
+        """What the daemon needs to create this env."""
+        return {"name": self.name, "reqs": self.reqs, "env_vars": self.env_vars}
+
+    def to(self, system: Cluster) -> Env:
+        """Create this env on a cluster (installing its requirements there); returns self."""
+        system.ensure_env(self)
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "reqs": self.reqs, "env_vars": self.env_vars}
+
+
+def env(reqs: Sequence[str] | None = None, env_vars: Mapping[str, str] | None = None, name: str | None = None) -> Env:
+    """An env: requirements and environment variables for code on a cluster.
+
+    Example::
+
+        sd_env = rh.env(reqs=["numpy"], env_vars={"MODE": "prod"}, name="sd_env")
+        fn = rh.function(my_fn).to(rh.here, env=sd_env)
+    """
+    return Env(reqs=reqs, env_vars=env_vars, name=name)
+

@@ -1,0 +1,95 @@
+"""Functions: a Python function deployed to a cluster and called like a local one."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from runhouse.errors import RunhouseError
+from runhouse.resources import remote
+from runhouse.resources.resource import Resource
+
+if TYPE_CHECKING:
+    from runhouse.resources.cluster import Cluster
+    from runhouse.resources.env import Env
+
+
+class Function(Resource):
+    """A function, local until :meth:`to` deploys it to a cluster; then every call runs there.
+
+    Call options (keyword arguments taken by runhouse, not passed on): ``stream_logs`` (default True:
+    the call's prints and logging appear here live, prefixed with the function's name) and ``timeout``
+    (seconds; raises :class:`~runhouse.errors.CallTimeoutError` and cancels the call on the cluster).
+    """
+
+    RESOURCE_TYPE = "function"
+
+    def __init__(self, fn: Callable | None = None, name: str | None = None) -> None:
+        super().__init__(name or getattr(fn, "__name__", None))
+        self.fn = fn
+        self.system: Cluster | None = None
+        self.env: str | None = None
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    @classmethod
+    def _bound(cls, system: Cluster, name: str, env: str, is_async: bool) -> Function:
+        stub = cls(None, name)
+        stub.system, stub.env, stub.is_async = system, env, is_async
+        return stub
+
+    def to(self, system: Cluster, env: Env | str | Sequence[str] | None = None) -> Function:
+        """Deploy to ``system`` in ``env`` (an Env, an env name, or a list of requirements); returns the
+        deployed function. Deploying unchanged code again costs one round trip."""
+        if self.fn is None:
+            raise RunhouseError(f"function {self.name!r} has no local code to deploy")
+        env_name, info = remote.deploy(system, self.fn, self.name, "function", env)
+        bound = Function._bound(system, self.name, env_name, info.get("is_async", False))
+        bound.fn = self.fn
+        return bound
+
+    def _system(self) -> Cluster:
+        if self.system is None:
+            raise RunhouseError(f"function {self.name!r} is not deployed; call .to(cluster) first")
+        return self.system
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call on the cluster and return the result (awaitable when the function is ``async def``)."""
+        return remote.maybe_async(self.is_async, remote.call, self._system(), self.name, "call", args, kwargs)
+
+    def remote(self, *args: Any, **kwargs: Any) -> remote.Ref:
+        """Call on the cluster and keep the result there; returns a :class:`~runhouse.resources.remote.Ref`."""
+        return remote.call(self._system(), self.name, "call", args, kwargs, remote=True)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Any:
+        """Call after every earlier enqueued call of this function has finished (one at a time, in order)."""
+        return remote.call(self._system(), self.name, "call", args, kwargs, enqueue=True)
+
+    def map(self, *iterables: Iterable, **kwargs: Any) -> list[Any]:
+        """Call once per item, in parallel over the env's worker processes; results in order.
+
+        Positional iterables are zipped like builtin ``map``; a keyword whose value is a list of the same
+        length is zipped per item; any other keyword value is passed unchanged to every call.
+        """
+        return remote.map_call(self._system(), self.name, "call", iterables, kwargs, star=False)
+
+    def starmap(self, items: Iterable[Sequence[Any]], **kwargs: Any) -> list[Any]:
+        """Like :meth:`map`, with each item a tuple of positional arguments."""
+        return remote.map_call(self._system(), self.name, "call", [items], kwargs, star=True)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "env": self.env, "system": self.system.config() if self.system else None}
+
+
+def function(fn: Callable | None = None, name: str | None = None) -> Function:
+    """Wrap a function so it can be deployed to a cluster.
+
+    Example::
+
+        remote_add = rh.function(add).to(rh.here)
+        remote_add(1, 2)                       # 3, computed on the cluster
+        remote_add.map([1, 2], [3, 4])         # [4, 6], in parallel
+    """
+    if fn is None and name is None:
+        raise RunhouseError("rh.function needs a function (or, later, a name to load)")
+    return Function(fn, name)

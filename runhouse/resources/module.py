@@ -1,0 +1,146 @@
+"""Modules: classes deployed to a cluster, with named stateful instances living there."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from runhouse.errors import RunhouseError
+from runhouse.resources import remote
+from runhouse.resources.resource import Resource
+
+if TYPE_CHECKING:
+    from runhouse.resources.cluster import Cluster
+    from runhouse.resources.env import Env
+
+
+class Module:
+    """Base class for classes meant to run on a cluster.
+
+    Instances record their init arguments, so ``Counter(start=5).to(cluster, name="counter")`` creates the
+    same instance on the cluster and returns a handle to it.
+    """
+
+    _rh_init_args: tuple[tuple, dict]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        obj = super().__new__(cls)
+        obj._rh_init_args = (args, kwargs)
+        return obj
+
+    def to(
+        self, system: Cluster, env: Env | str | Sequence[str] | None = None, name: str | None = None
+    ) -> RemoteInstance:
+        """Create this instance (from its init arguments) on ``system``; returns a handle to it."""
+        args, kwargs = self._rh_init_args
+        return module(type(self)).to(system, env=env)(*args, name=name, **kwargs)
+
+
+class RemoteClass(Resource):
+    """A class, local until :meth:`to` deploys it; calling the deployed class creates a remote instance."""
+
+    RESOURCE_TYPE = "module"
+
+    def __init__(self, cls: type | None = None, name: str | None = None) -> None:
+        super().__init__(name or getattr(cls, "__name__", None))
+        self.cls = cls
+        self.system: Cluster | None = None
+        self.env: str | None = None
+        self.info: dict[str, Any] = {}
+
+    @classmethod
+    def _bound(cls, system: Cluster, name: str, env: str, info: dict[str, Any]) -> RemoteClass:
+        stub = cls(None, name)
+        stub.system, stub.env, stub.info = system, env, info
+        return stub
+
+    def to(self, system: Cluster, env: Env | str | Sequence[str] | None = None) -> RemoteClass:
+        """Deploy the class to ``system`` in ``env``; returns the deployed class."""
+        if self.cls is None:
+            raise RunhouseError(f"module {self.name!r} has no local class to deploy")
+        env_name, info = remote.deploy(system, self.cls, self.name, "class", env)
+        bound = RemoteClass._bound(system, self.name, env_name, info)
+        bound.cls = self.cls
+        return bound
+
+    def __call__(self, *args: Any, name: str | None = None, **kwargs: Any) -> RemoteInstance:
+        """Create an instance on the cluster, named ``name`` (generated when omitted); returns its handle."""
+        if self.system is None:
+            raise RunhouseError(f"module {self.name!r} is not deployed; call .to(cluster) first")
+        name = name or f"{self.name}-{uuid.uuid4().hex[:8]}".lower()
+        parts = remote._pack(self.system, (args, kwargs), [])
+        info = self.system._control("instantiate", {"name": name, "class_name": self.name}, parts)
+        return RemoteInstance(self.system, name, info)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "env": self.env, "system": self.system.config() if self.system else None}
+
+
+class RemoteMethod:
+    """A method of a remote instance: call it, or use ``remote``/``map``/``starmap``/``enqueue``."""
+
+    def __init__(self, instance: RemoteInstance, method: str, is_async: bool) -> None:
+        self._system, self._name = instance._rh_system, instance._rh_name
+        self.method, self.is_async = method, is_async
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return remote.maybe_async(self.is_async, remote.call, self._system, self._name, self.method, args, kwargs)
+
+    def remote(self, *args: Any, **kwargs: Any) -> remote.Ref:
+        return remote.call(self._system, self._name, self.method, args, kwargs, remote=True)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Any:
+        return remote.call(self._system, self._name, self.method, args, kwargs, enqueue=True)
+
+    def map(self, *iterables: Iterable, **kwargs: Any) -> list[Any]:
+        return remote.map_call(self._system, self._name, self.method, iterables, kwargs, star=False)
+
+    def starmap(self, items: Iterable[Sequence[Any]], **kwargs: Any) -> list[Any]:
+        return remote.map_call(self._system, self._name, self.method, [items], kwargs, star=True)
+
+
+class RemoteInstance:
+    """A handle to a named instance on a cluster: methods and attributes (get and set) are remote."""
+
+    def __init__(self, system: Cluster, name: str, info: dict[str, Any]) -> None:
+        object.__setattr__(self, "_rh_system", system)
+        object.__setattr__(self, "_rh_name", name)
+        object.__setattr__(self, "_rh_methods", dict(info.get("methods", {})))
+
+    @property
+    def name(self) -> str:
+        return self._rh_name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr.startswith("_rh_"):
+            raise AttributeError(attr)
+        if attr in self._rh_methods:
+            return RemoteMethod(self, attr, self._rh_methods[attr])
+        return self._rh_system.request("/_/getattr", {"name": self._rh_name, "attr": attr}).value()
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        from runhouse import serialization
+
+        meta = {"name": self._rh_name, "attr": attr}
+        self._rh_system.request("/_/setattr", meta, serialization.serialize(value)).value()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return RemoteMethod(self, "__call__", self._rh_methods.get("__call__", False))(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RemoteInstance {self._rh_name!r} on {self._rh_system!r}>"
+
+
+def module(cls: type, name: str | None = None) -> RemoteClass:
+    """Wrap a class so it can be deployed to a cluster.
+
+    Example::
+
+        RemoteCounter = rh.module(Counter).to(rh.here)
+        c = RemoteCounter(start=5, name="counter")
+        c.increment(); c.value
+    """
+    if not isinstance(cls, type):
+        raise RunhouseError(f"rh.module needs a class, got {type(cls).__name__}")
+    return RemoteClass(cls, name)

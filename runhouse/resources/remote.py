@@ -1,0 +1,227 @@
+"""How local stubs talk to objects on a cluster: shipping code, calling, refs, map.
+
+Shared by functions and modules, so every call type works the same on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from runhouse import serialization
+from runhouse.errors import MapError, SerializationError
+from runhouse.resources.cluster import print_log
+from runhouse.resources.env import DEFAULT_ENV
+from runhouse.transport import wire
+from runhouse.transport.client import error_from_info
+
+if TYPE_CHECKING:
+    from runhouse.resources.cluster import Cluster
+
+# Keyword arguments of a call that are options for runhouse, never passed to the remote code.
+CALL_OPTIONS = ("stream_logs", "timeout")
+
+
+class Ref:
+    """A result kept on the cluster by ``.remote()``. ``rh.get(ref)`` fetches it; passed as an argument to
+    another call on the same cluster, it is resolved there without crossing the network."""
+
+    __slots__ = ("key", "system")
+
+    def __init__(self, key: str, system: Cluster) -> None:
+        self.key, self.system = key, system
+
+    def get(self) -> Any:
+        """Fetch the value."""
+        return self.system.get(self.key)
+
+    def __repr__(self) -> str:
+        return f"<Ref {self.key!r} on {self.system!r}>"
+
+
+def get(ref: Ref | Any) -> Any:
+    """The value of a :class:`Ref` (anything else is returned unchanged)."""
+    return ref.get() if isinstance(ref, Ref) else ref
+
+
+def describe_code(obj: Any) -> tuple[dict[str, Any], bytes, str]:
+    """How a worker re-creates ``obj``: by import path, or by value (cloudpickle) for ``__main__`` code.
+
+    Returns:
+        ``(spec, payload, version)``; ``payload`` is empty for code imported by path, and ``version``
+        changes whenever the code does.
+    """
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    module = sys.modules.get(module_name or "")
+    source = getattr(module, "__file__", None)
+    if module_name == "__main__" or "<locals>" in qualname or module is None or source is None:
+        payload = cloudpickle.dumps(obj)
+        spec = {"module": module_name, "qualname": qualname, "pickled": True}
+        return spec, payload, hashlib.sha256(payload).hexdigest()[:20]
+    path = Path(source).resolve()
+    if path.name == "__init__.py":
+        path = path.parent
+    root = str(path.parents[len(module_name.split(".")) - 1])  # type: ignore[union-attr]
+    code_hash = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:20]
+    spec = {"module": module_name, "qualname": qualname, "root": root, "code_hash": code_hash}
+    return spec, b"", hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def deploy(system: Cluster, obj: Any, name: str, kind: str, env: Any) -> tuple[str, dict[str, Any]]:
+    """Deploy a function or class under ``name`` in ``env`` on ``system``.
+
+    Returns:
+        The env's name and what the worker reports about the object (its methods, whether it is async).
+    """
+    system.up_if_not()
+    env_name = system._env_name(env) or DEFAULT_ENV
+    spec, payload, version = describe_code(obj)
+    meta = {"name": name, "env": env_name, "kind": kind, "spec": spec, "version": version}
+    return env_name, system._control("deploy", meta, [payload] if payload else [])
+
+
+def _pack(system: Cluster, value: Any, refs: list[str]) -> list:
+    """Serialize call arguments; refs to values on ``system`` travel as keys."""
+
+    def persistent_id(obj: Any) -> Any:
+        if type(obj) is Ref:
+            if obj.system is system or obj.system.client is system.client or _same_daemon(obj.system, system):
+                refs.append(obj.key)
+                return ("ref", obj.key)
+            raise SerializationError(f"{obj!r} lives on another cluster; pass rh.get(ref) instead")
+        return None
+
+    return serialization.serialize(value, persistent_id)
+
+
+def _same_daemon(a: Cluster, b: Cluster) -> bool:
+    return a._endpoint() == b._endpoint()
+
+
+def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool, float | None]:
+    stream_logs = kwargs.pop("stream_logs", True)
+    timeout = kwargs.pop("timeout", None)
+    return kwargs, bool(stream_logs), timeout
+
+
+def call(
+    system: Cluster,
+    name: str,
+    method: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    *,
+    remote: bool = False,
+    enqueue: bool = False,
+) -> Any:
+    """Call ``name.method(*args, **kwargs)`` on the cluster; ``stream_logs``/``timeout`` in kwargs are options."""
+    kwargs, stream_logs, timeout = _split_options(dict(kwargs))
+    refs: list[str] = []
+    parts = _pack(system, (tuple(args), kwargs), refs)
+    meta: dict[str, Any] = {"stream_logs": stream_logs}
+    if refs:
+        meta["refs"] = refs
+    if timeout is not None:
+        meta["timeout"] = timeout
+    if remote:
+        meta["remote"] = True
+    if enqueue:
+        meta["enqueue"] = True
+    on_log = print_log(name if method in ("call", "__call__") else f"{name}.{method}") if stream_logs else None
+    # The daemon enforces the timeout; the socket waits a little longer to receive its answer.
+    read_timeout = None if timeout is None else timeout + 30.0
+    response = system.request(f"/{name}/{method}", meta, parts, on_log, read_timeout)
+    if remote and response.kind == wire.RESULT:
+        return Ref(response.value()["ref"], system)
+    return response.value()
+
+
+def _map_items(iterables: Sequence[Iterable], kwargs: Mapping[str, Any], star: bool) -> list[tuple]:
+    if star:
+        (items,) = iterables
+        arg_lists = [tuple(item) for item in items]
+    else:
+        arg_lists = list(zip(*iterables)) if iterables else []
+    count = len(arg_lists) if iterables else None
+    per_item = {}
+    for key, value in kwargs.items():
+        if isinstance(value, list) and (count is None or len(value) == count):
+            count = len(value) if count is None else count
+            per_item[key] = value
+    if count is None:
+        raise ValueError("map needs at least one iterable (or a keyword whose value is a list)")
+    if not arg_lists:
+        arg_lists = [()] * count
+    return [
+        (args, {k: (v[i] if k in per_item else v) for k, v in {**kwargs, **per_item}.items()})
+        for i, args in enumerate(arg_lists)
+    ]
+
+
+def map_call(
+    system: Cluster, name: str, method: str, iterables: Sequence[Iterable], kwargs: dict[str, Any], star: bool
+) -> list[Any]:
+    """Run one call per item in parallel on the cluster; results in input order.
+
+    Raises:
+        MapError: some items failed; it carries every item's result or exception.
+    """
+    kwargs, stream_logs, _ = _split_options(dict(kwargs))
+    items = _map_items(iterables, kwargs, star)
+    if not items:
+        return []
+    refs: list[str] = []
+    parts: list = []
+    sizes = []
+    for item in items:
+        packed = _pack(system, item, refs)
+        sizes.append(serialization.serialized_size(packed))
+        parts += packed
+    meta = {"name": name, "method": method, "sizes": sizes, "stream_logs": stream_logs, "refs": sorted(set(refs))}
+    on_log = print_log(name if method in ("call", "__call__") else f"{name}.{method}") if stream_logs else None
+    response = system.request("/_/map", meta, parts, on_log, None)
+    if response.kind == wire.ERROR:
+        response.value()
+    results: list[Any] = []
+    view, offset = memoryview(response.payload), 0
+    while offset < view.nbytes:
+        kind, size = wire.HTTP_FRAME.unpack_from(view, offset)
+        offset += wire.HTTP_FRAME.size
+        body = view[offset : offset + size]
+        offset += size
+        if kind == wire.ERROR:
+            results.append(error_from_info(wire.decode_meta(body)))
+        else:
+            results.append(serialization.deserialize(body))
+    if any(isinstance(r, BaseException) for r in results):
+        raise MapError(results)
+    return results
+
+
+def maybe_async(is_async: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking remote call, or return an awaitable of it when the remote code is ``async def``."""
+    if is_async:
+        return asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def handle_for(system: Cluster, name: str, described: dict[str, Any]) -> Any:
+    """A local stub for a named object on the cluster (what ``cluster.get(name)`` returns for code)."""
+    from runhouse.resources.function import Function
+    from runhouse.resources.module import RemoteClass, RemoteInstance
+
+    kind, info = described["kind"], described.get("info", {})
+    if kind == "function":
+        return Function._bound(system, name, described["env"], info.get("is_async", False))
+    if kind == "class":
+        return RemoteClass._bound(system, name, described["env"], info)
+    return RemoteInstance(system, name, info)
+

@@ -1,0 +1,273 @@
+"""The daemon's end of one worker process: spawn it, send it requests, notice when it dies.
+
+One Unix socket pair per worker, kept open for the worker's life; many requests are in flight at once and
+replies are matched by request id. Frames are parsed in ``data_received`` without an await per frame, and
+each payload is copied exactly once, into a buffer of its final size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from runhouse.errors import WorkerCrashedError
+from runhouse.transport import wire
+
+LogSink = Callable[[bytes], None]
+
+# How long a cancelled call may take to stop before its worker is killed (and restarted) to stop it for sure:
+# a call blocked in native code cannot be interrupted any other way.
+CANCEL_GRACE_S = 2.0
+
+# The worker's entry point, run with ``python -c`` so the module is imported once under its own name.
+_BOOT = "from runhouse.server.worker import main; main()"
+
+
+class Reply:
+    """A worker's answer to one request: ``kind`` is RESULT or ERROR."""
+
+    __slots__ = ("kind", "meta", "payload")
+
+    def __init__(self, kind: int, meta: dict[str, Any], payload: memoryview) -> None:
+        self.kind, self.meta, self.payload = kind, meta, payload
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, channel: WorkerChannel) -> None:
+        self.channel = channel
+        self.head = bytearray()
+        self.body: bytearray | None = None
+        self.filled = 0
+        self.frame: tuple[int, int, int] = (0, 0, 0)
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        size = wire.WORKER_HEADER.size
+        while pos < end:
+            if self.body is None:
+                take = min(size - len(self.head), end - pos)
+                self.head += view[pos : pos + take]
+                pos += take
+                if len(self.head) < size:
+                    return
+                kind, rid, meta_len, payload_len = wire.WORKER_HEADER.unpack(self.head)
+                self.head.clear()
+                self.frame = (kind, rid, meta_len)
+                self.body = bytearray(meta_len + payload_len)
+                self.filled = 0
+            take = min(len(self.body) - self.filled, end - pos)
+            self.body[self.filled : self.filled + take] = view[pos : pos + take]
+            self.filled += take
+            pos += take
+            if self.filled == len(self.body):
+                body, self.body = self.body, None
+                kind, rid, meta_len = self.frame
+                self.channel._on_frame(kind, rid, memoryview(body), meta_len)
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.can_write.set()
+        self.channel._on_connection_lost()
+
+
+class WorkerChannel:
+    """One worker process of an env and the open channel to it."""
+
+    def __init__(self, env_name: str, python: str, env_vars: dict[str, str], role: str) -> None:
+        self.env_name, self.python, self.env_vars, self.role = env_name, python, env_vars, role
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.loaded: dict[str, Any] = {}  # object name -> version of it loaded in this worker
+        self.load_lock = asyncio.Lock()
+        self.inflight = 0
+        self.exit_description: str | None = None
+        self.on_exit: Callable[[WorkerChannel], None] | None = None
+        self._pending: dict[int, tuple[asyncio.Future, LogSink | None]] = {}
+        self._cancelled: set[int] = set()  # calls cancelled here that the worker has not finished yet
+        self._ids = itertools.count(1)
+        self._transport: asyncio.Transport | None = None
+        self._protocol: _Protocol | None = None
+        self._closed = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._transport is not None and self.exit_description is None
+
+    async def start(self) -> None:
+        """Spawn the worker process and connect to it."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {**os.environ, **self.env_vars, "RH_ENV_NAME": self.env_name, "PYTHONUNBUFFERED": "1"}
+        try:
+            self.proc = subprocess.Popen(
+                [self.python, "-c", _BOOT, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: stopping it also stops what user code spawned
+            )
+        finally:
+            theirs.close()
+        self.started_at = time.time()
+        ours.setblocking(False)
+        self._transport, self._protocol = await loop.create_unix_connection(lambda: _Protocol(self), sock=ours)
+        self._transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+
+    async def request(
+        self, meta: dict[str, Any], parts: Sequence[Any] = (), on_log: LogSink | None = None
+    ) -> Reply:
+        """Send one request and wait for its reply; cancelling the wait cancels the call in the worker.
+
+        Raises:
+            WorkerCrashedError: the worker died before replying.
+        """
+        if not self.alive:
+            raise self._crash_error()
+        assert self._transport is not None and self._protocol is not None
+        loop = asyncio.get_running_loop()
+        rid = next(self._ids) & 0xFFFFFFFF
+        future: asyncio.Future = loop.create_future()
+        self._pending[rid] = (future, on_log)
+        meta_bytes = wire.encode_meta(meta)
+        size = sum(memoryview(p).nbytes for p in parts)
+        self.inflight += 1
+        try:
+            self._transport.write(wire.worker_frame_head(wire.REQUEST, rid, meta_bytes, size))
+            for part in parts:
+                self._transport.write(part)
+            if not self._protocol.can_write.is_set():
+                await self._protocol.can_write.wait()
+            try:
+                return await future
+            except asyncio.CancelledError:
+                if self.alive and not future.done():
+                    self._transport.write(wire.worker_frame_head(wire.CANCEL, rid, b"", 0))
+                    self._cancelled.add(rid)
+                    loop.call_later(CANCEL_GRACE_S, self._kill_if_still_running, rid)
+                raise
+        finally:
+            self.inflight -= 1
+            self._pending.pop(rid, None)
+
+    def _on_frame(self, kind: int, rid: int, body: memoryview, meta_len: int) -> None:
+        entry = self._pending.get(rid)
+        if entry is None:
+            if kind != wire.LOG:
+                self._cancelled.discard(rid)  # a cancelled call finished; drop its late reply
+            return
+        future, on_log = entry
+        payload = body[meta_len:]
+        if kind == wire.LOG:
+            if on_log is not None:
+                on_log(bytes(payload))
+            return
+        meta = wire.decode_meta(body[:meta_len]) if meta_len else {}
+        if not future.done():
+            future.set_result(Reply(kind, meta, payload))
+
+    def _kill_if_still_running(self, rid: int) -> None:
+        if rid in self._cancelled and self.alive and self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+
+    def _on_connection_lost(self) -> None:
+        asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        proc = self.proc
+        code = await asyncio.get_running_loop().run_in_executor(None, _wait, proc) if proc else None
+        self.exit_description = _describe_exit(code)
+        error = self._crash_error()
+        for future, _ in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(error)
+        if self._transport is not None:
+            self._transport.close()
+        self._closed.set()
+        if self.on_exit is not None:
+            self.on_exit(self)
+
+    def _crash_error(self) -> WorkerCrashedError:
+        code = self.proc.returncode if self.proc else None
+        sig = signal.Signals(-code).name if code is not None and code < 0 else None
+        return WorkerCrashedError(
+            f"the {self.role} worker of env {self.env_name!r} (pid {self.pid}) "
+            f"{self.exit_description or 'is not running'}; it is being restarted, retry the call",
+            exit_code=code,
+            signal=sig,
+        )
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop the worker and everything it spawned (its process group)."""
+        self.on_exit = None
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            if self._transport is not None:
+                self._transport.close()
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, _wait, proc), grace)
+            except asyncio.TimeoutError:
+                pass
+        _signal_group(proc.pid, signal.SIGKILL)  # whatever user code left behind in the group
+        if proc.poll() is None:
+            await asyncio.get_running_loop().run_in_executor(None, _wait, proc)
+        if self._transport is not None:
+            self._transport.close()
+
+    def status(self) -> dict[str, Any]:
+        from psutil import NoSuchProcess, Process
+
+        try:
+            memory = Process(self.pid).memory_info().rss if self.pid else 0
+        except NoSuchProcess:
+            memory = 0
+        return {
+            "env": self.env_name,
+            "role": self.role,
+            "pid": self.pid,
+            "alive": self.alive,
+            "memory_bytes": memory,
+            "inflight": self.inflight,
+            "uptime_s": time.time() - self.started_at if self.started_at else 0.0,
+        }
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    return proc.wait()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "stopped"
+    if code < 0:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+

@@ -1,0 +1,197 @@
+"""Envs on the daemon: their virtual environments and their worker processes.
+
+An env is a name, a list of requirements and environment variables. The default env runs in the daemon's
+own interpreter. An env with requirements gets a virtual environment under ``~/.rh/envs/<hash of reqs>``,
+shared by every env with the same requirements so a second one installs nothing; it sees the daemon's
+packages (runhouse among them) after its own. Each env has one main worker (its named objects live there)
+and a pool of extra workers, started on first use, that ``map``/``starmap`` fan out over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import site
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runhouse.config import envs_dir
+from runhouse.errors import EnvCreationError
+from runhouse.server.channel import WorkerChannel
+
+_READY_MARKER = ".rh-ready"
+_INSTALL_TAIL_LINES = 15
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What defines an env on the daemon."""
+
+    name: str
+    reqs: tuple[str, ...] = ()
+    env_vars: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnvSpec:
+        return cls(
+            name=data["name"],
+            reqs=tuple(data.get("reqs") or ()),
+            env_vars=tuple(sorted((str(k), str(v)) for k, v in (data.get("env_vars") or {}).items())),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "reqs": list(self.reqs), "env_vars": dict(self.env_vars)}
+
+
+def _venv_key(reqs: tuple[str, ...]) -> str:
+    ident = json.dumps({"reqs": sorted(reqs), "python": sys.version, "prefix": sys.prefix})
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _installer(python: str, reqs: tuple[str, ...]) -> list[str]:
+    try:
+        from uv import find_uv_bin
+
+        return [find_uv_bin(), "pip", "install", "--python", python, *reqs]
+    except (ImportError, FileNotFoundError):
+        return [sys.executable, "-m", "pip", "--python", python, "install", "--progress-bar", "off", *reqs]
+
+
+async def _run_streaming(cmd: list[str], progress: Progress) -> tuple[int, list[str]]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        lines.append(line)
+        progress(line)
+    return await proc.wait(), lines
+
+
+_venv_locks: dict[str, asyncio.Lock] = {}
+
+
+async def ensure_python(spec: EnvSpec, progress: Progress) -> str:
+    """The interpreter for ``spec``: the daemon's own without reqs, else a cached venv with them installed.
+
+    Raises:
+        EnvCreationError: installing the requirements failed; nothing is left behind.
+    """
+    if not spec.reqs:
+        return sys.executable
+    key = _venv_key(spec.reqs)
+    path = envs_dir() / key
+    python = str(path / "bin" / "python")
+    async with _venv_locks.setdefault(key, asyncio.Lock()):
+        if (path / _READY_MARKER).exists():
+            progress(f"env {spec.name!r}: requirements already installed ({key})")
+            return python
+        shutil.rmtree(path, ignore_errors=True)  # a half-made venv from an interrupted attempt
+        progress(f"env {spec.name!r}: creating virtual environment {path}")
+        try:
+            code, lines = await _run_streaming([sys.executable, "-m", "venv", "--without-pip", str(path)], progress)
+            if code != 0:
+                raise EnvCreationError(f"could not create a virtual environment for env {spec.name!r}: {lines[-5:]}")
+            _link_daemon_packages(Path(python))
+            progress(f"env {spec.name!r}: installing {', '.join(spec.reqs)}")
+            code, lines = await _run_streaming(_installer(python, spec.reqs), progress)
+            if code != 0:
+                tail = "\n".join(lines[-_INSTALL_TAIL_LINES:])
+                named = [r for r in spec.reqs if _req_name(r) in tail.lower()] or list(spec.reqs)
+                raise EnvCreationError(
+                    f"env {spec.name!r}: could not install {', '.join(named)}; check the requirement names "
+                    f"and versions.\n{tail}"
+                )
+            (path / _READY_MARKER).touch()
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+    progress(f"env {spec.name!r}: ready")
+    return python
+
+
+def _req_name(req: str) -> str:
+    for sep in "[<>=!~; ":
+        req = req.split(sep, 1)[0]
+    return req.strip().lower()
+
+
+def _link_daemon_packages(python: Path) -> None:
+    """Let the venv see the daemon's packages (runhouse and its dependencies) after its own."""
+    purelib = next((python.parent.parent / "lib").glob("python*/site-packages"))
+    dirs = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in dirs)
+    (purelib / "_runhouse_daemon_packages.pth").write_text(lines)
+
+
+class EnvRuntime:
+    """The worker processes of one env."""
+
+    def __init__(self, spec: EnvSpec, python: str, pool_size: int | None = None) -> None:
+        self.spec, self.python = spec, python
+        self.pool_size = pool_size or os.cpu_count() or 1
+        self.main: WorkerChannel | None = None
+        self.pool: list[WorkerChannel] = []
+        self.on_main_exit: Callable[[EnvRuntime], None] | None = None
+        self._lock = asyncio.Lock()
+        self._closing = False
+
+    def _new_worker(self, role: str) -> WorkerChannel:
+        return WorkerChannel(self.spec.name, self.python, dict(self.spec.env_vars), role)
+
+    async def main_worker(self) -> WorkerChannel:
+        """The env's main worker, started (or restarted after a crash) when needed."""
+        main = self.main
+        if main is not None and main.alive:
+            return main
+        async with self._lock:
+            if self.main is None or not self.main.alive:
+                worker = self._new_worker("main")
+                worker.on_exit = self._worker_exited
+                await worker.start()
+                self.main = worker
+            return self.main
+
+    async def pool_workers(self) -> list[WorkerChannel]:
+        """The env's pool of extra workers, started on first use; dead ones are replaced."""
+        if len(self.pool) == self.pool_size and all(w.alive for w in self.pool):
+            return self.pool
+        async with self._lock:
+            live = [w for w in self.pool if w.alive]
+            fresh = [self._new_worker("pool") for _ in range(self.pool_size - len(live))]
+            for worker in fresh:
+                worker.on_exit = self._worker_exited
+            await asyncio.gather(*(w.start() for w in fresh))
+            self.pool = live + fresh
+            return self.pool
+
+    def _worker_exited(self, worker: WorkerChannel) -> None:
+        if self._closing:
+            return
+        if worker is self.main:
+            if self.on_main_exit is not None:
+                self.on_main_exit(self)
+            asyncio.get_running_loop().create_task(self._restart_main())
+
+    async def _restart_main(self) -> None:
+        try:
+            await self.main_worker()
+        except OSError as exc:  # the next call will try again and report it
+            print(f"runhouse: could not restart the main worker of env {self.spec.name!r}: {exc}", file=sys.stderr)
+
+    def workers(self) -> list[WorkerChannel]:
+        return ([self.main] if self.main else []) + self.pool
+
+    async def stop(self) -> None:
+        self._closing = True
+        await asyncio.gather(*(w.stop() for w in self.workers()))

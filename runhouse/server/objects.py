@@ -1,0 +1,460 @@
+"""The daemon's named objects: the registry of envs and deployments, and the operations on them.
+
+The registry records, for every name, how to re-create the object: a function or class by import path (or
+cloudpickled code), a stateful instance by its class and serialized init args. It is persisted atomically,
+so a restarted daemon brings everything back. Workers load what a call needs on demand, keyed by version:
+a restarted worker, a pool worker and a daemon that restarted all catch up the same way, lazily.
+Plain values (``put``, results of ``.remote()``) live only in their env's main worker and are lost with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runhouse import __version__
+from runhouse.errors import (
+    BadRequestError,
+    CallTimeoutError,
+    DaemonError,
+    ObjectNotFoundError,
+    WorkerCrashedError,
+)
+from runhouse.serialization import unpack_exception
+from runhouse.server.channel import LogSink, Reply, WorkerChannel
+from runhouse.server.envs import DEFAULT_ENV, EnvRuntime, EnvSpec, ensure_python
+from runhouse.transport import wire
+
+FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
+_POOL_SLOTS_PER_WORKER = 2
+_MAIN_SLOTS = 32
+
+
+@dataclass
+class Entry:
+    """One named object on the daemon."""
+
+    name: str
+    env: str
+    kind: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    payload: bytes = b""  # cloudpickled code, or serialized init args of an instance
+    version: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["payload"] = base64.b64encode(self.payload).decode()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Entry:
+        return cls(**{**data, "payload": base64.b64decode(data["payload"])})
+
+
+class Registry:
+    """Envs and named objects, persisted (without plain values) to one JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.envs: dict[str, EnvSpec] = {DEFAULT_ENV: EnvSpec(DEFAULT_ENV)}
+        self.entries: dict[str, Entry] = {}
+        if path.exists():
+            data = json.loads(path.read_text())
+            for env in data.get("envs", []):
+                spec = EnvSpec.from_dict(env)
+                self.envs[spec.name] = spec
+            for item in data.get("entries", []):
+                entry = Entry.from_json(item)
+                self.entries[entry.name] = entry
+
+    def save(self) -> None:
+        data = {
+            "envs": [s.to_dict() for s in self.envs.values()],
+            "entries": [e.to_json() for e in self.entries.values() if e.kind != VALUE],
+        }
+        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def entry(self, name: str) -> Entry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise ObjectNotFoundError(f"no object named {name!r} on this cluster") from None
+
+
+def raise_for_reply(reply: Reply) -> Reply:
+    """Turn an ERROR reply into its exception (rebuilt in the daemon, for daemon-side bookkeeping)."""
+    if reply.kind == wire.ERROR:
+        raise unpack_exception(wire.decode_meta(reply.payload))
+    return reply
+
+
+class Runtime:
+    """Everything the daemon does, independent of HTTP."""
+
+    def __init__(self, state_dir: Path, pool_size: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.registry = Registry(state_dir / "registry.json")
+        self.pool_size = pool_size
+        self.envs: dict[str, EnvRuntime] = {}
+        self.started_at = time.time()
+        self._queues: dict[str, asyncio.Lock] = {}
+        self._env_locks: dict[str, asyncio.Lock] = {}
+
+    # --- envs ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the default env's main worker so the first call does not wait for it."""
+        await (await self.env_runtime(DEFAULT_ENV)).main_worker()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(env.stop() for env in self.envs.values()))
+
+    async def env_runtime(self, name: str, progress: Callable[[str], None] | None = None) -> EnvRuntime:
+        runtime = self.envs.get(name)
+        if runtime is not None:
+            return runtime
+        spec = self.registry.envs.get(name)
+        if spec is None:
+            raise ObjectNotFoundError(f"no env named {name!r} on this cluster; create it with rh.env(...).to(cluster)")
+        async with self._env_locks.setdefault(name, asyncio.Lock()):
+            if name not in self.envs:
+                python = await ensure_python(spec, progress or _quiet)
+                runtime = EnvRuntime(spec, python, self.pool_size)
+                runtime.on_main_exit = self._forget_values
+                self.envs[name] = runtime
+        return self.envs[name]
+
+    async def create_env(self, spec: EnvSpec, progress: Callable[[str], None]) -> dict[str, Any]:
+        """Create or update an env; registered only once its requirements are installed."""
+        _check_name(spec.name)
+        old = self.registry.envs.get(spec.name)
+        if old == spec and spec.name in self.envs:
+            return spec.to_dict()
+        python = await ensure_python(spec, progress)
+        async with self._env_locks.setdefault(spec.name, asyncio.Lock()):
+            previous = self.envs.pop(spec.name, None)
+            if previous is not None and old != spec:
+                await previous.stop()
+                previous = None
+            runtime = previous or EnvRuntime(spec, python, self.pool_size)
+            runtime.on_main_exit = self._forget_values
+            self.envs[spec.name] = runtime
+            self.registry.envs[spec.name] = spec
+            self.registry.save()
+        return spec.to_dict()
+
+    def _forget_values(self, env: EnvRuntime) -> None:
+        for name in [n for n, e in self.registry.entries.items() if e.env == env.spec.name and e.kind == VALUE]:
+            del self.registry.entries[name]
+
+    # --- loading objects into workers ----------------------------------------------------------------
+    async def _load(self, worker: WorkerChannel, entry: Entry) -> None:
+        if worker.loaded.get(entry.name) == entry.version:
+            return
+        if entry.kind == INSTANCE:
+            await self._load(worker, self.registry.entry(entry.spec["class_name"]))
+        async with worker.load_lock:
+            if worker.loaded.get(entry.name) == entry.version:
+                return
+            if entry.kind == INSTANCE:
+                meta = {"op": "instantiate", "name": entry.name, "class_name": entry.spec["class_name"]}
+            else:
+                meta = {"op": "deploy", "name": entry.name, "spec": entry.spec}
+            raise_for_reply(await worker.request(meta, [entry.payload] if entry.payload else []))
+            worker.loaded[entry.name] = entry.version
+
+    # --- deploy --------------------------------------------------------------------------------------
+    async def deploy(self, name: str, env: str, kind: str, spec: dict, payload: bytes, version: str) -> Reply:
+        """Register a function or class; unchanged code already deployed costs nothing more."""
+        _check_name(name)
+        if kind not in (FUNCTION, CLASS):
+            raise BadRequestError(f"cannot deploy kind {kind!r}; expected 'function' or 'class'")
+        current = self.registry.entries.get(name)
+        if current is not None and current.env == env and current.version == version and current.kind == kind:
+            return Reply(wire.RESULT, {"info": current.info}, memoryview(b""))
+        runtime = await self.env_runtime(env)
+        entry = Entry(name, env, kind, spec, payload, version)
+        worker = await runtime.main_worker()
+        reply = await worker.request({"op": "deploy", "name": name, "spec": spec}, [payload] if payload else [])
+        if reply.kind == wire.ERROR:
+            return reply
+        entry.info = reply.meta["info"]
+        worker.loaded[name] = version
+        if current is not None and current.env != env:
+            await self._drop_from_workers(current)
+        self.registry.entries[name] = entry
+        self.registry.save()
+        return reply
+
+    async def instantiate(self, name: str, class_name: str, payload: bytes) -> Reply:
+        """Create a named instance of a deployed class in its env's main worker."""
+        _check_name(name)
+        cls = self.registry.entry(class_name)
+        if cls.kind != CLASS:
+            raise BadRequestError(f"{class_name!r} is a {cls.kind}, not a class")
+        worker = await (await self.env_runtime(cls.env)).main_worker()
+        await self._load(worker, cls)
+        meta = {"op": "instantiate", "name": name, "class_name": class_name}
+        reply = await worker.request(meta, [payload] if payload else [])
+        if reply.kind == wire.ERROR:
+            return reply
+        entry = Entry(name, cls.env, INSTANCE, {"class_name": class_name}, bytes(payload), uuid.uuid4().hex)
+        entry.info = reply.meta["info"]
+        worker.loaded[name] = entry.version
+        self.registry.entries[name] = entry
+        self.registry.save()
+        return reply
+
+    # --- calls ---------------------------------------------------------------------------------------
+    def _check_method(self, entry: Entry, method: str) -> None:
+        if entry.kind == FUNCTION and method not in ("call", "__call__"):
+            raise ObjectNotFoundError(f"{entry.name!r} is a function; call it with method 'call', not {method!r}")
+        if entry.kind in (CLASS, INSTANCE) and method not in entry.info.get("methods", {}):
+            raise ObjectNotFoundError(f"{entry.name!r} has no method {method!r}")
+        if entry.kind == VALUE:
+            raise ObjectNotFoundError(f"{entry.name!r} is a stored value, not something to call")
+
+    async def _fetch_refs(self, keys: Sequence[str], worker: WorkerChannel) -> dict[str, bytes]:
+        """Values of refs held by other workers, fetched on the cluster for a call on ``worker``."""
+        fetched: dict[str, bytes] = {}
+        for key in keys:
+            entry = self.registry.entry(key)
+            holder = await (await self.env_runtime(entry.env)).main_worker()
+            if holder is worker:
+                continue
+            await self._load(holder, entry) if entry.kind != VALUE else None
+            reply = raise_for_reply(await holder.request({"op": "get", "key": key}))
+            fetched[key] = bytes(reply.payload)
+        return fetched
+
+    async def call(
+        self,
+        name: str,
+        method: str,
+        payload: memoryview,
+        *,
+        stream_logs: bool = False,
+        remote: bool = False,
+        refs: Sequence[str] = (),
+        timeout: float | None = None,
+        enqueue: bool = False,
+        json_result: bool = False,
+        on_log: LogSink | None = None,
+    ) -> Reply:
+        """Run ``name.method(*args, **kwargs)`` in the object's env; ERROR replies carry the remote exception.
+
+        Raises:
+            ObjectNotFoundError: no such object or method.
+            WorkerCrashedError: the worker died during the call.
+            CallTimeoutError: the call ran past ``timeout`` seconds (it is cancelled on the worker).
+        """
+        entry = self.registry.entry(name)
+        self._check_method(entry, method)
+        worker = await (await self.env_runtime(entry.env)).main_worker()
+        await self._load(worker, entry)
+        meta: dict[str, Any] = {"op": "call", "name": name, "method": method, "stream_logs": stream_logs}
+        if refs:
+            meta["refs"] = await self._fetch_refs(refs, worker)
+        if json_result:
+            meta["json"] = True
+        if remote:
+            meta["store_as"] = f"{name}.{method}-{uuid.uuid4().hex[:12]}"
+        request = worker.request(meta, [payload] if payload.nbytes else [], on_log)
+        if enqueue:
+            request = self._queued(name, request)
+        reply = await self._with_timeout(request, timeout, name)
+        if remote and reply.kind == wire.RESULT:
+            key = reply.meta["stored"]
+            self.registry.entries[key] = Entry(key, entry.env, VALUE)
+        return reply
+
+    async def _queued(self, name: str, request: Any) -> Reply:
+        async with self._queues.setdefault(name, asyncio.Lock()):  # asyncio.Lock wakes waiters in FIFO order
+            return await request
+
+    async def _with_timeout(self, request: Any, timeout: float | None, name: str) -> Reply:
+        if timeout is None:
+            return await request
+        try:
+            return await asyncio.wait_for(request, timeout)  # cancelling the request cancels the call
+        except asyncio.TimeoutError:
+            raise CallTimeoutError(f"call to {name!r} did not finish within {timeout} s; it was cancelled") from None
+
+    async def map(
+        self,
+        name: str,
+        method: str,
+        items: Sequence[memoryview],
+        *,
+        stream_logs: bool = False,
+        refs: Sequence[str] = (),
+        on_log: Callable[[int, bytes], None] | None = None,
+    ) -> list[Reply | BaseException]:
+        """Run one call per item in parallel over the env's pool (a stateful instance: its main worker)."""
+        entry = self.registry.entry(name)
+        self._check_method(entry, method)
+        runtime = await self.env_runtime(entry.env)
+        if entry.kind == FUNCTION:
+            workers, slots = await runtime.pool_workers(), _POOL_SLOTS_PER_WORKER
+        else:
+            workers, slots = [await runtime.main_worker()], _MAIN_SLOTS
+        results: list[Reply | BaseException | None] = [None] * len(items)
+        order = iter(range(len(items)))
+        fetched: dict[int, dict[str, bytes]] = {}
+
+        async def slot(index: int) -> None:
+            nonlocal workers
+            for i in order:
+                worker = workers[index % len(workers)]
+                if not worker.alive:
+                    workers = await runtime.pool_workers() if entry.kind == FUNCTION else [await runtime.main_worker()]
+                    worker = workers[index % len(workers)]
+                meta: dict[str, Any] = {"op": "call", "name": name, "method": method, "stream_logs": stream_logs}
+                log = (lambda data, i=i: on_log(i, data)) if on_log else None
+                try:
+                    await self._load(worker, entry)
+                    if refs:
+                        if id(worker) not in fetched:
+                            fetched[id(worker)] = await self._fetch_refs(refs, worker)
+                        meta["refs"] = fetched[id(worker)]
+                    results[i] = await worker.request(meta, [items[i]] if items[i].nbytes else [], log)
+                except (WorkerCrashedError, DaemonError) as exc:
+                    results[i] = exc
+                except Exception as exc:  # a deploy that fails in this worker fails its items
+                    results[i] = exc
+
+        count = min(len(items), len(workers) * slots)
+        await asyncio.gather(*(slot(k) for k in range(count)))
+        return results  # type: ignore[return-value]
+
+    # --- key-value store -----------------------------------------------------------------------------
+    async def put(self, key: str, env: str, payload: memoryview) -> None:
+        _check_name(key)
+        current = self.registry.entries.get(key)
+        worker = await (await self.env_runtime(env)).main_worker()
+        raise_for_reply(await worker.request({"op": "put", "key": key}, [payload]))
+        if current is not None and current.env != env:
+            await self._drop_from_workers(current)
+        self.registry.entries[key] = Entry(key, env, VALUE)
+        if current is not None and current.kind != VALUE:
+            self.registry.save()
+
+    async def get(self, key: str) -> tuple[Entry, Reply | None]:
+        """A stored value (its serialized bytes), or only the entry for functions, classes and instances."""
+        entry = self.registry.entry(key)
+        if entry.kind != VALUE:
+            return entry, None
+        worker = await (await self.env_runtime(entry.env)).main_worker()
+        return entry, await worker.request({"op": "get", "key": key})
+
+    async def getattr(self, name: str, attr: str) -> Reply:
+        entry = self.registry.entry(name)
+        worker = await (await self.env_runtime(entry.env)).main_worker()
+        await self._load(worker, entry)
+        return await worker.request({"op": "getattr", "name": name, "attr": attr})
+
+    async def setattr(self, name: str, attr: str, payload: memoryview) -> Reply:
+        entry = self.registry.entry(name)
+        worker = await (await self.env_runtime(entry.env)).main_worker()
+        await self._load(worker, entry)
+        return await worker.request({"op": "setattr", "name": name, "attr": attr}, [payload])
+
+    async def delete(self, keys: Sequence[str]) -> list[str]:
+        """Delete named objects; returns the names that existed."""
+        deleted = []
+        for key in keys:
+            entry = self.registry.entries.pop(key, None)
+            if entry is not None:
+                deleted.append(key)
+                await self._drop_from_workers(entry)
+        self.registry.save()
+        return deleted
+
+    async def _drop_from_workers(self, entry: Entry) -> None:
+        runtime = self.envs.get(entry.env)
+        for worker in runtime.workers() if runtime else []:
+            worker.loaded.pop(entry.name, None)
+            if worker.alive:
+                await worker.request({"op": "delete", "keys": [entry.name]})
+
+    def keys(self, env: str | None = None) -> list[str]:
+        return [n for n, e in self.registry.entries.items() if env is None or e.env == env]
+
+    # --- commands ------------------------------------------------------------------------------------
+    async def run(
+        self, cmds: Sequence[str], env: str | None, on_log: LogSink | None, python: bool = False
+    ) -> list[tuple[int, str, str]]:
+        """Run shell commands (or Python sources with ``python=True``) in an env, one after another."""
+        spec = self.registry.envs.get(env or DEFAULT_ENV)
+        if spec is None:
+            raise ObjectNotFoundError(f"no env named {env!r} on this cluster")
+        runtime = await self.env_runtime(spec.name)
+        bin_dir = os.path.dirname(runtime.python)
+        environ = {**os.environ, **dict(spec.env_vars), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+        results = []
+        for cmd in cmds:
+            if python:
+                proc = await asyncio.create_subprocess_exec(
+                    runtime.python, "-c", cmd, env=environ, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                )
+            else:
+                proc = await asyncio.create_subprocess_shell(
+                    cmd, env=environ, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                )
+            out, err = await asyncio.gather(_collect(proc.stdout, on_log), _collect(proc.stderr, on_log))
+            results.append((await proc.wait(), out, err))
+        return results
+
+    # --- status --------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "uptime_s": time.time() - self.started_at,
+            "envs": [
+                {**spec.to_dict(), "env_vars": sorted(dict(spec.env_vars)), "running": name in self.envs}
+                for name, spec in self.registry.envs.items()
+            ],
+            "objects": [{"name": e.name, "kind": e.kind, "env": e.env} for e in self.registry.entries.values()],
+            "workers": [w.status() for env in self.envs.values() for w in env.workers()],
+        }
+
+
+async def _collect(stream: asyncio.StreamReader | None, on_log: LogSink | None) -> str:
+    chunks = []
+    assert stream is not None
+    async for line in stream:
+        chunks.append(line)
+        if on_log is not None:
+            on_log(line)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > 255 or name.startswith("_") or "/" in name:
+        raise BadRequestError(
+            f"invalid object name {name!r}: use 1-255 characters, no '/', not starting with '_'"
+        )
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise BadRequestError(f"invalid object name {name!r}: control characters are not allowed")

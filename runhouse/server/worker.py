@@ -1,0 +1,334 @@
+"""The env worker process: holds an env's named objects and runs user code for the daemon.
+
+Started by the daemon as ``python -m runhouse.server.worker FD`` in the env's interpreter, with one end of
+a Unix socket pair as file descriptor FD. Requests arrive as frames (see :mod:`runhouse.transport.wire`);
+each runs on a thread of a pool (coroutines on one event-loop thread), so slow calls never block others.
+Output written by a call that asked for ``stream_logs`` goes back to the daemon as LOG frames tagged with
+that call's id: concurrent calls never mix, and nothing is written to disk per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ctypes
+import importlib
+import inspect
+import io
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from runhouse import serialization
+from runhouse.errors import CallCancelledError, ObjectNotFoundError
+from runhouse.transport import wire
+
+MAX_THREADS = int(os.environ.get("RH_WORKER_THREADS", "64"))
+
+
+class _CallContext:
+    """Per-call state reachable from user code through a context variable."""
+
+    __slots__ = ("rid", "stream_logs", "pending", "worker")
+
+    def __init__(self, worker: Worker, rid: int, stream_logs: bool) -> None:
+        self.worker, self.rid, self.stream_logs = worker, rid, stream_logs
+        self.pending = ""
+
+    def write(self, text: str) -> None:
+        self.pending += text
+        cut = self.pending.rfind("\n") + 1
+        if cut:
+            lines, self.pending = self.pending[:cut], self.pending[cut:]
+            self.worker.send(wire.LOG, self.rid, None, [lines.encode("utf-8", "replace")])
+
+    def close(self) -> None:
+        if self.pending:
+            self.write("\n")
+
+
+_current_call: contextvars.ContextVar[_CallContext | None] = contextvars.ContextVar("rh_call", default=None)
+
+
+class _CallOutput(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr: routes writes to the current call's log stream, if it has one."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def write(self, text: str) -> int:
+        ctx = _current_call.get()
+        if ctx is not None and ctx.stream_logs:
+            ctx.write(text)
+        else:
+            self._real.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._real, "encoding", "utf-8")
+
+
+def _resolve(root: Any, qualname: str) -> Any:
+    obj = root
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def describe(obj: Any) -> dict[str, Any]:
+    """What a client stub needs to know about a deployed object: its public methods and which are async."""
+    cls = obj if inspect.isclass(obj) else type(obj)
+    methods: dict[str, bool] = {}
+    for name in dir(cls):
+        if name.startswith("_") and name != "__call__":
+            continue
+        if name in _MODULE_BASE_NAMES:
+            continue
+        attr = inspect.getattr_static(cls, name, None)
+        if isinstance(attr, (staticmethod, classmethod)):
+            attr = attr.__func__
+        if inspect.isfunction(attr) or inspect.ismethoddescriptor(attr):
+            methods[name] = inspect.iscoroutinefunction(attr)
+    return {"methods": methods, "is_async": inspect.iscoroutinefunction(obj)}
+
+
+# Methods of rh.Module that are client-side conveniences, never remote methods.
+_MODULE_BASE_NAMES = frozenset({"to"})
+
+
+class Worker:
+    """Serves requests from the daemon over ``sock`` until it closes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.objects: dict[str, Any] = {}
+        self.module_hashes: dict[str, str] = {}
+        self._send_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="rh-call")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+        self._running: dict[int, int | asyncio.Task] = {}  # rid -> thread ident or task
+        self._ops: dict[str, Callable[[dict, bytearray], tuple[dict | None, list]]] = {
+            "call": self.op_call,
+            "deploy": self.op_deploy,
+            "instantiate": self.op_instantiate,
+            "getattr": self.op_getattr,
+            "setattr": self.op_setattr,
+            "put": self.op_put,
+            "get": self.op_get,
+            "delete": self.op_delete,
+            "keys": self.op_keys,
+            "ping": lambda meta, payload: (None, []),
+        }
+
+    # --- transport ---------------------------------------------------------------------------------
+    def send(self, kind: int, rid: int, meta: dict | None, parts: list) -> None:
+        meta_bytes = wire.encode_meta(meta) if meta else b""
+        size = serialization.serialized_size(parts)
+        head = wire.worker_frame_head(kind, rid, meta_bytes, size)
+        with self._send_lock:
+            if size < 65536:
+                self.sock.sendall(b"".join([head, *parts]))
+            else:
+                self.sock.sendall(head)
+                for part in parts:
+                    self.sock.sendall(part)
+
+    def serve(self) -> None:
+        """Read frames until the daemon goes away, then exit the process."""
+        try:
+            while True:
+                kind, rid, meta_len, payload_len = wire.WORKER_HEADER.unpack(
+                    wire.recv_exactly(self.sock, wire.WORKER_HEADER.size)
+                )
+                meta = wire.decode_meta(wire.recv_exactly(self.sock, meta_len)) if meta_len else {}
+                payload = wire.recv_exactly(self.sock, payload_len)
+                if kind == wire.CANCEL:
+                    self._cancel(rid)
+                else:
+                    self._pool.submit(self._handle, rid, meta, payload)
+        except (EOFError, OSError):
+            pass
+        os._exit(0)
+
+    def _handle(self, rid: int, meta: dict, payload: bytearray) -> None:
+        ctx = _CallContext(self, rid, bool(meta.get("stream_logs")))
+        token = _current_call.set(ctx)
+        self._running[rid] = threading.get_ident()
+        try:
+            op = self._ops.get(meta.get("op", ""))
+            if op is None:
+                raise ValueError(f"unknown worker op {meta.get('op')!r}")
+            reply_meta, parts = op(meta, payload)
+        except BaseException as exc:  # noqa: BLE001 - every failure of user code goes back to the caller
+            self._running.pop(rid, None)
+            ctx.close()
+            _current_call.reset(token)
+            info = serialization.pack_exception(exc)
+            self.send(wire.ERROR, rid, None, [wire.encode_meta(info)])
+            return
+        self._running.pop(rid, None)
+        ctx.close()
+        _current_call.reset(token)
+        self.send(wire.RESULT, rid, reply_meta, parts)
+
+    def _cancel(self, rid: int) -> None:
+        target = self._running.get(rid)
+        if isinstance(target, asyncio.Task):
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(target.cancel)
+        elif isinstance(target, int):
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(CallCancelledError))
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def _object(self, name: str) -> Any:
+        try:
+            return self.objects[name]
+        except KeyError:
+            raise ObjectNotFoundError(f"no object named {name!r} in this env") from None
+
+    def _run_coroutine(self, rid: int, coro: Any) -> Any:
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="rh-async", daemon=True).start()
+        ctx = _current_call.get()
+
+        async def runner() -> Any:
+            _current_call.set(ctx)
+            self._running[rid] = asyncio.current_task()  # type: ignore[assignment]
+            return await coro
+
+        future = asyncio.run_coroutine_threadsafe(runner(), self._loop)
+        try:
+            return future.result()
+        except asyncio.CancelledError:
+            raise CallCancelledError("the call was cancelled") from None
+
+    def _load_args(self, meta: dict, payload: bytearray) -> Any:
+        fetched = meta.get("refs") or {}
+
+        def persistent_load(pid: Any) -> Any:
+            _, key = pid
+            if key in self.objects:
+                return self.objects[key]
+            if key in fetched:
+                return serialization.deserialize(fetched[key])
+            raise ObjectNotFoundError(f"ref {key!r} is not on this cluster (deleted, or lost in a restart)")
+
+        return serialization.deserialize(payload, persistent_load)
+
+    def _reply(self, value: Any, meta: dict) -> tuple[dict | None, list]:
+        store_as = meta.get("store_as")
+        if store_as:
+            self.objects[store_as] = value
+            return {"stored": store_as}, []
+        if meta.get("json"):
+            return None, [json.dumps(value, default=repr).encode()]
+        return None, serialization.serialize(value)
+
+    # --- ops ---------------------------------------------------------------------------------------
+    def op_call(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        target = self._object(meta["name"])
+        method = meta.get("method") or "__call__"
+        if method in ("call", "__call__") and not hasattr(target, method):
+            method = "__call__"
+        try:
+            fn = getattr(target, method)
+        except AttributeError:
+            raise ObjectNotFoundError(f"{meta['name']!r} has no method {method!r}") from None
+        args, kwargs = self._load_args(meta, payload) if payload else ((), {})
+        result = fn(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            result = self._run_coroutine(_current_call.get().rid, result)  # type: ignore[union-attr]
+        return self._reply(result, meta)
+
+    def op_deploy(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        spec = meta["spec"]
+        if payload:
+            obj = serialization.deserialize(payload)
+        else:
+            root = spec.get("root")
+            if root and root not in sys.path:
+                sys.path.insert(0, root)
+            module_name, code_hash = spec["module"], spec.get("code_hash")
+            known = self.module_hashes.get(module_name)
+            module = importlib.import_module(module_name)
+            if known is not None and known != code_hash:
+                module = importlib.reload(module)
+            self.module_hashes[module_name] = code_hash
+            obj = _resolve(module, spec["qualname"])
+        self.objects[meta["name"]] = obj
+        return {"info": describe(obj)}, []
+
+    def op_instantiate(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        cls = self._object(meta["class_name"])
+        args, kwargs = self._load_args(meta, payload) if payload else ((), {})
+        instance = cls(*args, **kwargs)
+        self.objects[meta["name"]] = instance
+        return {"info": describe(instance)}, []
+
+    def op_getattr(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        target = self._object(meta["name"])
+        try:
+            value = getattr(target, meta["attr"])
+        except AttributeError:
+            raise ObjectNotFoundError(f"{meta['name']!r} has no attribute {meta['attr']!r}") from None
+        return self._reply(value, meta)
+
+    def op_setattr(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        setattr(self._object(meta["name"]), meta["attr"], self._load_args(meta, payload))
+        return None, []
+
+    def op_put(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        self.objects[meta["key"]] = self._load_args(meta, payload)
+        return None, []
+
+    def op_get(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        return self._reply(self._object(meta["key"]), meta)
+
+    def op_delete(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        for key in meta["keys"]:
+            self.objects.pop(key, None)
+        return None, []
+
+    def op_keys(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        return {"keys": list(self.objects)}, []
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    sock = socket.socket(fileno=fd)
+    _die_with_parent()
+    sys.stdout = _CallOutput(sys.stdout)
+    sys.stderr = _CallOutput(sys.stderr)
+    Worker(sock).serve()
+
+
+if __name__ == "__main__":
+    main()
