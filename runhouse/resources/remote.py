@@ -149,7 +149,7 @@ def _map_items(iterables: Sequence[Iterable], kwargs: Mapping[str, Any], star: b
         (items,) = iterables
         arg_lists = [tuple(item) for item in items]
     else:
-        arg_lists = list(zip(*iterables)) if iterables else []
+        arg_lists = list(zip(*iterables, strict=False)) if iterables else []
     count = len(arg_lists) if iterables else None
     per_item = {}
     for key, value in kwargs.items():

@@ -27,8 +27,9 @@ from typing import Any
 
 from runhouse import serialization
 from runhouse.errors import BY_NAME, BadRequestError, DaemonError, ObjectNotFoundError, RunhouseError
+from runhouse.resources.env import DEFAULT_ENV
 from runhouse.server.channel import Reply
-from runhouse.server.envs import DEFAULT_ENV, EnvSpec
+from runhouse.server.envs import EnvSpec
 from runhouse.server.objects import Runtime
 from runhouse.transport import wire
 
@@ -323,7 +324,8 @@ class App:
     async def _get(self, request: _Request, response: _Response) -> None:
         entry, reply = await self.runtime.get(request.arg("key"))
         if reply is None:
-            await response.value({"kind": entry.kind, "env": entry.env, "info": entry.info}, [(b"x-rh-kind", b"handle")])
+            handle = {"kind": entry.kind, "env": entry.env, "info": entry.info}
+            await response.value(handle, [(b"x-rh-kind", b"handle")])
         elif request.json_mode:
             raise BadRequestError("stored values are serialized Python objects; use the runhouse client")
         else:

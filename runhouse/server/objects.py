@@ -29,9 +29,10 @@ from runhouse.errors import (
     ObjectNotFoundError,
     WorkerCrashedError,
 )
+from runhouse.resources.env import DEFAULT_ENV
 from runhouse.serialization import unpack_exception
 from runhouse.server.channel import LogSink, Reply, WorkerChannel
-from runhouse.server.envs import DEFAULT_ENV, EnvRuntime, EnvSpec, ensure_python
+from runhouse.server.envs import EnvRuntime, EnvSpec, ensure_python
 from runhouse.transport import wire
 
 FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"

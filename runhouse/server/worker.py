@@ -17,6 +17,7 @@ import inspect
 import io
 import json
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -262,7 +263,7 @@ class Worker:
     def op_deploy(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
         spec = meta["spec"]
         if payload:
-            obj = serialization.deserialize(payload)
+            obj = pickle.loads(payload)  # code from __main__, cloudpickled by value
         else:
             root = spec.get("root")
             if root and root not in sys.path:

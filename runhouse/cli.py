@@ -1,0 +1,97 @@
+"""The ``runhouse`` command: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runhouse.config import default_server_port
+from runhouse.errors import RunhouseError
+from runhouse.server import daemon
+
+app = typer.Typer(help="runhouse: program across machines as if they were one.", no_args_is_help=True)
+console = Console()
+
+PortOption = typer.Option(None, "--port", help="Daemon port (default: $RH_SERVER_PORT or 32300).")
+
+
+def _port(port: int | None) -> int:
+    return port or default_server_port()
+
+
+@app.command()
+def start(port: int | None = PortOption) -> None:
+    """Start the daemon on this machine in the background."""
+    port = _port(port)
+    began = time.perf_counter()
+    try:
+        pid = daemon.start(port)
+    except RunhouseError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"daemon running on 127.0.0.1:{port} (pid {pid}, ready in {time.perf_counter() - began:.2f} s)")
+
+
+@app.command()
+def stop(port: int | None = PortOption) -> None:
+    """Stop the daemon on this machine and all its workers."""
+    port = _port(port)
+    console.print(f"daemon on port {port} stopped" if daemon.stop(port) else f"no daemon running on port {port}")
+
+
+@app.command()
+def restart(port: int | None = PortOption) -> None:
+    """Restart the daemon; deployed envs, functions and modules come back."""
+    port = _port(port)
+    daemon.stop(port)
+    start(port)
+
+
+@app.command()
+def token(port: int | None = PortOption) -> None:
+    """Print the daemon's token (for curl: -H "Authorization: Bearer $(runhouse token)")."""
+    value = daemon.read_token(_port(port))
+    if value is None:
+        console.print(f"[red]no token yet for port {_port(port)}: start the daemon first (runhouse start)[/red]")
+        raise typer.Exit(1)
+    print(value)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+@app.command()
+def status(port: int | None = PortOption) -> None:
+    """Show the daemon's envs, objects and workers."""
+    from runhouse.resources.cluster import Cluster
+
+    port = _port(port)
+    if daemon.health(port) is None:
+        console.print(f"no daemon answering on port {port} (start it with `runhouse start`)")
+        raise typer.Exit(1)
+    info = Cluster(name="here", host="localhost", server_port=port).status()
+    console.print(
+        f"[bold]runhouse daemon[/bold] {info['version']} on 127.0.0.1:{port}, pid {info['pid']}, "
+        f"Python {info['python']}, up {info['uptime_s']:.0f} s"
+    )
+    envs = Table("env", "reqs", "env vars", "running", title="Envs")
+    for env in info["envs"]:
+        envs.add_row(env["name"], ", ".join(env["reqs"]) or "-", ", ".join(env["env_vars"]) or "-", str(env["running"]))
+    objects = Table("name", "kind", "env", title="Objects")
+    for obj in info["objects"]:
+        objects.add_row(obj["name"], obj["kind"], obj["env"])
+    workers = Table("env", "role", "pid", "memory", "in flight", "uptime", title="Workers")
+    for w in info["workers"]:
+        workers.add_row(
+            w["env"], w["role"], str(w["pid"]), _mib(w["memory_bytes"]), str(w["inflight"]), f"{w['uptime_s']:.0f} s"
+        )
+    for table in (envs, objects, workers):
+        console.print(table)
+
+
+if __name__ == "__main__":
+    app()
