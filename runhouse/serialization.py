@@ -81,32 +81,44 @@ def join(parts: Sequence[Buffer]) -> bytes:
     return b"".join(parts)
 
 
+def split(data: Buffer) -> tuple[memoryview, list[memoryview]]:
+    """The main pickle stream and the out-of-band buffers of a serialized value, as views into ``data``.
+
+    Raises:
+        SerializationError: the framing is malformed (checked without unpickling anything).
+    """
+    view = memoryview(data)
+    try:
+        version, nbufs = _HEAD.unpack_from(view, 0)
+        if version != VERSION:
+            raise SerializationError(f"unsupported serialization version {version}; use the same runhouse version")
+        offset = _HEAD.size
+        sizes = [_LEN.unpack_from(view, offset + i * _LEN.size)[0] for i in range(nbufs)]
+        offset += nbufs * _LEN.size
+        (main_len,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+    except struct.error as exc:
+        raise SerializationError(f"malformed serialized value: {exc}") from exc
+    if offset + main_len + sum(sizes) != view.nbytes:
+        raise SerializationError(
+            f"malformed serialized value: its lengths add up to {offset + main_len + sum(sizes)} bytes, not {view.nbytes}"
+        )
+    main = view[offset : offset + main_len]
+    offset += main_len
+    buffers = []
+    for size in sizes:
+        buffers.append(view[offset : offset + size])
+        offset += size
+    return main, buffers
+
+
 def deserialize(data: Buffer, persistent_load: PersistentLoad | None = None) -> Any:
     """Rebuild a value from :func:`serialize` output; out-of-band buffers are views into ``data``.
 
     Raises:
         SerializationError: the data is malformed or names a type not importable here.
     """
-    view = memoryview(data)
-    try:
-        version, nbufs = _HEAD.unpack_from(view, 0)
-        if version != VERSION:
-            raise SerializationError(f"unsupported serialization version {version}; upgrade runhouse")
-        offset = _HEAD.size
-        sizes = [_LEN.unpack_from(view, offset + i * _LEN.size)[0] for i in range(nbufs)]
-        offset += nbufs * _LEN.size
-        (main_len,) = _LEN.unpack_from(view, offset)
-        offset += _LEN.size
-        main = view[offset : offset + main_len]
-        offset += main_len
-        buffers = []
-        for size in sizes:
-            buffers.append(view[offset : offset + size])
-            offset += size
-        if offset != view.nbytes:
-            raise SerializationError(f"serialized value has {view.nbytes - offset} trailing bytes")
-    except struct.error as exc:
-        raise SerializationError(f"malformed serialized value: {exc}") from exc
+    main, buffers = split(data)
     unpickler = pickle.Unpickler(io.BytesIO(main), buffers=buffers)
     if persistent_load is not None:
         unpickler.persistent_load = persistent_load  # type: ignore[method-assign]

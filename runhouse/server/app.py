@@ -26,7 +26,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runhouse import serialization
-from runhouse.errors import BY_NAME, BadRequestError, DaemonError, ObjectNotFoundError, RunhouseError
+from runhouse.errors import (
+    BY_NAME,
+    BadRequestError,
+    DaemonError,
+    ObjectNotFoundError,
+    RunhouseError,
+    SerializationError,
+)
 from runhouse.resources.env import DEFAULT_ENV
 from runhouse.server.channel import Reply
 from runhouse.server.envs import EnvSpec
@@ -57,10 +64,19 @@ class _Request:
             raise BadRequestError(f"field {key!r} has the wrong type ({type(value).__name__})")
         return value
 
+    def payload(self) -> memoryview:
+        """The body as a serialized value, its framing checked (an empty body means no value)."""
+        if self.body.nbytes:
+            try:
+                serialization.split(self.body)
+            except SerializationError as exc:
+                raise BadRequestError(f"malformed body: {exc}") from None
+        return self.body
+
     def call_payload(self) -> memoryview:
         """The serialized (args, kwargs) of a call, converted from JSON for non-runhouse clients."""
         if not self.json_mode:
-            return self.body
+            return self.payload()
         if not self.body.nbytes:
             args, kwargs = [], {}
         else:
@@ -264,7 +280,9 @@ class App:
             raise BadRequestError("item sizes do not add up to the body length")
         items, offset = [], 0
         for size in sizes:
-            items.append(request.body[offset : offset + size])
+            item = request.body[offset : offset + size]
+            _Request(request.path, {}, item, False).payload()
+            items.append(item)
             offset += size
 
         def on_log(index: int, data: bytes) -> None:
@@ -313,11 +331,18 @@ class App:
         await (response.value(reply.meta["info"]) if reply.kind == wire.RESULT else response.reply(reply))
 
     async def _instantiate(self, request: _Request, response: _Response) -> None:
-        reply = await self.runtime.instantiate(request.arg("name"), request.arg("class_name"), request.body)
+        reply = await self.runtime.instantiate(request.arg("name"), request.arg("class_name"), request.payload())
         await (response.value(reply.meta["info"]) if reply.kind == wire.RESULT else response.reply(reply))
 
     async def _put(self, request: _Request, response: _Response) -> None:
-        payload = request.call_payload() if request.json_mode else request.body
+        if request.json_mode:  # the JSON document itself is the value
+            try:
+                value = json.loads(bytes(request.body))
+            except ValueError as exc:
+                raise BadRequestError(f"body is not valid JSON: {exc}") from None
+            payload = memoryview(serialization.join(serialization.serialize(value)))
+        else:
+            payload = request.payload()
         await self.runtime.put(request.arg("key"), request.arg("env", str, DEFAULT_ENV) or DEFAULT_ENV, payload)
         await response.value(None)
 
@@ -341,7 +366,7 @@ class App:
         await response.reply(await self.runtime.getattr(request.arg("name"), request.arg("attr")))
 
     async def _setattr(self, request: _Request, response: _Response) -> None:
-        await response.reply(await self.runtime.setattr(request.arg("name"), request.arg("attr"), request.body))
+        await response.reply(await self.runtime.setattr(request.arg("name"), request.arg("attr"), request.payload()))
 
     async def _run(self, request: _Request, response: _Response) -> None:
         cmds = request.arg("cmds", list)

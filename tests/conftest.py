@@ -1,0 +1,54 @@
+"""Fixtures that start real daemons on free ports, each with its own config folder, and always stop them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import runhouse as rh
+from runhouse.server import daemon
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh RH_CONFIG_DIR for the whole run: nothing touches the real ~/.rh."""
+    path = tmp_path_factory.mktemp("rhconfig")
+    old = os.environ.get("RH_CONFIG_DIR")
+    os.environ["RH_CONFIG_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("RH_CONFIG_DIR", None)
+    else:
+        os.environ["RH_CONFIG_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def cluster(config_dir: Path) -> Iterator[rh.Cluster]:
+    """One daemon shared by the tests that do not restart or break it."""
+    port = free_port()
+    daemon.start(port)
+    try:
+        yield rh.cluster(name="test", host="localhost", server_port=port)
+    finally:
+        daemon.stop(port)
+
+
+@pytest.fixture
+def own_cluster(config_dir: Path) -> Iterator[rh.Cluster]:
+    """A daemon of the test's own, for tests that restart, crash or stop it."""
+    port = free_port()
+    daemon.start(port)
+    try:
+        yield rh.cluster(name="own", host="localhost", server_port=port)
+    finally:
+        daemon.stop(port)
