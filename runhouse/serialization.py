@@ -99,10 +99,9 @@ def split(data: Buffer) -> tuple[memoryview, list[memoryview]]:
         offset += _LEN.size
     except struct.error as exc:
         raise SerializationError(f"malformed serialized value: {exc}") from exc
-    if offset + main_len + sum(sizes) != view.nbytes:
-        raise SerializationError(
-            f"malformed serialized value: its lengths add up to {offset + main_len + sum(sizes)} bytes, not {view.nbytes}"
-        )
+    expected = offset + main_len + sum(sizes)
+    if expected != view.nbytes:
+        raise SerializationError(f"malformed serialized value: its lengths add up to {expected} bytes, not {view.nbytes}")
     main = view[offset : offset + main_len]
     offset += main_len
     buffers = []

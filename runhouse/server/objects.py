@@ -38,6 +38,8 @@ from runhouse.transport import wire
 FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
 _POOL_SLOTS_PER_WORKER = 2
 _MAIN_SLOTS = 32
+# After a command exits, how long to wait for the rest of its output.
+_PIPE_DRAIN_S = 1.0
 
 
 @dataclass
@@ -418,8 +420,15 @@ class Runtime:
                     cmd, env=environ, stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
                 )
-            out, err = await asyncio.gather(_collect(proc.stdout, on_log), _collect(proc.stderr, on_log))
-            results.append((await proc.wait(), out, err))
+            out: list[bytes] = []
+            err: list[bytes] = []
+            readers = asyncio.gather(_collect(proc.stdout, out, on_log), _collect(proc.stderr, err, on_log))
+            code = await proc.wait()
+            try:  # a background process the command started may hold the pipes open: do not wait for it
+                await asyncio.wait_for(readers, _PIPE_DRAIN_S)
+            except asyncio.TimeoutError:
+                pass
+            results.append((code, b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")))
         return results
 
     # --- status --------------------------------------------------------------------------------------
@@ -438,14 +447,12 @@ class Runtime:
         }
 
 
-async def _collect(stream: asyncio.StreamReader | None, on_log: LogSink | None) -> str:
-    chunks = []
+async def _collect(stream: asyncio.StreamReader | None, chunks: list[bytes], on_log: LogSink | None) -> None:
     assert stream is not None
     async for line in stream:
         chunks.append(line)
         if on_log is not None:
             on_log(line)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def _quiet(_: str) -> None:
