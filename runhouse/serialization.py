@@ -101,7 +101,7 @@ def split(data: Buffer) -> tuple[memoryview, list[memoryview]]:
         raise SerializationError(f"malformed serialized value: {exc}") from exc
     expected = offset + main_len + sum(sizes)
     if expected != view.nbytes:
-        raise SerializationError(f"malformed serialized value: its lengths add up to {expected} bytes, not {view.nbytes}")
+        raise SerializationError(f"malformed serialized value: lengths add up to {expected} bytes, not {view.nbytes}")
     main = view[offset : offset + main_len]
     offset += main_len
     buffers = []
