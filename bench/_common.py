@@ -204,7 +204,10 @@ def _recv_into(sock: socket.socket, view: memoryview) -> None:
 
 
 def serve_tcp(port: int) -> None:
-    """Raw TCP server for the floor measurements; serves one connection at a time until killed."""
+    """Raw TCP server for the floor measurements; serves one connection at a time until killed.
+
+    Its receive and send buffers are made once and reused, so bulk transfers measure the transport alone.
+    """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((HOST, port))
@@ -234,6 +237,7 @@ class TcpClient:
         self.sock = socket.create_connection((HOST, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._small = bytearray(64)
+        self._big = bytearray(0)
 
     def ping(self, message: bytes = b"12345678") -> None:
         self.sock.sendall(_TCP_HEAD.pack(len(message), len(message)) + message)
@@ -245,10 +249,12 @@ class TcpClient:
         _recv_into(self.sock, memoryview(self._small)[:8])
 
     def download(self, n: int) -> bytearray:
+        """Receive ``n`` bytes into a buffer reused across calls: the transport alone, no allocation."""
         self.sock.sendall(_TCP_HEAD.pack(0, n))
-        buf = bytearray(n)
-        _recv_into(self.sock, memoryview(buf))
-        return buf
+        if len(self._big) != n:
+            self._big = bytearray(n)
+        _recv_into(self.sock, memoryview(self._big))
+        return self._big
 
     def close(self) -> None:
         self.sock.close()
@@ -360,6 +366,18 @@ class HttpClient:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def fresh_buffer_ms(nbytes: int, runs: int = 3) -> float:
+    """Median ms to allocate and first touch a buffer of ``nbytes`` (what each hop of a transfer that
+    receives into a new buffer pays before copying a byte)."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        buf = bytearray(nbytes)  # zero-filled: every page is touched
+        times.append(time.perf_counter() - t0)
+        del buf
+    return median(times) * 1e3
 
 
 def cpu_model() -> str:

@@ -25,13 +25,21 @@ class Env(Resource):
     RESOURCE_TYPE = "env"
 
     def __init__(
-        self, reqs: Sequence[str] | None = None, env_vars: Mapping[str, str] | None = None, name: str | None = None
+        self,
+        reqs: Sequence[str] | None = None,
+        env_vars: Mapping[str, str] | None = None,
+        name: str | None = None,
+        memory_limit_mb: int | None = None,
     ) -> None:
         self.reqs = [str(r) for r in reqs or []]
         self.env_vars = {str(k): str(v) for k, v in (env_vars or {}).items()}
+        if memory_limit_mb is not None and (not isinstance(memory_limit_mb, int) or memory_limit_mb <= 0):
+            raise ValueError(f"memory_limit_mb must be a positive integer, not {memory_limit_mb!r}")
+        self.memory_limit_mb = memory_limit_mb
         if name is None:
-            if self.reqs or self.env_vars:
-                digest = hashlib.sha256(json.dumps([sorted(self.reqs), self.env_vars], sort_keys=True).encode())
+            if self.reqs or self.env_vars or memory_limit_mb:
+                ident = [sorted(self.reqs), self.env_vars, memory_limit_mb]
+                digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
                 name = f"env-{digest.hexdigest()[:10]}"
             else:
                 name = DEFAULT_ENV
@@ -41,7 +49,12 @@ class Env(Resource):
 
     def spec(self) -> dict[str, Any]:
         """What the daemon needs to create this env."""
-        return {"name": self.name, "reqs": self.reqs, "env_vars": self.env_vars}
+        return {
+            "name": self.name,
+            "reqs": self.reqs,
+            "env_vars": self.env_vars,
+            "memory_limit_mb": self.memory_limit_mb,
+        }
 
     def to(self, system: Cluster) -> Env:
         """Create this env on a cluster (installing its requirements there); returns self."""
@@ -49,16 +62,24 @@ class Env(Resource):
         return self
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "reqs": self.reqs, "env_vars": self.env_vars}
+        return {**super().config(), **self.spec()}
 
 
-def env(reqs: Sequence[str] | None = None, env_vars: Mapping[str, str] | None = None, name: str | None = None) -> Env:
+def env(
+    reqs: Sequence[str] | None = None,
+    env_vars: Mapping[str, str] | None = None,
+    name: str | None = None,
+    memory_limit_mb: int | None = None,
+) -> Env:
     """An env: requirements and environment variables for code on a cluster.
+
+    ``memory_limit_mb`` caps each worker process of the env: one that grows past it is killed (its calls
+    fail with :class:`~runhouse.errors.WorkerCrashedError`) and restarted.
 
     Example::
 
         sd_env = rh.env(reqs=["numpy"], env_vars={"MODE": "prod"}, name="sd_env")
         fn = rh.function(my_fn).to(rh.here, env=sd_env)
     """
-    return Env(reqs=reqs, env_vars=env_vars, name=name)
+    return Env(reqs=reqs, env_vars=env_vars, name=name, memory_limit_mb=memory_limit_mb)
 

@@ -165,7 +165,8 @@ class _Response:
             await self.frame(wire.RESULT, [reply.payload])
 
     async def error(self, exc: RunhouseError | Exception, status: int) -> None:
-        info = {"type": type(exc).__name__, "message": str(exc)}
+        details = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float, type(None)))}
+        info = {"type": type(exc).__name__, "message": str(exc), "details": details}
         if not self.started:
             await self.json(status, {"error": info})
         else:  # logs were already streamed with a 200: report in-band

@@ -96,6 +96,7 @@ class WorkerChannel:
         self.load_lock = asyncio.Lock()
         self.inflight = 0
         self.exit_description: str | None = None
+        self.kill_reason: str | None = None  # why the daemon killed it, when it did
         self.on_exit: Callable[[WorkerChannel], None] | None = None
         self._pending: dict[int, tuple[asyncio.Future, LogSink | None]] = {}
         self._cancelled: set[int] = set()  # calls cancelled here that the worker has not finished yet
@@ -159,7 +160,7 @@ class WorkerChannel:
             try:
                 return await future
             except asyncio.CancelledError:
-                if self.alive and not future.done():
+                if self.alive and (future.cancelled() or not future.done()):  # no reply arrived yet
                     self._transport.write(wire.worker_frame_head(wire.CANCEL, rid, b"", 0))
                     self._cancelled.add(rid)
                     loop.call_later(CANCEL_GRACE_S, self._kill_if_still_running, rid)
@@ -185,7 +186,13 @@ class WorkerChannel:
             future.set_result(Reply(kind, meta, payload))
 
     def _kill_if_still_running(self, rid: int) -> None:
-        if rid in self._cancelled and self.alive and self.proc is not None:
+        if rid in self._cancelled:
+            self.kill(f"did not stop within {CANCEL_GRACE_S} s of a cancelled call")
+
+    def kill(self, reason: str) -> None:
+        """Kill the worker (and its process group) now; running calls fail naming ``reason``."""
+        if self.alive and self.proc is not None:
+            self.kill_reason = reason
             _signal_group(self.proc.pid, signal.SIGKILL)
 
     def _on_connection_lost(self) -> None:
@@ -195,6 +202,8 @@ class WorkerChannel:
         proc = self.proc
         code = await asyncio.get_running_loop().run_in_executor(None, _wait, proc) if proc else None
         self.exit_description = _describe_exit(code)
+        if self.kill_reason:
+            self.exit_description += f" (killed by the daemon: it {self.kill_reason})"
         error = self._crash_error()
         for future, _ in list(self._pending.values()):
             if not future.done():
@@ -235,13 +244,17 @@ class WorkerChannel:
         if self._transport is not None:
             self._transport.close()
 
-    def status(self) -> dict[str, Any]:
+    def memory(self) -> int:
+        """Resident memory of the worker process in bytes (0 when it is gone)."""
         from psutil import NoSuchProcess, Process
 
         try:
-            memory = Process(self.pid).memory_info().rss if self.pid else 0
+            return Process(self.pid).memory_info().rss if self.pid else 0
         except NoSuchProcess:
-            memory = 0
+            return 0
+
+    def status(self) -> dict[str, Any]:
+        memory = self.memory()
         return {
             "env": self.env_name,
             "role": self.role,

@@ -16,6 +16,7 @@ import os
 import shutil
 import site
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,10 @@ _READY_MARKER = ".rh-ready"
 _INSTALL_TAIL_LINES = 15
 
 Progress = Callable[[str], None]
+# How often worker memory is checked against an env's limit.
+MEMORY_CHECK_INTERVAL_S = 0.1
+# A worker that dies younger than this is restarted on the next call, not at once (no crash loops).
+MIN_UPTIME_FOR_EAGER_RESTART_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class EnvSpec:
     name: str
     reqs: tuple[str, ...] = ()
     env_vars: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    memory_limit_mb: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EnvSpec:
@@ -45,10 +51,16 @@ class EnvSpec:
             name=data["name"],
             reqs=tuple(data.get("reqs") or ()),
             env_vars=tuple(sorted((str(k), str(v)) for k, v in (data.get("env_vars") or {}).items())),
+            memory_limit_mb=data.get("memory_limit_mb"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "reqs": list(self.reqs), "env_vars": dict(self.env_vars)}
+        return {
+            "name": self.name,
+            "reqs": list(self.reqs),
+            "env_vars": dict(self.env_vars),
+            "memory_limit_mb": self.memory_limit_mb,
+        }
 
 
 def _venv_key(reqs: tuple[str, ...]) -> str:
@@ -145,6 +157,18 @@ class EnvRuntime:
         self.on_main_exit: Callable[[EnvRuntime], None] | None = None
         self._lock = asyncio.Lock()
         self._closing = False
+        self._watchdog: asyncio.Task | None = None
+        if spec.memory_limit_mb:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_memory(spec.memory_limit_mb))
+
+    async def _watch_memory(self, limit_mb: int) -> None:
+        limit = limit_mb * 2**20
+        while not self._closing:
+            for worker in self.workers():
+                used = await asyncio.get_running_loop().run_in_executor(None, worker.memory) if worker.alive else 0
+                if used > limit:
+                    worker.kill(f"used {used / 2**20:.0f} MiB, over the env's memory limit of {limit_mb} MiB")
+            await asyncio.sleep(MEMORY_CHECK_INTERVAL_S)
 
     def _new_worker(self, role: str) -> WorkerChannel:
         return WorkerChannel(self.spec.name, self.python, dict(self.spec.env_vars), role)
@@ -181,7 +205,8 @@ class EnvRuntime:
         if worker is self.main:
             if self.on_main_exit is not None:
                 self.on_main_exit(self)
-            asyncio.get_running_loop().create_task(self._restart_main())
+            if time.time() - worker.started_at >= MIN_UPTIME_FOR_EAGER_RESTART_S:
+                asyncio.get_running_loop().create_task(self._restart_main())
 
     async def _restart_main(self) -> None:
         try:
@@ -194,4 +219,6 @@ class EnvRuntime:
 
     async def stop(self) -> None:
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await asyncio.gather(*(w.stop() for w in self.workers()))

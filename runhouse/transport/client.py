@@ -50,8 +50,18 @@ class Response:
 def error_from_info(info: dict[str, Any]) -> BaseException:
     """Rebuild an exception sent by the daemon or a worker."""
     if not info.get("pickled") and info.get("type") in BY_NAME:
-        return BY_NAME[info["type"]](info.get("message", ""))
+        return _rebuild(BY_NAME[info["type"]], info.get("message", ""), info.get("details") or {})
     return serialization.unpack_exception(info)
+
+
+def _rebuild(cls: type[RunhouseError], message: str, details: dict[str, Any]) -> RunhouseError:
+    """A runhouse error from its type, message and data attributes (``exit_code``, ``status``, ...)."""
+    try:
+        return cls(message, **details)  # type: ignore[call-arg]
+    except TypeError:
+        exc = cls(message)
+        exc.__dict__.update(details)
+        return exc
 
 
 class _Connection(http.client.HTTPConnection):
@@ -118,6 +128,8 @@ class DaemonClient:
                 conn.sock.settimeout(timeout)
             try:
                 return self._exchange(conn, path, headers, parts, on_log)
+            except RunhouseError:  # an answer from the daemon (CallTimeoutError is also a TimeoutError)
+                raise
             except ConnectionRefusedError as exc:
                 self._drop_connection()
                 if time.monotonic() > deadline:
@@ -182,9 +194,9 @@ def _daemon_error(status: int, body: bytes, host: str, port: int) -> RunhouseErr
     try:
         info = json.loads(body)["error"]
         cls = BY_NAME.get(info["type"], DaemonError)
-        message = info["message"]
+        message, details = info["message"], info.get("details") or {}
     except (ValueError, KeyError, TypeError):
-        cls, message = DaemonError, f"unexpected answer from {host}:{port} (HTTP {status}): {body[:200]!r}"
+        cls, message, details = DaemonError, f"unexpected answer from {host}:{port} (HTTP {status}): {body[:200]!r}", {}
     if issubclass(cls, DaemonError):
-        return cls(message, status)
-    return cls(message)
+        details["status"] = status
+    return _rebuild(cls, message, details)

@@ -122,3 +122,33 @@ class Model(rh.Module):
 
     def predict(self, x):
         return x * self.scale
+
+
+def tick(path, seconds):
+    """Append a line to ``path`` every 50 ms for ``seconds`` (to observe whether a call still runs)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with open(path, "a") as f:
+            f.write("tick\n")
+        time.sleep(0.05)
+    return "finished"
+
+
+def kill_self(signum):
+    os.kill(os.getpid(), signum)
+    time.sleep(10)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def hog_memory(mb):
+    chunks = []
+    for _ in range(mb // 10):
+        chunks.append(bytearray(10 * 2**20))
+        time.sleep(0.01)
+    time.sleep(5)
+    return len(chunks)

@@ -1,0 +1,469 @@
+"""How fast calls, transfers, deploys and daemon start are, next to what the transport underneath allows.
+
+Run from the repository root (``make bench`` does)::
+
+    .venv/bin/python bench/calls.py           # about a minute and a half on 2 cores
+    .venv/bin/python bench/calls.py --quick   # smoke run, fewer calls and shorter windows
+
+Everything runs against a daemon of its own: ``RH_CONFIG_DIR`` points to a new temporary folder, the
+daemon listens on a free port, and every process started here (daemons, baseline servers) is stopped at the
+end. The numbers are printed, never asserted; the final table shows each figure with its target, the
+baselines measured in the same run, and ours divided by each baseline.
+
+What is measured, for a trivial ``add(a, b)`` deployed by import path from ``bench/_funcs.py``:
+
+1. warm call latency p50/p99 (sequential calls after a warm-up), with ``stream_logs=False`` and the default;
+2. throughput of 16 caller threads sharing one function handle;
+3. a 100 MiB numpy argument and a 100 MiB numpy return, in MB/s (MB = 10^6 bytes);
+4. cold deploy to first result (a function never deployed before) and re-deploy of unchanged code;
+5. daemon start until ready (``runhouse.server.daemon.start``).
+
+Baselines: a raw TCP ping-pong between two processes (the floor), a bare uvicorn (uvloop + httptools) ASGI
+app called with the same kind of client as ours, and a Ray actor when ``ray`` is importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import _common as C  # noqa: E402
+import _funcs  # noqa: E402
+
+BIG = 100 * C.MIB  # bytes of the large argument / return
+SMALL_BODY = b"x" * 48  # about the size of a serialized add(1, 2) call
+
+
+@dataclass(frozen=True)
+class Config:
+    warmup: int = 200
+    calls: int = 2000
+    threads: int = 16
+    seconds: float = 5.0
+    big_runs: int = 5
+    cold_runs: int = 5
+    redeploy_runs: int = 20
+    start_runs: int = 3
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(warmup=20, calls=200, threads=16, seconds=1.0, big_runs=2, cold_runs=2, redeploy_runs=5,
+                   start_runs=1)
+
+
+# --- results ---------------------------------------------------------------------------------------------
+@dataclass
+class Metric:
+    label: str
+    unit: str  # "ms", "s", "calls/s" or "MB/s"
+    lower_is_better: bool
+    target: float | None
+    ours: float | None = None
+    baselines: list[tuple[str, float]] = field(default_factory=list)
+
+    def met(self) -> bool | None:
+        if self.ours is None or self.target is None:
+            return None
+        return self.ours <= self.target if self.lower_is_better else self.ours >= self.target
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit in ("ms", "s"):
+        digits = 3 if value < 1 else 2 if value < 10 else 1 if value < 100 else 0
+        return f"{value:.{digits}f} {unit}"
+    return f"{value:,.0f} {unit}"
+
+
+def fmt_ratio(ours: float | None, base: float) -> str:
+    if ours is None or not base:
+        return "n/a"
+    r = ours / base
+    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x" if r < 100 else f"{r:,.0f}x"
+
+
+def fmt_target(m: Metric) -> str:
+    if m.target is None:
+        return "-"
+    return f"{'<=' if m.lower_is_better else '>='} {fmt(m.target, m.unit)}"
+
+
+class Results:
+    def __init__(self) -> None:
+        self.metrics: dict[str, Metric] = {
+            "p50": Metric("warm call p50 (stream_logs=False)", "ms", True, 0.5),
+            "p99": Metric("warm call p99 (stream_logs=False)", "ms", True, 1.5),
+            "p50_default": Metric("warm call p50 (default, stream_logs=True)", "ms", True, 0.5),
+            "tput": Metric("throughput, 16 caller threads", "calls/s", False, 3000),
+            "arg": Metric("100 MiB numpy argument", "MB/s", False, 1000),
+            "ret": Metric("100 MiB numpy return", "MB/s", False, 1000),
+            "cold": Metric("cold deploy to first result (new module)", "s", True, 0.2),
+            "cold_value": Metric("cold deploy to first result (by value)", "s", True, 0.2),
+            "first": Metric("first deploy + call on a just-started daemon", "s", True, None),
+            "redeploy": Metric("re-deploy of unchanged code", "ms", True, 10),
+            "ready": Metric("daemon start until ready", "s", True, 1.0),
+        }
+        self.failures: list[str] = []
+
+    def ours(self, key: str, value: float) -> None:
+        m = self.metrics[key]
+        m.ours = value
+        verdict = {True: "ok", False: "MISS", None: ""}[m.met()]
+        target = f"   target {fmt_target(m)}: {verdict}" if m.target is not None else ""
+        print(f"  {m.label:<48} {fmt(value, m.unit):>14}{target}")
+
+    def baseline(self, key: str, name: str, value: float) -> None:
+        self.metrics[key].baselines.append((name, value))
+
+    def table(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(width=None if sys.stdout.isatty() else 132)
+        table = Table(title="runhouse calls: ours vs targets and baselines (ratio = ours / baseline)",
+                      show_lines=True)
+        table.add_column("metric")
+        table.add_column("ours", justify="right")
+        table.add_column("target", justify="right")
+        table.add_column("met", justify="center")
+        table.add_column("baseline(s)")
+        table.add_column("ratio", justify="right")
+        for m in self.metrics.values():
+            met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[m.met()]
+            bases = "\n".join(f"{name}: {fmt(v, m.unit)}" for name, v in m.baselines) or "-"
+            ratios = "\n".join(fmt_ratio(m.ours, v) for _, v in m.baselines) or "-"
+            table.add_row(m.label, fmt(m.ours, m.unit), fmt_target(m), met, bases, ratios)
+        console.print(table)
+        console.print("ratio > 1 for ms/s means slower than the baseline; < 1 for calls/s and MB/s means slower.")
+        if self.failures:
+            console.print(f"[red]sections that failed: {', '.join(self.failures)}[/red]")
+
+
+def section(results: Results, title: str, fn: Callable[[], None]) -> None:
+    """Run one part of the bench; a failure is printed and the rest goes on."""
+    print(f"\n== {title}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - the bench reports, never stops half-way
+        traceback.print_exc(file=sys.stdout)
+        results.failures.append(title.split(":")[0])
+    print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+def lat_summary(samples: list[float]) -> str:
+    ms = [s * 1e3 for s in samples]
+    return (f"n={len(ms)} p50 {C.median(ms):.3f} ms, p90 {C.percentile(ms, 90):.3f}, "
+            f"p99 {C.percentile(ms, 99):.3f}, mean {sum(ms) / len(ms):.3f}, max {max(ms):.2f} ms")
+
+
+def mbps_runs(times: list[float], nbytes: int = BIG) -> str:
+    return ", ".join(f"{C.mb_per_s(nbytes, t):,.0f}" for t in times)
+
+
+# --- ours -------------------------------------------------------------------------------------------------
+def _fresh_module_function(root: Path, i: int) -> Callable:
+    """A function in a module that did not exist before (its own folder, as a new project would be)."""
+    folder = root / f"m{i}"
+    folder.mkdir(parents=True)
+    name = f"rhbench_fresh_{i}"
+    (folder / f"{name}.py").write_text(f"def fresh_{i}(a, b):\n    return a + b\n")
+    sys.path.insert(0, str(folder))
+    return getattr(importlib.import_module(name), f"fresh_{i}")
+
+
+def _fresh_closure(i: int) -> Callable:
+    def fresh(a, b):  # a closure: runhouse sends it by value (cloudpickle)
+        return a + b + 0 * i
+
+    return fresh
+
+
+def bench_daemon_start(rh, daemon, cfg: Config, R: Results, started: list[int]) -> None:
+    ready, first, stops = [], [], []
+    for i in range(cfg.start_runs):
+        port = C.free_port()
+        started.append(port)
+        try:
+            t0 = time.perf_counter()
+            daemon.start(port)
+            t1 = time.perf_counter()
+            cluster = rh.cluster(name=f"bench-start-{i}", host="localhost", server_port=port)
+            result = rh.function(_funcs.add).to(cluster)(1, 2, stream_logs=False)
+            t2 = time.perf_counter()
+            assert result == 3, result
+        finally:
+            t3 = time.perf_counter()
+            daemon.stop(port)
+            stops.append(time.perf_counter() - t3)
+        ready.append(t1 - t0)
+        first.append(t2 - t1)
+    print(f"  start until ready, per run: {', '.join(f'{t:.3f}' for t in ready)} s; "
+          f"then deploy + first call: {', '.join(f'{t:.3f}' for t in first)} s; "
+          f"stop: {', '.join(f'{t:.3f}' for t in stops)} s")
+    R.ours("ready", C.median(ready))
+    R.ours("first", C.median(first))
+
+
+def bench_ours(rh, daemon, cfg: Config, R: Results, started: list[int], state: Path, big) -> None:
+    port = C.free_port()
+    started.append(port)
+    daemon.start(port)
+    try:
+        cluster = rh.cluster(name="bench", host="localhost", server_port=port)
+        add = rh.function(_funcs.add).to(cluster)
+        assert add(1, 2, stream_logs=False) == 3
+        print(f"  daemon on 127.0.0.1:{port}, RH_CONFIG_DIR={os.environ['RH_CONFIG_DIR']}")
+
+        print(f"-- deploys ({cfg.cold_runs} fresh functions each way, {cfg.redeploy_runs} re-deploys)")
+        cold, cold_value, redeploy = [], [], []
+        fresh_fns = []
+        for i in range(cfg.cold_runs):
+            fn = _fresh_module_function(state / "fresh", i)  # written and imported here before the clock starts
+            t0 = time.perf_counter()
+            result = rh.function(fn).to(cluster)(1, 2, stream_logs=False)
+            cold.append(time.perf_counter() - t0)
+            assert result == 3, result
+            fresh_fns.append(fn)
+        for i in range(cfg.cold_runs):
+            fn = _fresh_closure(i)
+            t0 = time.perf_counter()
+            result = rh.function(fn, name=f"fresh_by_value_{i}").to(cluster)(1, 2, stream_logs=False)
+            cold_value.append(time.perf_counter() - t0)
+            assert result == 3, result
+        for _ in range(cfg.redeploy_runs):
+            t0 = time.perf_counter()
+            again = rh.function(fresh_fns[0]).to(cluster)
+            redeploy.append(time.perf_counter() - t0)
+        assert again(2, 3, stream_logs=False) == 5
+        print(f"  cold (new module), per run: {', '.join(f'{t * 1e3:.1f}' for t in cold)} ms")
+        print(f"  cold (by value), per run:   {', '.join(f'{t * 1e3:.1f}' for t in cold_value)} ms")
+        print(f"  re-deploy: {lat_summary(redeploy)}")
+        R.ours("cold", C.median(cold))
+        R.ours("cold_value", C.median(cold_value))
+        R.ours("redeploy", C.median(redeploy) * 1e3)
+
+        print(f"-- warm calls: add(1, 2), {cfg.calls} sequential after {cfg.warmup} warm-up")
+        lat = C.latencies(lambda: add(1, 2, stream_logs=False), cfg.calls, cfg.warmup)
+        print(f"  stream_logs=False: {lat_summary(lat)}")
+        lat_default = C.latencies(lambda: add(1, 2), cfg.calls, cfg.warmup)
+        print(f"  default:           {lat_summary(lat_default)}")
+        R.ours("p50", C.median(lat) * 1e3)
+        R.ours("p99", C.percentile(lat, 99) * 1e3)
+        R.ours("p50_default", C.median(lat_default) * 1e3)
+
+        print(f"-- throughput: {cfg.threads} threads sharing one handle, {cfg.seconds:g} s, stream_logs=False")
+        rate, errors = C.throughput(lambda: (lambda: add(1, 2, stream_logs=False)), cfg.threads, cfg.seconds)
+        if errors:
+            print(f"  {errors} calls failed")
+        R.ours("tput", rate)
+
+        print(f"-- 100 MiB: median of {cfg.big_runs} runs after 1 warm-up (MB = 10^6 bytes)")
+        nbytes = rh.function(_funcs.nbytes).to(cluster)
+        ones = rh.function(_funcs.ones).to(cluster)
+        assert nbytes(big, stream_logs=False) == BIG
+        times = C.timed_runs(lambda: nbytes(big, stream_logs=False), cfg.big_runs)
+        print(f"  argument, MB/s per run: {mbps_runs(times)}")
+        R.ours("arg", C.mb_per_s(BIG, C.median(times)))
+        back = ones(BIG, stream_logs=False)
+        assert back.nbytes == BIG and back[0] == 1 and back[-1] == 1
+        del back
+        times = C.timed_runs(lambda: ones(BIG, stream_logs=False), cfg.big_runs, warmup=0)
+        print(f"  return, MB/s per run: {mbps_runs(times)}")
+        R.ours("ret", C.mb_per_s(BIG, C.median(times)))
+    finally:
+        daemon.stop(port)
+
+
+# --- baselines --------------------------------------------------------------------------------------------
+def bench_tcp(cfg: Config, R: Results, procs: C.Processes, big) -> None:
+    port = C.free_port()
+    proc = procs.spawn(f"serve_tcp({port})", "tcp")
+    try:
+        C.wait_until(lambda: C.tcp_accepts(port), proc, "the TCP server")
+        client = C.TcpClient(port)
+        lat = C.latencies(client.ping, cfg.calls, cfg.warmup)
+        print(f"  ping-pong (8 bytes each way): {lat_summary(lat)}")
+        for key in ("p50", "p50_default"):
+            R.baseline(key, "raw TCP", C.median(lat) * 1e3)
+        R.baseline("p99", "raw TCP", C.percentile(lat, 99) * 1e3)
+        view = memoryview(big)
+        times = C.timed_runs(lambda: client.upload(view), cfg.big_runs)
+        print(f"  100 MiB one way (buffers reused), MB/s per run: {mbps_runs(times)}")
+        R.baseline("arg", "raw TCP", C.mb_per_s(BIG, C.median(times)))
+        times = C.timed_runs(lambda: client.download(BIG), cfg.big_runs)
+        print(f"  100 MiB back (buffers reused), MB/s per run: {mbps_runs(times)}")
+        R.baseline("ret", "raw TCP", C.mb_per_s(BIG, C.median(times)))
+        client.close()
+    finally:
+        procs.stop(proc)
+
+
+def bench_uvicorn(cfg: Config, R: Results, procs: C.Processes, big) -> None:
+    ready = []
+    proc = None
+    port = 0
+    try:
+        for i in range(cfg.start_runs):
+            if proc is not None:
+                procs.stop(proc)
+            port = C.free_port()
+            t0 = time.perf_counter()
+            proc = procs.spawn(f"serve_uvicorn({port})", f"uvicorn-{i}")
+            C.wait_until(lambda: C.http_health(port), proc, "the uvicorn server")
+            ready.append(time.perf_counter() - t0)
+        print(f"  process start until it answers, per run: {', '.join(f'{t:.3f}' for t in ready)} s")
+        R.baseline("ready", "bare uvicorn process", C.median(ready))
+
+        client = C.HttpClient(port)
+        assert bytes(client.post("/echo", SMALL_BODY)) == SMALL_BODY
+        lat = C.latencies(lambda: client.post("/echo", SMALL_BODY), cfg.calls, cfg.warmup)
+        print(f"  POST /echo (48 bytes), keep-alive: {lat_summary(lat)}")
+        for key in ("p50", "p50_default"):
+            R.baseline(key, "uvicorn echo", C.median(lat) * 1e3)
+        R.baseline("p99", "uvicorn echo", C.percentile(lat, 99) * 1e3)
+
+        def make_call() -> Callable[[], object]:
+            own = C.HttpClient(port)
+            return lambda: own.post("/echo", SMALL_BODY)
+
+        rate, errors = C.throughput(make_call, cfg.threads, cfg.seconds)
+        print(f"  {cfg.threads} threads, {cfg.seconds:g} s: {rate:,.0f} calls/s" + (f", {errors} failed" if errors else ""))
+        R.baseline("tput", "uvicorn echo", rate)
+
+        view = memoryview(big)
+        assert int(client.post("/sink", view)) == BIG
+        times = C.timed_runs(lambda: client.post("/sink", view), cfg.big_runs, warmup=0)
+        print(f"  POST 100 MiB, MB/s per run: {mbps_runs(times)}")
+        R.baseline("arg", "uvicorn POST", C.mb_per_s(BIG, C.median(times)))
+        assert len(client.get(f"/blob?n={BIG}")) == BIG
+        times = C.timed_runs(lambda: client.get(f"/blob?n={BIG}"), cfg.big_runs, warmup=0)
+        print(f"  GET 100 MiB, MB/s per run: {mbps_runs(times)}")
+        R.baseline("ret", "uvicorn GET", C.mb_per_s(BIG, C.median(times)))
+        client.close()
+    finally:
+        if proc is not None:
+            procs.stop(proc)
+
+
+def bench_ray(cfg: Config, R: Results, big) -> None:
+    try:
+        import ray
+    except ImportError:
+        print("  note: ray is not importable; Ray baselines skipped (install ray in the venv to include them)")
+        return
+
+    class Adder:  # defined here so Ray ships it by value: its workers need not import bench/
+        def add(self, a, b):
+            return a + b
+
+        def nbytes(self, arr):
+            return int(arr.nbytes)
+
+        def ones(self, n):
+            import numpy as np
+
+            return np.ones(n, dtype=np.uint8)
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        init = time.perf_counter() - t0
+        print(f"  ray.init(num_cpus=2): {init:.3f} s")
+        R.baseline("ready", "ray.init", init)
+        actor_cls = ray.remote(Adder)
+        t0 = time.perf_counter()
+        actor = actor_cls.remote()
+        assert ray.get(actor.add.remote(1, 2)) == 3
+        cold = time.perf_counter() - t0
+        print(f"  new actor until first result: {cold:.3f} s")
+        R.baseline("cold", "Ray new actor", cold)
+        R.baseline("cold_value", "Ray new actor", cold)
+
+        lat = C.latencies(lambda: ray.get(actor.add.remote(1, 2)), cfg.calls, cfg.warmup)
+        print(f"  actor call: {lat_summary(lat)}")
+        for key in ("p50", "p50_default"):
+            R.baseline(key, "Ray actor", C.median(lat) * 1e3)
+        R.baseline("p99", "Ray actor", C.percentile(lat, 99) * 1e3)
+
+        rate, errors = C.throughput(lambda: (lambda: ray.get(actor.add.remote(1, 2))), cfg.threads, cfg.seconds)
+        print(f"  {cfg.threads} threads, {cfg.seconds:g} s: {rate:,.0f} calls/s" + (f", {errors} failed" if errors else ""))
+        R.baseline("tput", "Ray actor", rate)
+
+        times = C.timed_runs(lambda: ray.get(actor.nbytes.remote(big)), cfg.big_runs)
+        print(f"  100 MiB argument, MB/s per run: {mbps_runs(times)}")
+        R.baseline("arg", "Ray actor", C.mb_per_s(BIG, C.median(times)))
+        times = C.timed_runs(lambda: ray.get(actor.ones.remote(BIG)), cfg.big_runs)
+        print(f"  100 MiB return, MB/s per run: {mbps_runs(times)}")
+        R.baseline("ret", "Ray actor", C.mb_per_s(BIG, C.median(times)))
+    finally:
+        ray.shutdown()
+
+
+# --- main -------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer calls, shorter windows")
+    parser.add_argument("--keep-state", action="store_true",
+                        help="keep the temporary RH_CONFIG_DIR (daemon logs) instead of deleting it")
+    args = parser.parse_args(argv)
+    cfg = Config.quick() if args.quick else Config()
+
+    state = Path(tempfile.mkdtemp(prefix="rh-bench-"))
+    os.environ["RH_CONFIG_DIR"] = str(state / "rh")  # before runhouse is imported, and inherited by daemons
+    (state / "logs").mkdir()
+    import numpy as np
+
+    import runhouse as rh
+    from runhouse.server import daemon
+
+    print(f"runhouse {rh.__version__} at {C.git_revision(BENCH_DIR.parent)}; Python {platform.python_version()}; "
+          f"{C.cpu_count()} CPUs ({C.cpu_model()}); {'quick' if args.quick else 'full'} run")
+    print(f"state in {state}; a fresh 100 MiB buffer (allocate + first touch) costs "
+          f"{C.fresh_buffer_ms(BIG):.0f} ms here")
+    R = Results()
+    procs = C.Processes(state / "logs")
+    started: list[int] = []
+    began = time.perf_counter()
+    big = np.ones(BIG, dtype=np.uint8)
+    try:
+        section(R, f"5. daemon start until ready ({cfg.start_runs} runs, each on a new port)",
+                lambda: bench_daemon_start(rh, daemon, cfg, R, started))
+        section(R, "1-4. ours: a daemon of our own", lambda: bench_ours(rh, daemon, cfg, R, started, state, big))
+        section(R, "a. baseline: raw TCP between two processes", lambda: bench_tcp(cfg, R, procs, big))
+        section(R, "b. baseline: bare uvicorn (uvloop, httptools), http.client keep-alive, TCP_NODELAY",
+                lambda: bench_uvicorn(cfg, R, procs, big))
+        section(R, "c. baseline: Ray actor", lambda: bench_ray(cfg, R, big))
+    finally:
+        for port in started:
+            try:
+                daemon.stop(port)
+            except Exception as exc:  # noqa: BLE001
+                print(f"could not stop the daemon on port {port}: {exc}")
+        procs.stop_all()
+        if args.keep_state:
+            print(f"kept {state}")
+        else:
+            shutil.rmtree(state, ignore_errors=True)
+    print(f"\nbench took {time.perf_counter() - began:.1f} s\n")
+    R.table()
+    return 1 if R.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
