@@ -194,5 +194,6 @@ def test_killed_daemon_started_again_serves_the_same_objects(own_cluster):
 def test_client_reconnects_transparently_when_the_daemon_restarts(own_cluster):
     add = rh.function(funcs.add).to(own_cluster)
     assert add(1, 1) == 2
-    subprocess.run([sys.executable, "-m", "runhouse.cli", "restart", "--port", str(own_cluster.server_port)], check=True)
+    restart = [sys.executable, "-m", "runhouse.cli", "restart", "--port", str(own_cluster.server_port)]
+    subprocess.run(restart, check=True)
     assert add(2, 2) == 4  # same stub, same (now stale) keep-alive connection
