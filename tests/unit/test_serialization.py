@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from runhouse import serialization
+from runhouse.errors import RemoteError, RemoteTraceback, SerializationError
+
+
+def roundtrip(value, **kw):
+    return serialization.deserialize(bytearray(serialization.join(serialization.serialize(value))), **kw)
+
+
+def test_plain_values_roundtrip():
+    value = {"a": [1, 2.5, "x", None], "b": (True, b"bytes"), "c": {1, 2}}
+    assert roundtrip(value) == value
+
+
+def test_numpy_arrays_travel_out_of_band_and_arrive_writable():
+    array = np.arange(1_000_000, dtype=np.float64)
+    parts = serialization.serialize(array)
+    assert len(parts) == 3, "header, pickle stream, one out-of-band buffer"
+    assert memoryview(parts[1]).nbytes < 1000, "the array data is not inside the pickle stream"
+    back = roundtrip(array)
+    assert np.array_equal(back, array)
+    back[0] = 42.0  # received into a bytearray: writable
+
+
+def test_buffers_are_views_not_copies():
+    array = np.arange(1000, dtype=np.int64)
+    data = bytearray(serialization.join(serialization.serialize(array)))
+    back = serialization.deserialize(data)
+    back[0] = 123456789
+    assert (123456789).to_bytes(8, "little") in data
+
+
+def test_lambdas_and_local_classes_fall_back_to_cloudpickle():
+    class Local:
+        x = 3
+
+    fn = roundtrip(lambda y: y + Local.x)
+    assert fn(1) == 4
+
+
+def test_unpicklable_value_is_a_serialization_error():
+    import threading
+
+    with pytest.raises(SerializationError, match="cannot serialize lock"):
+        serialization.serialize(threading.Lock())
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x01", b"\x02\x00\x00\x00\x00" + b"\x00" * 8, b"\x01\x00\x00\x00\x00" + b"\x00" * 9]
+)
+def test_malformed_data_is_a_serialization_error(data):
+    with pytest.raises(SerializationError):
+        serialization.deserialize(data)
+
+
+def test_persistent_ids_carry_references():
+    class Handle:
+        def __init__(self, key):
+            self.key = key
+
+    parts = serialization.serialize([Handle("k1"), 2], lambda o: ("ref", o.key) if isinstance(o, Handle) else None)
+    back = serialization.deserialize(serialization.join(parts), lambda pid: f"resolved {pid[1]}")
+    assert back == ["resolved k1", 2]
+
+
+def test_exception_keeps_type_and_gets_remote_traceback_as_cause():
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        info = serialization.pack_exception(exc)
+    rebuilt = serialization.unpack_exception(pickle.loads(pickle.dumps(info)))
+    assert isinstance(rebuilt, KeyError)
+    assert isinstance(rebuilt.__cause__, RemoteTraceback)
+    assert "raise KeyError" in str(rebuilt.__cause__)
+
+
+def test_exception_that_cannot_be_rebuilt_becomes_remote_error():
+    class Picky(Exception):
+        def __init__(self, a, b):
+            super().__init__(a + b)
+
+    try:
+        raise Picky("x", "y")
+    except Picky as exc:
+        info = serialization.pack_exception(exc)
+    rebuilt = serialization.unpack_exception(info)
+    assert isinstance(rebuilt, RemoteError)
+    assert (rebuilt.type_name, rebuilt.message) == ("Picky", "xy")
+    assert "raise Picky" in rebuilt.traceback
