@@ -333,7 +333,7 @@ class HttpClient:
 
     def _answer(self) -> bytearray:
         response = self.conn.getresponse()
-        n = int(response.getheader("content-length"))
+        n = int(response.getheader("content-length") or 0)
         buf = bytearray(n)
         view, got = memoryview(buf), 0
         while got < n:

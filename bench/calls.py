@@ -35,6 +35,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -61,7 +62,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(warmup=20, calls=200, threads=16, seconds=1.0, big_runs=2, cold_runs=2, redeploy_runs=5,
+        return cls(warmup=20, calls=200, threads=16, seconds=1.0, big_runs=3, cold_runs=2, redeploy_runs=5,
                    start_runs=1)
 
 
@@ -172,6 +173,10 @@ def lat_summary(samples: list[float]) -> str:
             f"p99 {C.percentile(ms, 99):.3f}, mean {sum(ms) / len(ms):.3f}, max {max(ms):.2f} ms")
 
 
+def rate_line(cfg: Config, rate: float, errors: int) -> str:
+    return f"  {cfg.threads} threads, {cfg.seconds:g} s: {rate:,.0f} calls/s" + (f", {errors} failed" if errors else "")
+
+
 def mbps_runs(times: list[float], nbytes: int = BIG) -> str:
     return ", ".join(f"{C.mb_per_s(nbytes, t):,.0f}" for t in times)
 
@@ -269,8 +274,7 @@ def bench_ours(rh, daemon, cfg: Config, R: Results, started: list[int], state: P
 
         print(f"-- throughput: {cfg.threads} threads sharing one handle, {cfg.seconds:g} s, stream_logs=False")
         rate, errors = C.throughput(lambda: (lambda: add(1, 2, stream_logs=False)), cfg.threads, cfg.seconds)
-        if errors:
-            print(f"  {errors} calls failed")
+        print(rate_line(cfg, rate, errors))
         R.ours("tput", rate)
 
         print(f"-- 100 MiB: median of {cfg.big_runs} runs after 1 warm-up (MB = 10^6 bytes)")
@@ -325,7 +329,7 @@ def bench_uvicorn(cfg: Config, R: Results, procs: C.Processes, big) -> None:
             port = C.free_port()
             t0 = time.perf_counter()
             proc = procs.spawn(f"serve_uvicorn({port})", f"uvicorn-{i}")
-            C.wait_until(lambda: C.http_health(port), proc, "the uvicorn server")
+            C.wait_until(partial(C.http_health, port), proc, "the uvicorn server")
             ready.append(time.perf_counter() - t0)
         print(f"  process start until it answers, per run: {', '.join(f'{t:.3f}' for t in ready)} s")
         R.baseline("ready", "bare uvicorn process", C.median(ready))
@@ -343,7 +347,7 @@ def bench_uvicorn(cfg: Config, R: Results, procs: C.Processes, big) -> None:
             return lambda: own.post("/echo", SMALL_BODY)
 
         rate, errors = C.throughput(make_call, cfg.threads, cfg.seconds)
-        print(f"  {cfg.threads} threads, {cfg.seconds:g} s: {rate:,.0f} calls/s" + (f", {errors} failed" if errors else ""))
+        print(rate_line(cfg, rate, errors))
         R.baseline("tput", "uvicorn echo", rate)
 
         view = memoryview(big)
@@ -402,7 +406,7 @@ def bench_ray(cfg: Config, R: Results, big) -> None:
         R.baseline("p99", "Ray actor", C.percentile(lat, 99) * 1e3)
 
         rate, errors = C.throughput(lambda: (lambda: ray.get(actor.add.remote(1, 2))), cfg.threads, cfg.seconds)
-        print(f"  {cfg.threads} threads, {cfg.seconds:g} s: {rate:,.0f} calls/s" + (f", {errors} failed" if errors else ""))
+        print(rate_line(cfg, rate, errors))
         R.baseline("tput", "Ray actor", rate)
 
         times = C.timed_runs(lambda: ray.get(actor.nbytes.remote(big)), cfg.big_runs)

@@ -7,10 +7,14 @@ is fastest; code and objects it cannot handle (lambdas, classes defined in ``__m
 cloudpickle. Refs to results kept on a cluster travel as pickle persistent ids, so the cluster can resolve
 them without the value ever crossing the network.
 
+Between processes on one machine, large buffers do not travel through sockets at all: the sender writes
+each into its own file in shared memory (``/dev/shm``) and sends the file's name; the receiver maps the
+file copy-on-write (so the array is writable and nothing is copied until written) and unlinks it at once.
+
 Wire layout of one serialized value::
 
     !BI  version, number of out-of-band buffers (n)
-    !Q * n  length of each buffer
+    !Q * n  length of each buffer; the top bit set means "in shared memory": the bytes sent are its file name
     !Q   length of the main pickle stream
     main pickle stream, then the n buffers back to back
 """
@@ -18,9 +22,13 @@ Wire layout of one serialized value::
 from __future__ import annotations
 
 import io
+import mmap
+import os
 import pickle
 import struct
+import time
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +39,68 @@ from runhouse.errors import RemoteError, RemoteTraceback, SerializationError
 VERSION = 1
 _HEAD = struct.Struct("!BI")
 _LEN = struct.Struct("!Q")
+_SHARED = 1 << 63
+
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "rh-buf-"
+# Buffers at least this large go through shared memory when sender and receiver share a machine.
+SHM_THRESHOLD = int(os.environ.get("RH_SHM_THRESHOLD", str(1 << 20)))
+# Shared-memory files nobody picked up (their receiver died) are removed after this long.
+SHM_MAX_AGE_S = 600.0
+
+
+def shm_available() -> bool:
+    """Whether this machine offers a shared-memory folder."""
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+
+
+def _to_shm(raw: memoryview) -> bytes:
+    name = f"{SHM_PREFIX}{uuid.uuid4().hex}"
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = raw.cast("B")
+        written = 0
+        while written < view.nbytes:
+            written += os.write(fd, view[written:])
+    finally:
+        os.close(fd)
+    return name.encode()
+
+
+def _from_shm(name: bytes) -> memoryview:
+    text = name.decode()
+    if not text.startswith(SHM_PREFIX) or "/" in text:
+        raise SerializationError(f"refusing shared-memory buffer name {text!r}")
+    path = os.path.join(SHM_DIR, text)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise SerializationError(f"shared-memory buffer {text} is gone (already read, or swept)") from None
+    try:
+        size = os.fstat(fd).st_size
+        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return memoryview(mapped)
+
+
+def sweep_shm(max_age: float = SHM_MAX_AGE_S) -> int:
+    """Remove shared-memory buffers older than ``max_age`` seconds that no receiver picked up."""
+    removed = 0
+    cutoff = time.time() - max_age
+    try:
+        entries = list(os.scandir(SHM_DIR))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.name.startswith(SHM_PREFIX) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 Buffer = bytes | bytearray | memoryview
 PersistentId = Callable[[Any], Any]
@@ -47,8 +117,11 @@ def _pickle(obj: Any, pickler_cls: type[pickle.Pickler], persistent_id: Persiste
     return stream.getbuffer(), buffers
 
 
-def serialize(obj: Any, persistent_id: PersistentId | None = None) -> list[Buffer]:
+def serialize(obj: Any, persistent_id: PersistentId | None = None, shm: bool = False) -> list[Buffer]:
     """Serialize ``obj`` into a list of buffers to be sent back to back (no concatenation copy).
+
+    With ``shm=True`` (receiver on this machine), buffers of ``SHM_THRESHOLD`` bytes or more are placed in
+    shared memory and only their names are sent.
 
     Raises:
         SerializationError: the value cannot be pickled, even by cloudpickle.
@@ -63,10 +136,17 @@ def serialize(obj: Any, persistent_id: PersistentId | None = None) -> list[Buffe
                 f"cannot serialize {type(obj).__name__} value: {type(exc).__name__}: {exc}. "
                 "Pass only picklable values (or make the object picklable with __reduce__)."
             ) from exc
-    raws = [b.raw() for b in buffers]
-    head = bytearray(_HEAD.pack(VERSION, len(raws)))
-    for raw in raws:
-        head += _LEN.pack(raw.nbytes)
+    raws: list[Buffer] = []
+    head = bytearray(_HEAD.pack(VERSION, len(buffers)))
+    for buffer in buffers:
+        raw = buffer.raw()
+        if shm and raw.nbytes >= max(SHM_THRESHOLD, 1):
+            name = _to_shm(raw)
+            head += _LEN.pack(_SHARED | len(name))
+            raws.append(name)
+        else:
+            head += _LEN.pack(raw.nbytes)
+            raws.append(raw)
     head += _LEN.pack(main.nbytes)
     return [bytes(head), main, *raws]
 
@@ -81,8 +161,9 @@ def join(parts: Sequence[Buffer]) -> bytes:
     return b"".join(parts)
 
 
-def split(data: Buffer) -> tuple[memoryview, list[memoryview]]:
-    """The main pickle stream and the out-of-band buffers of a serialized value, as views into ``data``.
+def split(data: Buffer) -> tuple[memoryview, list[memoryview], list[bool]]:
+    """The main pickle stream, the out-of-band buffers (views into ``data``) and which buffers are only the
+    names of shared-memory files.
 
     Raises:
         SerializationError: the framing is malformed (checked without unpickling anything).
@@ -93,7 +174,8 @@ def split(data: Buffer) -> tuple[memoryview, list[memoryview]]:
         if version != VERSION:
             raise SerializationError(f"unsupported serialization version {version}; use the same runhouse version")
         offset = _HEAD.size
-        sizes = [_LEN.unpack_from(view, offset + i * _LEN.size)[0] for i in range(nbufs)]
+        fields = [_LEN.unpack_from(view, offset + i * _LEN.size)[0] for i in range(nbufs)]
+        sizes = [f & ~_SHARED for f in fields]
         offset += nbufs * _LEN.size
         (main_len,) = _LEN.unpack_from(view, offset)
         offset += _LEN.size
@@ -108,7 +190,7 @@ def split(data: Buffer) -> tuple[memoryview, list[memoryview]]:
     for size in sizes:
         buffers.append(view[offset : offset + size])
         offset += size
-    return main, buffers
+    return main, buffers, [bool(f & _SHARED) for f in fields]
 
 
 def deserialize(data: Buffer, persistent_load: PersistentLoad | None = None) -> Any:
@@ -117,7 +199,10 @@ def deserialize(data: Buffer, persistent_load: PersistentLoad | None = None) -> 
     Raises:
         SerializationError: the data is malformed or names a type not importable here.
     """
-    main, buffers = split(data)
+    main, buffers, shared = split(data)
+    for i, is_shared in enumerate(shared):
+        if is_shared:
+            buffers[i] = _from_shm(bytes(buffers[i]))
     unpickler = pickle.Unpickler(io.BytesIO(main), buffers=buffers)
     if persistent_load is not None:
         unpickler.persistent_load = persistent_load  # type: ignore[method-assign]

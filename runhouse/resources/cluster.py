@@ -63,6 +63,13 @@ class Cluster(Resource):
         """Whether the daemon runs on this machine (and can be started from here)."""
         return self.host in _LOCAL_HOSTS
 
+    @property
+    def shares_memory(self) -> bool:
+        """Whether large buffers can go to and from the daemon through shared memory (same machine)."""
+        from runhouse.serialization import shm_available
+
+        return self.is_local and shm_available()
+
     def _endpoint(self) -> tuple[str, int]:
         return self.host, self.server_port
 
@@ -137,13 +144,14 @@ class Cluster(Resource):
         from runhouse import serialization
 
         self.up_if_not()
-        self._control("put", {"key": key, "env": self._env_name(env)}, serialization.serialize(obj))
+        parts = serialization.serialize(obj, shm=self.shares_memory)
+        self._control("put", {"key": key, "env": self._env_name(env)}, parts)
 
     def get(self, key: str, default: Any = ...) -> Any:
         """The value stored under ``key``; for a function, class or instance, a handle to call it."""
         self.up_if_not()
         try:
-            response = self.request("/_/get", {"key": key})
+            response = self.request("/_/get", {"key": key, "shm": self.shares_memory})
         except KeyError:
             if default is ...:
                 raise

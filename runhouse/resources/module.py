@@ -117,13 +117,15 @@ class RemoteInstance:
             raise AttributeError(attr)
         if attr in self._rh_methods:
             return RemoteMethod(self, attr, self._rh_methods[attr])
-        return self._rh_system.request("/_/getattr", {"name": self._rh_name, "attr": attr}).value()
+        meta = {"name": self._rh_name, "attr": attr, "shm": self._rh_system.shares_memory}
+        return self._rh_system.request("/_/getattr", meta).value()
 
     def __setattr__(self, attr: str, value: Any) -> None:
         from runhouse import serialization
 
         meta = {"name": self._rh_name, "attr": attr}
-        self._rh_system.request("/_/setattr", meta, serialization.serialize(value)).value()
+        parts = serialization.serialize(value, shm=self._rh_system.shares_memory)
+        self._rh_system.request("/_/setattr", meta, parts).value()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return RemoteMethod(self, "__call__", self._rh_methods.get("__call__", False))(*args, **kwargs)

@@ -99,7 +99,7 @@ def _pack(system: Cluster, value: Any, refs: list[str]) -> list:
             raise SerializationError(f"{obj!r} lives on another cluster; pass rh.get(ref) instead")
         return None
 
-    return serialization.serialize(value, persistent_id)
+    return serialization.serialize(value, persistent_id, shm=system.shares_memory)
 
 
 def _same_daemon(a: Cluster, b: Cluster) -> bool:
@@ -127,6 +127,8 @@ def call(
     refs: list[str] = []
     parts = _pack(system, (tuple(args), kwargs), refs)
     meta: dict[str, Any] = {"stream_logs": stream_logs}
+    if system.shares_memory:
+        meta["shm"] = True
     if refs:
         meta["refs"] = refs
     if timeout is not None:
@@ -185,7 +187,14 @@ def map_call(
         packed = _pack(system, item, refs)
         sizes.append(serialization.serialized_size(packed))
         parts += packed
-    meta = {"name": name, "method": method, "sizes": sizes, "stream_logs": stream_logs, "refs": sorted(set(refs))}
+    meta = {
+        "name": name,
+        "method": method,
+        "sizes": sizes,
+        "stream_logs": stream_logs,
+        "refs": sorted(set(refs)),
+        "shm": system.shares_memory,
+    }
     on_log = print_log(name if method in ("call", "__call__") else f"{name}.{method}") if stream_logs else None
     response = system.request("/_/map", meta, parts, on_log, None)
     if response.kind == wire.ERROR:

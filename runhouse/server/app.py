@@ -265,6 +265,7 @@ class App:
             timeout=timeout,
             enqueue=bool(meta.get("enqueue")),
             json_result=request.json_mode,
+            shm=bool(meta.get("shm")) and not request.json_mode,
             on_log=response.log,
         )
         reply = await _cancel_on_disconnect(call, receive)
@@ -295,6 +296,7 @@ class App:
             items,
             stream_logs=bool(request.meta.get("stream_logs")),
             refs=request.arg("refs", list, ()),
+            shm=bool(request.meta.get("shm")),
             on_log=on_log,
         )
         frames = []
@@ -348,7 +350,7 @@ class App:
         await response.value(None)
 
     async def _get(self, request: _Request, response: _Response) -> None:
-        entry, reply = await self.runtime.get(request.arg("key"))
+        entry, reply = await self.runtime.get(request.arg("key"), shm=bool(request.meta.get("shm")))
         if reply is None:
             handle = {"kind": entry.kind, "env": entry.env, "info": entry.info}
             await response.value(handle, [(b"x-rh-kind", b"handle")])
@@ -364,7 +366,8 @@ class App:
         await response.value(self.runtime.keys(request.arg("env", str, None)))
 
     async def _getattr(self, request: _Request, response: _Response) -> None:
-        await response.reply(await self.runtime.getattr(request.arg("name"), request.arg("attr")))
+        shm = bool(request.meta.get("shm"))
+        await response.reply(await self.runtime.getattr(request.arg("name"), request.arg("attr"), shm=shm))
 
     async def _setattr(self, request: _Request, response: _Response) -> None:
         await response.reply(await self.runtime.setattr(request.arg("name"), request.arg("attr"), request.payload()))

@@ -30,7 +30,7 @@ from runhouse.errors import (
     WorkerCrashedError,
 )
 from runhouse.resources.env import DEFAULT_ENV
-from runhouse.serialization import unpack_exception
+from runhouse.serialization import sweep_shm, unpack_exception
 from runhouse.server.channel import LogSink, Reply, WorkerChannel
 from runhouse.server.envs import EnvRuntime, EnvSpec, ensure_python
 from runhouse.transport import wire
@@ -38,6 +38,7 @@ from runhouse.transport import wire
 FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
 _POOL_SLOTS_PER_WORKER = 2
 _MAIN_SLOTS = 32
+SHM_SWEEP_INTERVAL_S = 60.0
 # After a command exits, how long to wait for the rest of its output.
 _PIPE_DRAIN_S = 1.0
 
@@ -117,13 +118,22 @@ class Runtime:
         self.started_at = time.time()
         self._queues: dict[str, asyncio.Lock] = {}
         self._env_locks: dict[str, asyncio.Lock] = {}
+        self._sweeper: asyncio.Task | None = None
 
     # --- envs ----------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the default env's main worker so the first call does not wait for it."""
         await (await self.env_runtime(DEFAULT_ENV)).main_worker()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_shared_memory())
+
+    async def _sweep_shared_memory(self) -> None:
+        while True:
+            await asyncio.get_running_loop().run_in_executor(None, sweep_shm)
+            await asyncio.sleep(SHM_SWEEP_INTERVAL_S)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await asyncio.gather(*(env.stop() for env in self.envs.values()))
 
     async def env_runtime(self, name: str, progress: Callable[[str], None] | None = None) -> EnvRuntime:
@@ -256,6 +266,7 @@ class Runtime:
         timeout: float | None = None,
         enqueue: bool = False,
         json_result: bool = False,
+        shm: bool = False,
         on_log: LogSink | None = None,
     ) -> Reply:
         """Run ``name.method(*args, **kwargs)`` in the object's env; ERROR replies carry the remote exception.
@@ -274,6 +285,8 @@ class Runtime:
             meta["refs"] = await self._fetch_refs(refs, worker)
         if json_result:
             meta["json"] = True
+        if shm:
+            meta["shm"] = True
         if remote:
             meta["store_as"] = f"{name}.{method}-{uuid.uuid4().hex[:12]}"
         request = worker.request(meta, [payload] if payload.nbytes else [], on_log)
@@ -305,6 +318,7 @@ class Runtime:
         *,
         stream_logs: bool = False,
         refs: Sequence[str] = (),
+        shm: bool = False,
         on_log: Callable[[int, bytes], None] | None = None,
     ) -> list[Reply | BaseException]:
         """Run one call per item in parallel over the env's pool (a stateful instance: its main worker)."""
@@ -326,7 +340,9 @@ class Runtime:
                 if not worker.alive:
                     workers = await runtime.pool_workers() if entry.kind == FUNCTION else [await runtime.main_worker()]
                     worker = workers[index % len(workers)]
-                meta: dict[str, Any] = {"op": "call", "name": name, "method": method, "stream_logs": stream_logs}
+                meta: dict[str, Any] = {
+                    "op": "call", "name": name, "method": method, "stream_logs": stream_logs, "shm": shm
+                }
                 log = (lambda data, i=i: on_log(i, data)) if on_log else None
                 try:
                     await self._load(worker, entry)
@@ -356,19 +372,19 @@ class Runtime:
         if current is not None and current.kind != VALUE:
             self.registry.save()
 
-    async def get(self, key: str) -> tuple[Entry, Reply | None]:
+    async def get(self, key: str, shm: bool = False) -> tuple[Entry, Reply | None]:
         """A stored value (its serialized bytes), or only the entry for functions, classes and instances."""
         entry = self.registry.entry(key)
         if entry.kind != VALUE:
             return entry, None
         worker = await (await self.env_runtime(entry.env)).main_worker()
-        return entry, await worker.request({"op": "get", "key": key})
+        return entry, await worker.request({"op": "get", "key": key, "shm": shm})
 
-    async def getattr(self, name: str, attr: str) -> Reply:
+    async def getattr(self, name: str, attr: str, shm: bool = False) -> Reply:
         entry = self.registry.entry(name)
         worker = await (await self.env_runtime(entry.env)).main_worker()
         await self._load(worker, entry)
-        return await worker.request({"op": "getattr", "name": name, "attr": attr})
+        return await worker.request({"op": "getattr", "name": name, "attr": attr, "shm": shm})
 
     async def setattr(self, name: str, attr: str, payload: memoryview) -> Reply:
         entry = self.registry.entry(name)

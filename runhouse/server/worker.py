@@ -242,7 +242,7 @@ class Worker:
             return {"stored": store_as}, []
         if meta.get("json"):
             return None, [json.dumps(value, default=repr).encode()]
-        return None, serialization.serialize(value)
+        return None, serialization.serialize(value, shm=bool(meta.get("shm")))
 
     # --- ops ---------------------------------------------------------------------------------------
     def op_call(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:

@@ -152,3 +152,13 @@ def hog_memory(mb):
         time.sleep(0.01)
     time.sleep(5)
     return len(chunks)
+
+
+def ones(nbytes):
+    import numpy as np
+
+    return np.ones(nbytes, dtype=np.uint8)
+
+
+def checksum(array):
+    return int(array.sum()), bool(array.flags.writeable)

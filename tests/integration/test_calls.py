@@ -194,3 +194,42 @@ def _args(args, kwargs):
     from runhouse import serialization
 
     return serialization.serialize((args, kwargs))
+
+
+def _shm_files():
+    import os
+
+    from runhouse.serialization import SHM_DIR, SHM_PREFIX
+
+    return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)}
+
+
+def test_large_arrays_go_through_shared_memory_both_ways_and_leave_nothing(cluster):
+    import numpy as np
+
+    before = _shm_files()
+    big = np.ones(8 * 2**20, dtype=np.uint8)
+    assert rh.function(funcs.checksum).to(cluster)(big) == (8 * 2**20, True)
+    back = rh.function(funcs.ones).to(cluster)(8 * 2**20)
+    assert back.nbytes == 8 * 2**20 and back.sum() == 8 * 2**20
+    back[0] = 7  # writable, copy-on-write
+    cluster.put("big_value", big)
+    assert cluster.get("big_value").sum() == 8 * 2**20
+    assert _shm_files() == before
+
+
+def test_unclaimed_shared_memory_is_swept():
+    import os
+    import time
+
+    from runhouse import serialization
+
+    before = _shm_files()
+    parts = serialization.serialize(bytearray(4 * 2**20), shm=True)
+    [name] = _shm_files() - before
+    old = time.time() - serialization.SHM_MAX_AGE_S - 10
+    os.utime(os.path.join(serialization.SHM_DIR, name), (old, old))
+    assert serialization.sweep_shm() >= 1
+    assert name not in _shm_files()
+    with pytest.raises(SerializationError, match="gone"):
+        serialization.deserialize(serialization.join(parts))
