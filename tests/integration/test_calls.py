@@ -224,8 +224,10 @@ def test_unclaimed_shared_memory_is_swept():
 
     from runhouse import serialization
 
+    import numpy as np
+
     before = _shm_files()
-    parts = serialization.serialize(bytearray(4 * 2**20), shm=True)
+    parts = serialization.serialize(np.zeros(4 * 2**20, dtype=np.uint8), shm=True)
     [name] = _shm_files() - before
     old = time.time() - serialization.SHM_MAX_AGE_S - 10
     os.utime(os.path.join(serialization.SHM_DIR, name), (old, old))
