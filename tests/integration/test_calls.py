@@ -222,9 +222,9 @@ def test_unclaimed_shared_memory_is_swept():
     import os
     import time
 
-    from runhouse import serialization
-
     import numpy as np
+
+    from runhouse import serialization
 
     before = _shm_files()
     parts = serialization.serialize(np.zeros(4 * 2**20, dtype=np.uint8), shm=True)
