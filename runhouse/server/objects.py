@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -119,6 +120,7 @@ class Runtime:
         self._queues: dict[str, asyncio.Lock] = {}
         self._env_locks: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.Task | None = None
+        self._command_groups: set[int] = set()  # process groups of run() commands, stopped with the daemon
 
     # --- envs ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -134,6 +136,11 @@ class Runtime:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for group in self._command_groups:  # including what commands left running in the background
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         await asyncio.gather(*(env.stop() for env in self.envs.values()))
 
     async def env_runtime(self, name: str, progress: Callable[[str], None] | None = None) -> EnvRuntime:
@@ -436,6 +443,7 @@ class Runtime:
                     cmd, env=environ, stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
                 )
+            self._command_groups.add(proc.pid)
             out: list[bytes] = []
             err: list[bytes] = []
             readers = asyncio.gather(_collect(proc.stdout, out, on_log), _collect(proc.stderr, err, on_log))
@@ -445,6 +453,10 @@ class Runtime:
             except asyncio.TimeoutError:
                 pass
             results.append((code, b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")))
+            try:
+                os.killpg(proc.pid, 0)  # anything left in the command's group? keep it to stop it later
+            except ProcessLookupError:
+                self._command_groups.discard(proc.pid)
         return results
 
     # --- status --------------------------------------------------------------------------------------

@@ -221,17 +221,21 @@ def test_cli_status_shows_tables(cluster):
 def test_stop_leaves_no_orphan_processes(config_dir):
     port = free_port()
     subprocess.run([sys.executable, "-m", "runhouse.cli", "start", "--port", str(port)], check=True)
-    box = rh.cluster(host="localhost", server_port=port)
-    rh.function(funcs.slow_pid).to(box).map([0.01] * 4)  # main worker plus the pool
-    box.run(["sleep 300 &"], stream_logs=False)  # something user code left running
-    pid = daemon.running_pid(port)
-    family = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    assert len(family) >= 4
-    subprocess.run([sys.executable, "-m", "runhouse.cli", "stop", "--port", str(port)], check=True)
-    time.sleep(0.2)
-    alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
-    assert daemon.health(port) is None
+    try:
+        box = rh.cluster(host="localhost", server_port=port)
+        rh.function(funcs.slow_pid).to(box).map([0.01] * 4)  # main worker plus the pool
+        box.run(["sleep 313 &"], stream_logs=False)  # something a command left running
+        pid = daemon.running_pid(port)
+        family = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        assert len(family) >= 4
+        subprocess.run([sys.executable, "-m", "runhouse.cli", "stop", "--port", str(port)], check=True)
+        time.sleep(0.2)
+        alive = [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert alive == []
+        assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "313"]]
+        assert daemon.health(port) is None
+    finally:
+        daemon.stop(port)
 
 
 def test_daemon_that_cannot_start_reports_its_log(config_dir):
