@@ -6,26 +6,47 @@ Example::
 
     remote_add = rh.function(add).to(rh.here)
     remote_add(1, 2)
+
+Attributes are imported on first use, so processes that need only part of the package (the daemon's
+workers above all) start fast.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from runhouse.errors import (  # noqa: E402
-    CallTimeoutError,
-    MapError,
-    RemoteError,
-    RunhouseError,
-    WorkerCrashedError,
-)
-from runhouse.resources.cluster import Cluster, cluster  # noqa: E402
-from runhouse.resources.env import Env, env  # noqa: E402
-from runhouse.resources.function import Function, function  # noqa: E402
-from runhouse.resources.module import Module, RemoteClass, RemoteInstance, module  # noqa: E402
-from runhouse.resources.remote import Ref, get  # noqa: E402
+_EXPORTS = {
+    "CallTimeoutError": "runhouse.errors",
+    "Cluster": "runhouse.resources.cluster",
+    "Env": "runhouse.resources.env",
+    "Function": "runhouse.resources.function",
+    "MapError": "runhouse.errors",
+    "Module": "runhouse.resources.module",
+    "Ref": "runhouse.resources.remote",
+    "RemoteClass": "runhouse.resources.module",
+    "RemoteError": "runhouse.errors",
+    "RemoteInstance": "runhouse.resources.module",
+    "RunhouseError": "runhouse.errors",
+    "WorkerCrashedError": "runhouse.errors",
+    "cluster": "runhouse.resources.cluster",
+    "env": "runhouse.resources.env",
+    "function": "runhouse.resources.function",
+    "get": "runhouse.resources.remote",
+    "module": "runhouse.resources.module",
+}
+
+if TYPE_CHECKING:
+    from runhouse.errors import CallTimeoutError, MapError, RemoteError, RunhouseError, WorkerCrashedError
+    from runhouse.resources.cluster import Cluster, cluster
+    from runhouse.resources.env import Env, env
+    from runhouse.resources.function import Function, function
+    from runhouse.resources.module import Module, RemoteClass, RemoteInstance, module
+    from runhouse.resources.remote import Ref, get
+
+    here: Cluster
 
 
 def __getattr__(name: str) -> Any:
@@ -33,7 +54,16 @@ def __getattr__(name: str) -> Any:
         from runhouse.resources.cluster import here
 
         return here()
-    raise AttributeError(f"module 'runhouse' has no attribute {name!r}")
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'runhouse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

@@ -9,7 +9,6 @@ that call's id: concurrent calls never mix, and nothing is written to disk per c
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import ctypes
 import importlib
@@ -31,6 +30,20 @@ from runhouse.errors import CallCancelledError, ObjectNotFoundError
 from runhouse.transport import wire
 
 MAX_THREADS = int(os.environ.get("RH_WORKER_THREADS", "64"))
+_READ_BUFFER = 256 * 1024
+
+
+def _read(stream: Any, n: int) -> bytearray:
+    """Exactly ``n`` bytes from a buffered stream, into a new writable buffer."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        count = stream.readinto(view[got:])
+        if not count:
+            raise EOFError("the daemon closed the channel")
+        got += count
+    return buf
 
 
 class _CallContext:
@@ -121,10 +134,11 @@ class Worker:
         self.objects: dict[str, Any] = {}
         self.module_hashes: dict[str, str] = {}
         self._send_lock = threading.Lock()
+        self._cancel_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="rh-call")
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Any = None  # an asyncio loop on its own thread, started by the first coroutine
         self._loop_lock = threading.Lock()
-        self._running: dict[int, int | asyncio.Task] = {}  # rid -> thread ident or task
+        self._running: dict[int, Any] = {}  # rid -> thread ident, or asyncio task of a coroutine
         self._ops: dict[str, Callable[[dict, bytearray], tuple[dict | None, list]]] = {
             "call": self.op_call,
             "deploy": self.op_deploy,
@@ -153,13 +167,12 @@ class Worker:
 
     def serve(self) -> None:
         """Read frames until the daemon goes away, then exit the process."""
+        stream = self.sock.makefile("rb", buffering=_READ_BUFFER)
         try:
             while True:
-                kind, rid, meta_len, payload_len = wire.WORKER_HEADER.unpack(
-                    wire.recv_exactly(self.sock, wire.WORKER_HEADER.size)
-                )
-                meta = wire.decode_meta(wire.recv_exactly(self.sock, meta_len)) if meta_len else {}
-                payload = wire.recv_exactly(self.sock, payload_len)
+                kind, rid, meta_len, payload_len = wire.WORKER_HEADER.unpack(_read(stream, wire.WORKER_HEADER.size))
+                meta = wire.decode_meta(_read(stream, meta_len)) if meta_len else {}
+                payload = _read(stream, payload_len)
                 if kind == wire.CANCEL:
                     self._cancel(rid)
                 else:
@@ -171,31 +184,40 @@ class Worker:
     def _handle(self, rid: int, meta: dict, payload: bytearray) -> None:
         ctx = _CallContext(self, rid, bool(meta.get("stream_logs")))
         token = _current_call.set(ctx)
-        self._running[rid] = threading.get_ident()
         try:
-            op = self._ops.get(meta.get("op", ""))
-            if op is None:
-                raise ValueError(f"unknown worker op {meta.get('op')!r}")
-            reply_meta, parts = op(meta, payload)
-        except BaseException as exc:  # noqa: BLE001 - every failure of user code goes back to the caller
-            self._running.pop(rid, None)
-            ctx.close()
-            _current_call.reset(token)
-            info = serialization.pack_exception(exc)
-            self.send(wire.ERROR, rid, None, [wire.encode_meta(info)])
-            return
-        self._running.pop(rid, None)
+            with self._cancel_lock:
+                self._running[rid] = threading.get_ident()
+            try:
+                op = self._ops.get(meta.get("op", ""))
+                if op is None:
+                    raise ValueError(f"unknown worker op {meta.get('op')!r}")
+                kind, reply_meta, parts = wire.RESULT, *op(meta, payload)
+            except BaseException as exc:  # noqa: BLE001 - every failure of user code goes back to the caller
+                kind, reply_meta, parts = wire.ERROR, None, [wire.encode_meta(serialization.pack_exception(exc))]
+            self._finish(rid)
+        except CallCancelledError as exc:  # a cancellation that landed after the call itself had finished
+            self._finish(rid)
+            kind, reply_meta, parts = wire.ERROR, None, [wire.encode_meta(serialization.pack_exception(exc))]
         ctx.close()
         _current_call.reset(token)
-        self.send(wire.RESULT, rid, reply_meta, parts)
+        self.send(kind, rid, reply_meta, parts)
+
+    def _finish(self, rid: int) -> None:
+        """Mark the call done; after this no cancellation can reach this thread (a pending one is cleared)."""
+        with self._cancel_lock:
+            self._running.pop(rid, None)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
 
     def _cancel(self, rid: int) -> None:
-        target = self._running.get(rid)
-        if isinstance(target, asyncio.Task):
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(target.cancel)
-        elif isinstance(target, int):
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(CallCancelledError))
+        with self._cancel_lock:
+            target = self._running.get(rid)
+            if target is None:
+                return
+            if not isinstance(target, int):  # an asyncio task
+                self._loop.call_soon_threadsafe(target.cancel)
+            else:
+                exc = ctypes.py_object(CallCancelledError)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), exc)
 
     # --- helpers -----------------------------------------------------------------------------------
     def _object(self, name: str) -> Any:
@@ -205,6 +227,8 @@ class Worker:
             raise ObjectNotFoundError(f"no object named {name!r} in this env") from None
 
     def _run_coroutine(self, rid: int, coro: Any) -> Any:
+        import asyncio  # only workers that run coroutines pay for importing asyncio
+
         with self._loop_lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
@@ -213,7 +237,8 @@ class Worker:
 
         async def runner() -> Any:
             _current_call.set(ctx)
-            self._running[rid] = asyncio.current_task()  # type: ignore[assignment]
+            with self._cancel_lock:
+                self._running[rid] = asyncio.current_task()
             return await coro
 
         future = asyncio.run_coroutine_threadsafe(runner(), self._loop)

@@ -15,7 +15,6 @@ dict describing the exception, a LOG payload UTF-8 text made of whole lines.
 from __future__ import annotations
 
 import pickle
-import socket
 import struct
 from typing import Any
 
@@ -50,15 +49,3 @@ def worker_frame_head(kind: int, rid: int, meta: bytes, payload_len: int) -> byt
 def http_frame_head(kind: int, payload_len: int) -> bytes:
     return HTTP_FRAME.pack(kind, payload_len)
 
-
-def recv_exactly(sock: socket.socket, n: int) -> bytearray:
-    """Read exactly ``n`` bytes into a new (writable) bytearray; raises EOFError if the peer closed."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        count = sock.recv_into(view[got:], n - got)
-        if count == 0:
-            raise EOFError("peer closed the connection")
-        got += count
-    return buf

@@ -1,0 +1,1 @@
+"""One module per resource type, all on one Resource base."""

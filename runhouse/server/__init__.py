@@ -1,0 +1,1 @@
+"""The cluster daemon: HTTP API, named objects, env worker processes."""

@@ -1,0 +1,1 @@
+"""How clients reach daemons: the HTTP client and the shared wire framing."""
