@@ -7,6 +7,7 @@ Subclasses that reach the host another way (SSH, on-demand clouds) override :met
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -63,7 +64,7 @@ class Cluster(Resource):
         """Whether the daemon runs on this machine (and can be started from here)."""
         return self.host in _LOCAL_HOSTS
 
-    @property
+    @functools.cached_property
     def shares_memory(self) -> bool:
         """Whether large buffers can go to and from the daemon through shared memory (same machine)."""
         from runhouse.serialization import shm_available

@@ -427,14 +427,29 @@ async def _read_body(receive: Callable, length_header: bytes | None) -> memoryvi
 
 
 async def _cancel_on_disconnect(call: Awaitable[Reply], receive: Callable) -> Reply:
-    """Await ``call``; if the client goes away first (Ctrl-C), cancel it on the worker."""
-    task = asyncio.ensure_future(call)
+    """Await ``call``; if the client goes away first (Ctrl-C), cancel it on the worker.
+
+    One watcher task per call, which cancels this handler when the disconnect arrives: measured cheaper
+    than running the call as a task of its own and waiting on both.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    gone = False
+
+    def on_message(watcher: asyncio.Task) -> None:
+        nonlocal gone
+        if not watcher.cancelled() and watcher.exception() is None and watcher.result()["type"] == "http.disconnect":
+            gone = True
+            handler.cancel()
+
     watcher = asyncio.ensure_future(receive())
+    watcher.add_done_callback(on_message)
     try:
-        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        raise ClientGone()
+        return await call
+    except asyncio.CancelledError:
+        if gone:
+            raise ClientGone() from None
+        raise
     finally:
+        watcher.remove_done_callback(on_message)
         watcher.cancel()

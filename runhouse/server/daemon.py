@@ -182,6 +182,9 @@ def serve(port: int) -> None:
         access_log=False,
         timeout_graceful_shutdown=3,
         timeout_keep_alive=300,
+        proxy_headers=False,  # bound to 127.0.0.1: no proxies to trust, and the middleware costs per request
+        server_header=False,
+        date_header=False,
     )
     try:
         uvicorn.Server(config).run()
