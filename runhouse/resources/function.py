@@ -26,7 +26,11 @@ class Function(Resource):
     RESOURCE_TYPE = "function"
 
     def __init__(self, fn: Callable | None = None, name: str | None = None) -> None:
-        super().__init__(name or getattr(fn, "__name__", None))
+        remote_name = name or getattr(fn, "__name__", None)
+        if not remote_name:
+            raise RunhouseError("rh.function needs a named function, or name=")
+        super().__init__(remote_name)
+        self.remote_name: str = remote_name
         self.fn = fn
         self.system: Cluster | None = None
         self.env: str | None = None
@@ -43,8 +47,8 @@ class Function(Resource):
         deployed function. Deploying unchanged code again costs one round trip."""
         if self.fn is None:
             raise RunhouseError(f"function {self.name!r} has no local code to deploy")
-        env_name, info = remote.deploy(system, self.fn, self.name, "function", env)
-        bound = Function._bound(system, self.name, env_name, info.get("is_async", False))
+        env_name, info = remote.deploy(system, self.fn, self.remote_name, "function", env)
+        bound = Function._bound(system, self.remote_name, env_name, info.get("is_async", False))
         bound.fn = self.fn
         return bound
 
@@ -55,15 +59,15 @@ class Function(Resource):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call on the cluster and return the result (awaitable when the function is ``async def``)."""
-        return remote.maybe_async(self.is_async, remote.call, self._system(), self.name, "call", args, kwargs)
+        return remote.maybe_async(self.is_async, remote.call, self._system(), self.remote_name, "call", args, kwargs)
 
     def remote(self, *args: Any, **kwargs: Any) -> remote.Ref:
         """Call on the cluster and keep the result there; returns a :class:`~runhouse.resources.remote.Ref`."""
-        return remote.call(self._system(), self.name, "call", args, kwargs, remote=True)
+        return remote.call(self._system(), self.remote_name, "call", args, kwargs, remote=True)
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         """Call after every earlier enqueued call of this function has finished (one at a time, in order)."""
-        return remote.call(self._system(), self.name, "call", args, kwargs, enqueue=True)
+        return remote.call(self._system(), self.remote_name, "call", args, kwargs, enqueue=True)
 
     def map(self, *iterables: Iterable, **kwargs: Any) -> list[Any]:
         """Call once per item, in parallel over the env's worker processes; results in order.
@@ -71,11 +75,11 @@ class Function(Resource):
         Positional iterables are zipped like builtin ``map``; a keyword whose value is a list of the same
         length is zipped per item; any other keyword value is passed unchanged to every call.
         """
-        return remote.map_call(self._system(), self.name, "call", iterables, kwargs, star=False)
+        return remote.map_call(self._system(), self.remote_name, "call", iterables, kwargs, star=False)
 
     def starmap(self, items: Iterable[Sequence[Any]], **kwargs: Any) -> list[Any]:
         """Like :meth:`map`, with each item a tuple of positional arguments."""
-        return remote.map_call(self._system(), self.name, "call", [items], kwargs, star=True)
+        return remote.map_call(self._system(), self.remote_name, "call", [items], kwargs, star=True)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "env": self.env, "system": self.system.config() if self.system else None}

@@ -43,7 +43,11 @@ class RemoteClass(Resource):
     RESOURCE_TYPE = "module"
 
     def __init__(self, cls: type | None = None, name: str | None = None) -> None:
-        super().__init__(name or getattr(cls, "__name__", None))
+        remote_name = name or getattr(cls, "__name__", None)
+        if not remote_name:
+            raise RunhouseError("rh.module needs a class, or name=")
+        super().__init__(remote_name)
+        self.remote_name: str = remote_name
         self.cls = cls
         self.system: Cluster | None = None
         self.env: str | None = None
@@ -59,8 +63,8 @@ class RemoteClass(Resource):
         """Deploy the class to ``system`` in ``env``; returns the deployed class."""
         if self.cls is None:
             raise RunhouseError(f"module {self.name!r} has no local class to deploy")
-        env_name, info = remote.deploy(system, self.cls, self.name, "class", env)
-        bound = RemoteClass._bound(system, self.name, env_name, info)
+        env_name, info = remote.deploy(system, self.cls, self.remote_name, "class", env)
+        bound = RemoteClass._bound(system, self.remote_name, env_name, info)
         bound.cls = self.cls
         return bound
 
@@ -68,9 +72,9 @@ class RemoteClass(Resource):
         """Create an instance on the cluster, named ``name`` (generated when omitted); returns its handle."""
         if self.system is None:
             raise RunhouseError(f"module {self.name!r} is not deployed; call .to(cluster) first")
-        name = name or f"{self.name}-{uuid.uuid4().hex[:8]}".lower()
+        name = name or f"{self.remote_name}-{uuid.uuid4().hex[:8]}".lower()
         parts = remote._pack(self.system, (args, kwargs), [])
-        info = self.system._control("instantiate", {"name": name, "class_name": self.name}, parts)
+        info = self.system._control("instantiate", {"name": name, "class_name": self.remote_name}, parts)
         return RemoteInstance(self.system, name, info)
 
     def config(self) -> dict[str, Any]:

@@ -220,7 +220,7 @@ class Runtime:
         self.registry.save()
         return reply
 
-    async def instantiate(self, name: str, class_name: str, payload: bytes) -> Reply:
+    async def instantiate(self, name: str, class_name: str, payload: bytes | memoryview) -> Reply:
         """Create a named instance of a deployed class in its env's main worker."""
         _check_name(name)
         cls = self.registry.entry(class_name)

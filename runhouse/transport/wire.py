@@ -37,7 +37,7 @@ def encode_meta(meta: dict[str, Any]) -> bytes:
     return pickle.dumps(meta, protocol=5)
 
 
-def decode_meta(data: bytes | memoryview) -> dict[str, Any]:
+def decode_meta(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     return pickle.loads(data)
 
 
