@@ -42,37 +42,10 @@ class Reply:
 class _Protocol(asyncio.Protocol):
     def __init__(self, channel: WorkerChannel) -> None:
         self.channel = channel
-        self.head = bytearray()
-        self.body: bytearray | None = None
-        self.filled = 0
-        self.frame: tuple[int, int, int] = (0, 0, 0)
+        self.frames = wire.FrameAssembler(wire.WORKER_HEADER, lambda f: f[2] + f[3], channel._on_frame)
+        self.data_received = self.frames.feed  # type: ignore[method-assign]
         self.can_write = asyncio.Event()
         self.can_write.set()
-
-    def data_received(self, data: bytes) -> None:
-        view = memoryview(data)
-        pos, end = 0, len(view)
-        size = wire.WORKER_HEADER.size
-        while pos < end:
-            if self.body is None:
-                take = min(size - len(self.head), end - pos)
-                self.head += view[pos : pos + take]
-                pos += take
-                if len(self.head) < size:
-                    return
-                kind, rid, meta_len, payload_len = wire.WORKER_HEADER.unpack(self.head)
-                self.head.clear()
-                self.frame = (kind, rid, meta_len)
-                self.body = bytearray(meta_len + payload_len)
-                self.filled = 0
-            take = min(len(self.body) - self.filled, end - pos)
-            self.body[self.filled : self.filled + take] = view[pos : pos + take]
-            self.filled += take
-            pos += take
-            if self.filled == len(self.body):
-                body, self.body = self.body, None
-                kind, rid, meta_len = self.frame
-                self.channel._on_frame(kind, rid, memoryview(body), meta_len)
 
     def pause_writing(self) -> None:
         self.can_write.clear()
@@ -103,7 +76,6 @@ class WorkerChannel:
         self._ids = itertools.count(1)
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
-        self._closed = asyncio.Event()
 
     @property
     def pid(self) -> int | None:
@@ -169,7 +141,9 @@ class WorkerChannel:
             self.inflight -= 1
             self._pending.pop(rid, None)
 
-    def _on_frame(self, kind: int, rid: int, body: memoryview, meta_len: int) -> None:
+    def _on_frame(self, fields: tuple, frame: bytearray) -> None:
+        kind, rid, meta_len, _ = fields
+        body = memoryview(frame)
         entry = self._pending.get(rid)
         if entry is None:
             if kind != wire.LOG:
@@ -210,7 +184,6 @@ class WorkerChannel:
                 future.set_exception(error)
         if self._transport is not None:
             self._transport.close()
-        self._closed.set()
         if self.on_exit is not None:
             self.on_exit(self)
 

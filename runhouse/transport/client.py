@@ -84,10 +84,7 @@ class _Reader:
         self.done = False
         self.framed = False
         self.raw = bytearray()  # body of a non-framed (JSON error) answer
-        self.head = bytearray()
-        self.frame: bytearray | None = None
-        self.frame_kind = 0
-        self.filled = 0
+        self.frames = wire.FrameAssembler(wire.HTTP_FRAME, lambda f: f[1], self._on_frame)
         self.final: tuple[int, bytearray] | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -100,33 +97,16 @@ class _Reader:
         self.done = True
 
     def on_body(self, body: bytes) -> None:
-        if not self.framed:
+        if self.framed:
+            self.frames.feed(body)
+        else:
             self.raw += body
-            return
-        view = memoryview(body)
-        pos, end = 0, len(view)
-        size = wire.HTTP_FRAME.size
-        while pos < end:
-            if self.frame is None:
-                take = min(size - len(self.head), end - pos)
-                self.head += view[pos : pos + take]
-                pos += take
-                if len(self.head) < size:
-                    return
-                self.frame_kind, length = wire.HTTP_FRAME.unpack(self.head)
-                self.head.clear()
-                self.frame, self.filled = bytearray(length), 0
-            take = min(len(self.frame) - self.filled, end - pos)
-            self.frame[self.filled : self.filled + take] = view[pos : pos + take]
-            self.filled += take
-            pos += take
-            if self.filled == len(self.frame):
-                frame, self.frame = self.frame, None
-                if self.frame_kind == wire.LOG:
-                    if self.on_log is not None:
-                        self.on_log(bytes(frame))
-                else:
-                    self.final = (self.frame_kind, frame)
+
+    def _on_frame(self, fields: tuple, payload: bytearray) -> None:
+        if fields[0] != wire.LOG:
+            self.final = (fields[0], payload)
+        elif self.on_log is not None:
+            self.on_log(bytes(payload))
 
 
 class _Connection:
