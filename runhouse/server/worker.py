@@ -22,14 +22,13 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from runhouse import serialization
 from runhouse.errors import CallCancelledError, ObjectNotFoundError
 from runhouse.transport import wire
 
-MAX_THREADS = int(os.environ.get("RH_WORKER_THREADS", "64"))
+MAX_THREADS = int(os.environ.get("RH_WORKER_THREADS", "128"))
 _READ_BUFFER = 256 * 1024
 
 
@@ -135,7 +134,11 @@ class Worker:
         self.module_hashes: dict[str, str] = {}
         self._send_lock = threading.Lock()
         self._cancel_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="rh-call")
+        self._stream = sock.makefile("rb", buffering=_READ_BUFFER)
+        self._read_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._threads = 0
+        self._executing = 0
         self._loop: Any = None  # an asyncio loop on its own thread, started by the first coroutine
         self._loop_lock = threading.Lock()
         self._running: dict[int, Any] = {}  # rid -> thread ident, or asyncio task of a coroutine
@@ -166,20 +169,46 @@ class Worker:
                     self.sock.sendall(part)
 
     def serve(self) -> None:
-        """Read frames until the daemon goes away, then exit the process."""
-        stream = self.sock.makefile("rb", buffering=_READ_BUFFER)
+        """Serve until the daemon goes away, then exit the process.
+
+        Leader/followers: the thread holding the read lock reads the next frame, hands the lock to a
+        waiting thread and runs the request itself, so a call costs one thread wake-up, not two. A thread
+        is added whenever none would be left to read (up to MAX_THREADS).
+        """
+        self._spawn()
+        threading.Event().wait()
+
+    def _spawn(self) -> None:
+        with self._count_lock:
+            if self._threads >= MAX_THREADS:
+                return
+            self._threads += 1
+        threading.Thread(target=self._serve_frames, name="rh-call", daemon=True).start()
+
+    def _serve_frames(self) -> None:
         try:
             while True:
-                kind, rid, meta_len, payload_len = wire.WORKER_HEADER.unpack(_read(stream, wire.WORKER_HEADER.size))
-                meta = wire.decode_meta(_read(stream, meta_len)) if meta_len else {}
-                payload = _read(stream, payload_len)
-                if kind == wire.CANCEL:
-                    self._cancel(rid)
-                else:
-                    self._pool.submit(self._handle, rid, meta, payload)
+                with self._read_lock:
+                    kind, rid, meta_len, payload_len = wire.WORKER_HEADER.unpack(
+                        _read(self._stream, wire.WORKER_HEADER.size)
+                    )
+                    meta = wire.decode_meta(_read(self._stream, meta_len)) if meta_len else {}
+                    payload = _read(self._stream, payload_len)
+                    if kind == wire.CANCEL:
+                        self._cancel(rid)
+                        continue
+                    with self._count_lock:
+                        self._executing += 1
+                        starved = self._executing >= self._threads
+                if starved:
+                    self._spawn()
+                try:
+                    self._handle(rid, meta, payload)
+                finally:
+                    with self._count_lock:
+                        self._executing -= 1
         except (EOFError, OSError):
-            pass
-        os._exit(0)
+            os._exit(0)
 
     def _handle(self, rid: int, meta: dict, payload: bytearray) -> None:
         ctx = _CallContext(self, rid, bool(meta.get("stream_logs")))
