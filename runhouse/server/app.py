@@ -41,6 +41,8 @@ from runhouse.server.objects import Runtime
 from runhouse.transport import wire
 
 _JSON = b"application/json"
+# A call still running after this long starts watching for its client going away.
+_WATCH_AFTER_S = 0.02
 _CT = wire.CONTENT_TYPE.encode()
 
 
@@ -429,21 +431,27 @@ async def _read_body(receive: Callable, length_header: bytes | None) -> memoryvi
 async def _cancel_on_disconnect(call: Awaitable[Reply], receive: Callable) -> Reply:
     """Await ``call``; if the client goes away first (Ctrl-C), cancel it on the worker.
 
-    One watcher task per call, which cancels this handler when the disconnect arrives: measured cheaper
-    than running the call as a task of its own and waiting on both.
+    Calls that finish within ``_WATCH_AFTER_S`` never pay for watching; longer ones get a watcher task that
+    cancels this handler when the disconnect arrives (it is seen at once even if it came earlier).
     """
+    loop = asyncio.get_running_loop()
     handler = asyncio.current_task()
     assert handler is not None
     gone = False
+    watcher: asyncio.Future | None = None
 
-    def on_message(watcher: asyncio.Task) -> None:
+    def on_message(done: asyncio.Future) -> None:
         nonlocal gone
-        if not watcher.cancelled() and watcher.exception() is None and watcher.result()["type"] == "http.disconnect":
+        if not done.cancelled() and done.exception() is None and done.result()["type"] == "http.disconnect":
             gone = True
             handler.cancel()
 
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(on_message)
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(on_message)
+
+    timer = loop.call_later(_WATCH_AFTER_S, watch)
     try:
         return await call
     except asyncio.CancelledError:
@@ -451,5 +459,7 @@ async def _cancel_on_disconnect(call: Awaitable[Reply], receive: Callable) -> Re
             raise ClientGone() from None
         raise
     finally:
-        watcher.remove_done_callback(on_message)
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.remove_done_callback(on_message)
+            watcher.cancel()
