@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -32,23 +33,26 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["RH_CONFIG_DIR"] = old
 
 
-@pytest.fixture(scope="session")
-def cluster(config_dir: Path) -> Iterator[rh.Cluster]:
-    """One daemon shared by the tests that do not restart or break it."""
+@contextlib.contextmanager
+def running_daemon(name: str) -> Iterator[rh.Cluster]:
+    """A daemon started on a free port, stopped (with all its workers) on exit."""
     port = free_port()
     daemon.start(port)
     try:
-        yield rh.cluster(name="test", host="localhost", server_port=port)
+        yield rh.cluster(name=name, host="localhost", server_port=port)
     finally:
         daemon.stop(port)
+
+
+@pytest.fixture(scope="session")
+def cluster(config_dir: Path) -> Iterator[rh.Cluster]:
+    """One daemon shared by the tests that do not restart or break it."""
+    with running_daemon("test") as box:
+        yield box
 
 
 @pytest.fixture
 def own_cluster(config_dir: Path) -> Iterator[rh.Cluster]:
     """A daemon of the test's own, for tests that restart, crash or stop it."""
-    port = free_port()
-    daemon.start(port)
-    try:
-        yield rh.cluster(name="own", host="localhost", server_port=port)
-    finally:
-        daemon.stop(port)
+    with running_daemon("own") as box:
+        yield box

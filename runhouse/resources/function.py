@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runhouse.errors import RunhouseError
 from runhouse.resources import remote
-from runhouse.resources.resource import Resource
-
-if TYPE_CHECKING:
-    from runhouse.resources.cluster import Cluster
-    from runhouse.resources.env import Env
 
 
-class Function(Resource):
+class Function(remote.Deployable):
     """A function, local until :meth:`to` deploys it to a cluster; then every call runs there.
 
     Call options (keyword arguments taken by runhouse, not passed on): ``stream_logs`` (default True:
@@ -24,38 +19,17 @@ class Function(Resource):
     """
 
     RESOURCE_TYPE = "function"
+    KIND = "function"
 
-    def __init__(self, fn: Callable | None = None, name: str | None = None) -> None:
-        remote_name = name or getattr(fn, "__name__", None)
-        if not remote_name:
-            raise RunhouseError("rh.function needs a named function, or name=")
-        super().__init__(remote_name)
-        self.remote_name: str = remote_name
-        self.fn = fn
-        self.system: Cluster | None = None
-        self.env: str | None = None
-        self.is_async = inspect.iscoroutinefunction(fn)
+    @property
+    def fn(self) -> Callable | None:
+        """The local function, when this process has it."""
+        return self.code
 
-    @classmethod
-    def _bound(cls, system: Cluster, name: str, env: str, is_async: bool) -> Function:
-        stub = cls(None, name)
-        stub.system, stub.env, stub.is_async = system, env, is_async
-        return stub
-
-    def to(self, system: Cluster, env: Env | str | Sequence[str] | None = None) -> Function:
-        """Deploy to ``system`` in ``env`` (an Env, an env name, or a list of requirements); returns the
-        deployed function. Deploying unchanged code again costs one round trip."""
-        if self.fn is None:
-            raise RunhouseError(f"function {self.name!r} has no local code to deploy")
-        env_name, info = remote.deploy(system, self.fn, self.remote_name, "function", env)
-        bound = Function._bound(system, self.remote_name, env_name, info.get("is_async", False))
-        bound.fn = self.fn
-        return bound
-
-    def _system(self) -> Cluster:
-        if self.system is None:
-            raise RunhouseError(f"function {self.name!r} is not deployed; call .to(cluster) first")
-        return self.system
+    @property
+    def is_async(self) -> bool:
+        """Whether calls return awaitables (the function is ``async def``)."""
+        return bool(self.info.get("is_async", inspect.iscoroutinefunction(self.code)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call on the cluster and return the result (awaitable when the function is ``async def``)."""
@@ -81,8 +55,6 @@ class Function(Resource):
         """Like :meth:`map`, with each item a tuple of positional arguments."""
         return remote.map_call(self._system(), self.remote_name, "call", [items], kwargs, star=True)
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "env": self.env, "system": self.system.config() if self.system else None}
 
 
 def function(fn: Callable | None = None, name: str | None = None) -> Function:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from runhouse.errors import RunhouseError
 from runhouse.resources import remote
-from runhouse.resources.resource import Resource
 
 if TYPE_CHECKING:
     from runhouse.resources.cluster import Cluster
@@ -37,48 +36,24 @@ class Module:
         return module(type(self)).to(system, env=env)(*args, name=name, **kwargs)
 
 
-class RemoteClass(Resource):
+class RemoteClass(remote.Deployable):
     """A class, local until :meth:`to` deploys it; calling the deployed class creates a remote instance."""
 
     RESOURCE_TYPE = "module"
+    KIND = "class"
 
-    def __init__(self, cls: type | None = None, name: str | None = None) -> None:
-        remote_name = name or getattr(cls, "__name__", None)
-        if not remote_name:
-            raise RunhouseError("rh.module needs a class, or name=")
-        super().__init__(remote_name)
-        self.remote_name: str = remote_name
-        self.cls = cls
-        self.system: Cluster | None = None
-        self.env: str | None = None
-        self.info: dict[str, Any] = {}
-
-    @classmethod
-    def _bound(cls, system: Cluster, name: str, env: str, info: dict[str, Any]) -> RemoteClass:
-        stub = cls(None, name)
-        stub.system, stub.env, stub.info = system, env, info
-        return stub
-
-    def to(self, system: Cluster, env: Env | str | Sequence[str] | None = None) -> RemoteClass:
-        """Deploy the class to ``system`` in ``env``; returns the deployed class."""
-        if self.cls is None:
-            raise RunhouseError(f"module {self.name!r} has no local class to deploy")
-        env_name, info = remote.deploy(system, self.cls, self.remote_name, "class", env)
-        bound = RemoteClass._bound(system, self.remote_name, env_name, info)
-        bound.cls = self.cls
-        return bound
+    @property
+    def cls(self) -> type | None:
+        """The local class, when this process has it."""
+        return self.code
 
     def __call__(self, *args: Any, name: str | None = None, **kwargs: Any) -> RemoteInstance:
         """Create an instance on the cluster, named ``name`` (generated when omitted); returns its handle."""
-        if self.system is None:
-            raise RunhouseError(f"module {self.name!r} is not deployed; call .to(cluster) first")
+        system = self._system()
         name = name or f"{self.remote_name}-{uuid.uuid4().hex[:8]}".lower()
-        parts = remote._pack(self.system, (args, kwargs), [])
-        info = self.system._control("instantiate", {"name": name, "class_name": self.remote_name}, parts)
-        return RemoteInstance(self.system, name, info)
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "env": self.env, "system": self.system.config() if self.system else None}
+        parts = remote._pack(system, (args, kwargs), [])
+        info = system._control("instantiate", {"name": name, "class_name": self.remote_name}, parts)
+        return RemoteInstance(system, name, info)
 
 
 class RemoteMethod:

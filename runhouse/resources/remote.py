@@ -11,14 +11,15 @@ import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import cloudpickle
 
 from runhouse import serialization
-from runhouse.errors import MapError, SerializationError
+from runhouse.errors import MapError, RunhouseError, SerializationError
 from runhouse.resources.cluster import print_log
-from runhouse.resources.env import DEFAULT_ENV
+from runhouse.resources.env import DEFAULT_ENV, Env
+from runhouse.resources.resource import Resource
 from runhouse.transport import wire
 from runhouse.transport.client import error_from_info
 
@@ -86,6 +87,48 @@ def deploy(system: Cluster, obj: Any, name: str, kind: str, env: Any) -> tuple[s
     spec, payload, version = describe_code(obj)
     meta = {"name": name, "env": env_name, "kind": kind, "spec": spec, "version": version}
     return env_name, system._control("deploy", meta, [payload] if payload else [])
+
+
+class Deployable(Resource):
+    """Code (a function or a class) that :meth:`to` deploys to a cluster under ``remote_name``."""
+
+    KIND: ClassVar[str] = ""  # what the daemon registers it as: "function" or "class"
+
+    def __init__(self, code: Any = None, name: str | None = None) -> None:
+        remote_name = name or getattr(code, "__name__", None)
+        if not remote_name:
+            raise RunhouseError(f"rh.{self.RESOURCE_TYPE} needs a named {self.KIND}, or name=")
+        super().__init__(remote_name)
+        self.remote_name: str = remote_name
+        self.code = code
+        self.system: Cluster | None = None
+        self.env: str | None = None
+        self.info: dict[str, Any] = {}  # what the worker reported: methods, whether it is async
+
+    @classmethod
+    def _bound(cls: type[D], system: Cluster, name: str, env: str, info: dict[str, Any], code: Any = None) -> D:
+        stub = cls(code, name)
+        stub.system, stub.env, stub.info = system, env, info
+        return stub
+
+    def to(self: D, system: Cluster, env: Env | str | Sequence[str] | None = None) -> D:
+        """Deploy to ``system`` in ``env`` (an Env, an env name, or a list of requirements); returns the
+        deployed copy. Deploying unchanged code again costs one round trip."""
+        if self.code is None:
+            raise RunhouseError(f"{self.RESOURCE_TYPE} {self.name!r} has no local code to deploy")
+        env_name, info = deploy(system, self.code, self.remote_name, self.KIND, env)
+        return type(self)._bound(system, self.remote_name, env_name, info, self.code)
+
+    def _system(self) -> Cluster:
+        if self.system is None:
+            raise RunhouseError(f"{self.RESOURCE_TYPE} {self.name!r} is not deployed; call .to(cluster) first")
+        return self.system
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "env": self.env, "system": self.system.config() if self.system else None}
+
+
+D = TypeVar("D", bound=Deployable)
 
 
 def _pack(system: Cluster, value: Any, refs: list[str]) -> list:
@@ -229,7 +272,7 @@ def handle_for(system: Cluster, name: str, described: dict[str, Any]) -> Any:
 
     kind, info = described["kind"], described.get("info", {})
     if kind == "function":
-        return Function._bound(system, name, described["env"], info.get("is_async", False))
+        return Function._bound(system, name, described["env"], info)
     if kind == "class":
         return RemoteClass._bound(system, name, described["env"], info)
     return RemoteInstance(system, name, info)
