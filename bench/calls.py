@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: bench_daemon_start(rh, daemon, cfg, R, started))
         section(R, "1-4. ours: a daemon of our own", lambda: bench_ours(rh, daemon, cfg, R, started, state, big))
         section(R, "a. baseline: raw TCP between two processes", lambda: bench_tcp(cfg, R, procs, big))
-        section(R, "b. baseline: bare uvicorn (uvloop, httptools), http.client keep-alive, TCP_NODELAY",
+        section(R, "b. baseline: bare uvicorn (uvloop, httptools), runhouse's keep-alive client",
                 lambda: bench_uvicorn(cfg, R, procs, big))
         section(R, "c. baseline: Ray actor", lambda: bench_ray(cfg, R, big))
     finally:
