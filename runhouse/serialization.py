@@ -108,8 +108,10 @@ PersistentLoad = Callable[[Any], Any]
 
 
 def _pickle(obj: Any, pickler_cls: type[pickle.Pickler], persistent_id: PersistentId | None) -> tuple:
-    stream = io.BytesIO()
     buffers: list[pickle.PickleBuffer] = []
+    if persistent_id is None and pickler_cls is pickle.Pickler:  # the all-C fast path
+        return pickle.dumps(obj, protocol=5, buffer_callback=buffers.append), buffers
+    stream = io.BytesIO()
     pickler = pickler_cls(stream, protocol=5, buffer_callback=buffers.append)
     if persistent_id is not None:
         pickler.persistent_id = persistent_id  # type: ignore[method-assign]
@@ -147,7 +149,7 @@ def serialize(obj: Any, persistent_id: PersistentId | None = None, shm: bool = F
         else:
             head += _LEN.pack(raw.nbytes)
             raws.append(raw)
-    head += _LEN.pack(main.nbytes)
+    head += _LEN.pack(len(main))
     return [bytes(head), main, *raws]
 
 
@@ -203,6 +205,11 @@ def deserialize(data: Buffer, persistent_load: PersistentLoad | None = None) -> 
     for i, is_shared in enumerate(shared):
         if is_shared:
             buffers[i] = _from_shm(bytes(buffers[i]))
+    if persistent_load is None:  # the all-C fast path
+        try:
+            return pickle.loads(main, buffers=buffers)
+        except Exception as exc:
+            raise SerializationError(f"cannot deserialize value: {type(exc).__name__}: {exc}") from exc
     unpickler = pickle.Unpickler(io.BytesIO(main), buffers=buffers)
     if persistent_load is not None:
         unpickler.persistent_load = persistent_load  # type: ignore[method-assign]

@@ -51,8 +51,9 @@ class RemoteClass(remote.Deployable):
         """Create an instance on the cluster, named ``name`` (generated when omitted); returns its handle."""
         system = self._system()
         name = name or f"{self.remote_name}-{uuid.uuid4().hex[:8]}".lower()
-        parts = remote._pack(system, (args, kwargs), [])
-        info = system._control("instantiate", {"name": name, "class_name": self.remote_name}, parts)
+        refs: list[str] = []
+        parts = remote._pack(system, (args, kwargs), refs)
+        info = system._control("instantiate", {"name": name, "class_name": self.remote_name, "refs": refs}, parts)
         return RemoteInstance(system, name, info)
 
 

@@ -336,7 +336,9 @@ class App:
         await (response.value(reply.meta["info"]) if reply.kind == wire.RESULT else response.reply(reply))
 
     async def _instantiate(self, request: _Request, response: _Response) -> None:
-        reply = await self.runtime.instantiate(request.arg("name"), request.arg("class_name"), request.payload())
+        reply = await self.runtime.instantiate(
+            request.arg("name"), request.arg("class_name"), request.payload(), request.arg("refs", list, ())
+        )
         await (response.value(reply.meta["info"]) if reply.kind == wire.RESULT else response.reply(reply))
 
     async def _put(self, request: _Request, response: _Response) -> None:

@@ -26,6 +26,8 @@ LogSink = Callable[[bytes], None]
 # a call blocked in native code cannot be interrupted any other way.
 CANCEL_GRACE_S = 2.0
 
+_SMALL_FRAME = 64 * 1024
+
 # The worker's entry point, run with ``python -c`` so the module is imported once under its own name.
 _BOOT = "from runhouse.server.worker import main; main()"
 
@@ -124,9 +126,13 @@ class WorkerChannel:
         size = sum(memoryview(p).nbytes for p in parts)
         self.inflight += 1
         try:
-            self._transport.write(wire.worker_frame_head(wire.REQUEST, rid, meta_bytes, size))
-            for part in parts:
-                self._transport.write(part)
+            head = wire.worker_frame_head(wire.REQUEST, rid, meta_bytes, size)
+            if size < _SMALL_FRAME:  # one write, one wake-up of the worker
+                self._transport.write(b"".join([head, *parts]))
+            else:
+                self._transport.write(head)
+                for part in parts:
+                    self._transport.write(part)
             if not self._protocol.can_write.is_set():
                 await self._protocol.can_write.wait()
             try:

@@ -192,6 +192,8 @@ class Runtime:
                 return
             if entry.kind == INSTANCE:
                 meta = {"op": "instantiate", "name": entry.name, "class_name": entry.spec["class_name"]}
+                if entry.spec.get("refs"):
+                    meta["refs"] = await self._fetch_refs(entry.spec["refs"], worker)
             else:
                 meta = {"op": "deploy", "name": entry.name, "spec": entry.spec}
             raise_for_reply(await worker.request(meta, [entry.payload] if entry.payload else []))
@@ -220,19 +222,28 @@ class Runtime:
         self.registry.save()
         return reply
 
-    async def instantiate(self, name: str, class_name: str, payload: bytes | memoryview) -> Reply:
-        """Create a named instance of a deployed class in its env's main worker."""
+    async def instantiate(
+        self, name: str, class_name: str, payload: bytes | memoryview, refs: Sequence[str] = ()
+    ) -> Reply:
+        """Create a named instance of a deployed class in its env's main worker.
+
+        Init arguments that are refs are resolved now; a re-created instance (after a restart) gets the
+        values they had then.
+        """
         _check_name(name)
         cls = self.registry.entry(class_name)
         if cls.kind != CLASS:
             raise BadRequestError(f"{class_name!r} is a {cls.kind}, not a class")
         worker = await (await self.env_runtime(cls.env)).main_worker()
         await self._load(worker, cls)
-        meta = {"op": "instantiate", "name": name, "class_name": class_name}
+        meta: dict[str, Any] = {"op": "instantiate", "name": name, "class_name": class_name}
+        if refs:
+            meta["refs"] = await self._fetch_refs(refs, worker)
         reply = await worker.request(meta, [payload] if payload else [])
         if reply.kind == wire.ERROR:
             return reply
-        entry = Entry(name, cls.env, INSTANCE, {"class_name": class_name}, bytes(payload), uuid.uuid4().hex)
+        spec = {"class_name": class_name, "refs": list(refs)}
+        entry = Entry(name, cls.env, INSTANCE, spec, bytes(payload), uuid.uuid4().hex)
         entry.info = reply.meta["info"]
         worker.loaded[name] = entry.version
         self.registry.entries[name] = entry
@@ -256,7 +267,8 @@ class Runtime:
             holder = await (await self.env_runtime(entry.env)).main_worker()
             if holder is worker:
                 continue
-            await self._load(holder, entry) if entry.kind != VALUE else None
+            if entry.kind != VALUE:
+                await self._load(holder, entry)
             reply = raise_for_reply(await holder.request({"op": "get", "key": key}))
             fetched[key] = bytes(reply.payload)
         return fetched

@@ -277,7 +277,9 @@ class Worker:
             raise CallCancelledError("the call was cancelled") from None
 
     def _load_args(self, meta: dict, payload: bytearray) -> Any:
-        fetched = meta.get("refs") or {}
+        if "refs" not in meta:
+            return serialization.deserialize(payload)
+        fetched = meta["refs"]
 
         def persistent_load(pid: Any) -> Any:
             _, key = pid

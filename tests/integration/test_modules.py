@@ -63,3 +63,8 @@ def test_rh_module_subclass_is_created_from_its_init_args(cluster):
 def test_cluster_get_returns_a_callable_function_handle(cluster):
     rh.function(funcs.add).to(cluster)
     assert cluster.get("add")(2, 3) == 5
+
+
+def test_instance_init_args_may_be_refs(cluster, RemoteCounter):
+    start = rh.function(funcs.add).to(cluster).remote(40, 2)
+    assert RemoteCounter(start=start, name="counter_g").value == 42
