@@ -17,7 +17,17 @@ def nbytes(arr):
 
 
 def ones(n=100 * MIB):
-    """An ``n``-byte uint8 array of ones: the work is sending it back."""
+    """An ``n``-byte uint8 array of ones: the work is making it and sending it back."""
     import numpy as np
 
     return np.ones(n, dtype=np.uint8)
+
+
+_KEPT: dict = {}
+
+
+def kept_ones(n=100 * MIB):
+    """The same array on every call: the work is only sending it back (no fresh allocation in the worker)."""
+    if n not in _KEPT:
+        _KEPT[n] = ones(n)
+    return _KEPT[n]

@@ -290,6 +290,9 @@ def bench_ours(rh, daemon, cfg: Config, R: Results, started: list[int], state: P
         times = C.timed_runs(lambda: ones(BIG, stream_logs=False), cfg.big_runs, warmup=0)
         print(f"  return, MB/s per run: {mbps_runs(times)}")
         R.ours("ret", C.mb_per_s(BIG, C.median(times)))
+        kept = rh.function(_funcs.kept_ones).to(cluster)
+        times = C.timed_runs(lambda: kept(BIG, stream_logs=False), cfg.big_runs)
+        print(f"  return of an array the worker already holds (transport only), MB/s per run: {mbps_runs(times)}")
     finally:
         daemon.stop(port)
 
