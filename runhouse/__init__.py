@@ -32,19 +32,29 @@ _EXPORTS = {
     "RunhouseError": "runhouse.errors",
     "WorkerCrashedError": "runhouse.errors",
     "cluster": "runhouse.resources.cluster",
+    "configs": "runhouse.config",
+    "current_folder": "runhouse.rns.store",
+    "exists": "runhouse.resources.resource",
+    "folder_contents": "runhouse.rns.store",
+    "load": "runhouse.resources.resource",
+    "set_folder": "runhouse.rns.store",
     "env": "runhouse.resources.env",
     "function": "runhouse.resources.function",
     "get": "runhouse.resources.remote",
     "module": "runhouse.resources.module",
+    "Resource": "runhouse.resources.resource",
 }
 
 if TYPE_CHECKING:
+    from runhouse.config import configs
     from runhouse.errors import CallTimeoutError, MapError, RemoteError, RunhouseError, WorkerCrashedError
     from runhouse.resources.cluster import Cluster, cluster
     from runhouse.resources.env import Env, env
     from runhouse.resources.function import Function, function
     from runhouse.resources.module import Module, RemoteClass, RemoteInstance, module
     from runhouse.resources.remote import Ref, get
+    from runhouse.resources.resource import Resource, exists, load
+    from runhouse.rns.store import current_folder, folder_contents, set_folder
 
     here: Cluster
 
@@ -77,13 +87,20 @@ __all__ = [
     "RemoteClass",
     "RemoteError",
     "RemoteInstance",
+    "Resource",
     "RunhouseError",
     "WorkerCrashedError",
     "__version__",
     "cluster",
+    "configs",
+    "current_folder",
     "env",
+    "exists",
+    "folder_contents",
     "function",
     "get",
     "here",
+    "load",
     "module",
+    "set_folder",
 ]

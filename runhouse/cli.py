@@ -93,5 +93,21 @@ def status(port: int | None = PortOption) -> None:
         console.print(table)
 
 
+@app.command("ls")
+def ls(folder: str = typer.Argument(None, help="Folder to list (default: the current folder, e.g. ~).")) -> None:
+    """List saved resources with their type and last-saved time."""
+    from runhouse.rns.store import current_folder, folder_contents
+
+    try:
+        entries = folder_contents(folder)
+    except RunhouseError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    table = Table("name", "type", "last saved", title=f"Resources in {folder or current_folder()}")
+    for entry in entries:
+        table.add_row(entry["name"], entry["resource_type"], entry["saved_at"] or "-")
+    console.print(table)
+
+
 if __name__ == "__main__":
     app()

@@ -211,20 +211,35 @@ class Cluster(Resource):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "host": self.host, "server_port": self.server_port}
 
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Cluster:
+        return cls(name=config.get("name"), host=config["host"], server_port=config["server_port"])
+
     def __repr__(self) -> str:
-        return f"<Cluster {self.name!r} at {self.host}:{self.server_port}>"
+        return f"<Cluster {self.rns_address or self.name!r} at {self.host}:{self.server_port}>"
 
 
 def cluster(
-    name: str | None = None, host: str = "localhost", server_port: int | None = None, token: str | None = None
+    name: str | None = None,
+    host: str | None = None,
+    server_port: int | None = None,
+    token: str | None = None,
+    dryrun: bool = False,
 ) -> Cluster:
-    """A cluster whose daemon is reached directly at ``host:server_port``.
+    """A cluster whose daemon is reached directly at ``host:server_port`` (default: this machine).
+
+    Called with only a name, loads the cluster saved under it. Nothing connects until first use.
 
     Example::
 
         box = rh.cluster(name="box", host="localhost", server_port=32301).up_if_not()
+        rh.cluster(name="box")   # the same cluster, once saved with box.save()
     """
-    return Cluster(name=name, host=host, server_port=server_port, token=token)
+    if name is not None and host is None and server_port is None and token is None:
+        from runhouse.resources.resource import load_typed
+
+        return load_typed(Cluster, name, dryrun=dryrun)
+    return Cluster(name=name, host=host or "localhost", server_port=server_port, token=token)
 
 
 _here: dict[int, Cluster] = {}

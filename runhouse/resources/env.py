@@ -43,9 +43,10 @@ class Env(Resource):
                 name = f"env-{digest.hexdigest()[:10]}"
             else:
                 name = DEFAULT_ENV
-        if not name or "/" in name or name.startswith("_") or len(name) > 255:
-            raise InvalidNameError(f"invalid env name {name!r}: use 1-255 characters, no '/', not starting with '_'")
         super().__init__(name)
+        short = self.name or ""
+        if not short or short.startswith("_") or len(short) > 255:
+            raise InvalidNameError(f"invalid env name {name!r}: use 1-255 characters, not starting with '_'")
 
     def spec(self) -> dict[str, Any]:
         """What the daemon needs to create this env."""
@@ -62,7 +63,18 @@ class Env(Resource):
         return self
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), **self.spec()}
+        spec = self.spec()
+        del spec["name"]
+        return {**super().config(), **spec}
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Env:
+        return cls(
+            reqs=config.get("reqs"),
+            env_vars=config.get("env_vars"),
+            name=config.get("name"),
+            memory_limit_mb=config.get("memory_limit_mb"),
+        )
 
 
 def env(
@@ -70,16 +82,34 @@ def env(
     env_vars: Mapping[str, str] | None = None,
     name: str | None = None,
     memory_limit_mb: int | None = None,
+    dryrun: bool = False,
 ) -> Env:
     """An env: requirements and environment variables for code on a cluster.
 
     ``memory_limit_mb`` caps each worker process of the env: one that grows past it is killed (its calls
     fail with :class:`~runhouse.errors.WorkerCrashedError`) and restarted.
 
+    Called with only a name, loads the env saved under it.
+
     Example::
 
         sd_env = rh.env(reqs=["numpy"], env_vars={"MODE": "prod"}, name="sd_env")
         fn = rh.function(my_fn).to(rh.here, env=sd_env)
     """
+    if name is not None and name != DEFAULT_ENV and reqs is None and env_vars is None and memory_limit_mb is None:
+        from runhouse.resources.resource import load_typed
+
+        return load_typed(Env, name, dryrun=dryrun)
     return Env(reqs=reqs, env_vars=env_vars, name=name, memory_limit_mb=memory_limit_mb)
 
+
+
+def env_name_of(value: Env | str | Sequence[str] | None) -> str:
+    """The name of an env given as an Env, a name, or a list of requirements (None: the default env)."""
+    if value is None:
+        return DEFAULT_ENV
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Env):
+        return value.name  # type: ignore[return-value]
+    return Env(reqs=list(value)).name  # type: ignore[return-value]

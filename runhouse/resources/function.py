@@ -57,7 +57,7 @@ class Function(remote.Deployable):
 
 
 
-def function(fn: Callable | None = None, name: str | None = None) -> Function:
+def function(fn: Callable | None = None, name: str | None = None, dryrun: bool = False) -> Function:
     """Wrap a function so it can be deployed to a cluster.
 
     Example::
@@ -66,6 +66,10 @@ def function(fn: Callable | None = None, name: str | None = None) -> Function:
         remote_add(1, 2)                       # 3, computed on the cluster
         remote_add.map([1, 2], [3, 4])         # [4, 6], in parallel
     """
-    if fn is None and name is None:
-        raise RunhouseError("rh.function needs a function (or, later, a name to load)")
+    if fn is None:
+        if name is None:
+            raise RunhouseError("rh.function needs a function, or the name of a saved one")
+        from runhouse.resources.resource import load_typed
+
+        return load_typed(Function, name, dryrun=dryrun)
     return Function(fn, name)

@@ -114,7 +114,7 @@ class RemoteInstance:
         return f"<RemoteInstance {self._rh_name!r} on {self._rh_system!r}>"
 
 
-def module(cls: type, name: str | None = None) -> RemoteClass:
+def module(cls: type | None = None, name: str | None = None, dryrun: bool = False) -> RemoteClass:
     """Wrap a class so it can be deployed to a cluster.
 
     Example::
@@ -123,6 +123,12 @@ def module(cls: type, name: str | None = None) -> RemoteClass:
         c = RemoteCounter(start=5, name="counter")
         c.increment(); c.value
     """
+    if cls is None:
+        if name is None:
+            raise RunhouseError("rh.module needs a class, or the name of a saved one")
+        from runhouse.resources.resource import load_typed
+
+        return load_typed(RemoteClass, name, dryrun=dryrun)
     if not isinstance(cls, type):
         raise RunhouseError(f"rh.module needs a class, got {type(cls).__name__}")
     return RemoteClass(cls, name)

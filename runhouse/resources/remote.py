@@ -6,7 +6,10 @@ Shared by functions and modules, so every call type works the same on both.
 from __future__ import annotations
 
 import asyncio
+import base64
+import copy
 import hashlib
+import importlib
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,7 +21,7 @@ import cloudpickle
 from runhouse import serialization
 from runhouse.errors import MapError, RunhouseError, SerializationError
 from runhouse.resources.cluster import print_log
-from runhouse.resources.env import DEFAULT_ENV, Env
+from runhouse.resources.env import DEFAULT_ENV, Env, env_name_of
 from runhouse.resources.resource import Resource
 from runhouse.transport import wire
 from runhouse.transport.client import error_from_info
@@ -76,48 +79,54 @@ def describe_code(obj: Any) -> tuple[dict[str, Any], bytes, str]:
     return spec, b"", hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def deploy(system: Cluster, obj: Any, name: str, kind: str, env: Any) -> tuple[str, dict[str, Any]]:
-    """Deploy a function or class under ``name`` in ``env`` on ``system``.
-
-    Returns:
-        The env's name and what the worker reports about the object (its methods, whether it is async).
-    """
-    system.up_if_not()
-    env_name = system._env_name(env) or DEFAULT_ENV
-    spec, payload, version = describe_code(obj)
-    meta = {"name": name, "env": env_name, "kind": kind, "spec": spec, "version": version}
-    return env_name, system._control("deploy", meta, [payload] if payload else [])
-
-
 class Deployable(Resource):
-    """Code (a function or a class) that :meth:`to` deploys to a cluster under ``remote_name``."""
+    """Code (a function or a class) that :meth:`to` deploys to a cluster under ``remote_name``.
+
+    Its config records how to re-create it (import path, or the code itself when it was defined in
+    ``__main__``), the env it runs in and the cluster it lives on, so a loaded copy calls the deployed
+    object without deploying again.
+    """
 
     KIND: ClassVar[str] = ""  # what the daemon registers it as: "function" or "class"
 
-    def __init__(self, code: Any = None, name: str | None = None) -> None:
-        remote_name = name or getattr(code, "__name__", None)
-        if not remote_name:
+    def __init__(self, code: Any = None, name: str | None = None, remote_name: str | None = None) -> None:
+        super().__init__(name or getattr(code, "__name__", None))
+        if not self.name:
             raise RunhouseError(f"rh.{self.RESOURCE_TYPE} needs a named {self.KIND}, or name=")
-        super().__init__(remote_name)
-        self.remote_name: str = remote_name
+        self.remote_name: str = remote_name or self.name
         self.code = code
+        self.code_spec: dict[str, Any] | None = None  # how to re-create the code, once deployed or loaded
         self.system: Cluster | None = None
         self.env: str | None = None
         self.info: dict[str, Any] = {}  # what the worker reported: methods, whether it is async
 
-    @classmethod
-    def _bound(cls: type[D], system: Cluster, name: str, env: str, info: dict[str, Any], code: Any = None) -> D:
-        stub = cls(code, name)
+    def _bound(self: D, system: Cluster, env: str, info: dict[str, Any]) -> D:
+        stub = copy.copy(self)
         stub.system, stub.env, stub.info = system, env, info
         return stub
 
-    def to(self: D, system: Cluster, env: Env | str | Sequence[str] | None = None) -> D:
-        """Deploy to ``system`` in ``env`` (an Env, an env name, or a list of requirements); returns the
-        deployed copy. Deploying unchanged code again costs one round trip."""
+    def _local_code(self) -> Any:
+        if self.code is None and self.code_spec is not None:
+            self.code = code_from_spec(self.code_spec)
         if self.code is None:
             raise RunhouseError(f"{self.RESOURCE_TYPE} {self.name!r} has no local code to deploy")
-        env_name, info = deploy(system, self.code, self.remote_name, self.KIND, env)
-        return type(self)._bound(system, self.remote_name, env_name, info, self.code)
+        return self.code
+
+    def to(self: D, system: Cluster, env: Env | str | Sequence[str] | None = None, dryrun: bool = False) -> D:
+        """Deploy to ``system`` in ``env`` (an Env, an env name, or a list of requirements); returns the
+        deployed copy. Deploying unchanged code again costs one round trip; ``dryrun`` only builds the copy."""
+        code = self._local_code()
+        spec, payload, version = describe_code(code)
+        if dryrun:
+            env_name, info = env_name_of(env), {}
+        else:
+            system.up_if_not()
+            env_name = system._env_name(env) or DEFAULT_ENV
+            meta = {"name": self.remote_name, "env": env_name, "kind": self.KIND, "spec": spec, "version": version}
+            info = system._control("deploy", meta, [payload] if payload else [])
+        bound = self._bound(system, env_name, info)
+        bound.code_spec = {**spec, "payload": base64.b64encode(payload).decode()} if payload else spec
+        return bound
 
     def _system(self) -> Cluster:
         if self.system is None:
@@ -125,7 +134,44 @@ class Deployable(Resource):
         return self.system
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "env": self.env, "system": self.system.config() if self.system else None}
+        system = self.system
+        return {
+            **super().config(),
+            "remote_name": self.remote_name,
+            "env": self.env,
+            "system": (system.rns_address or system.config()) if system else None,
+            "code": self.code_spec,
+            "info": self.info,
+        }
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Deployable:
+        from runhouse.resources.cluster import Cluster
+        from runhouse.resources.resource import load_typed
+
+        stub = cls(None, config["remote_name"], remote_name=config["remote_name"])
+        system = config.get("system")
+        if isinstance(system, str):
+            stub.system = load_typed(Cluster, system, dryrun=dryrun)
+        elif system is not None:
+            stub.system = Cluster.from_config(system, dryrun=dryrun)
+        stub.env, stub.info, stub.code_spec = config.get("env"), config.get("info") or {}, config.get("code")
+        return stub
+
+
+def code_from_spec(spec: dict[str, Any]) -> Any:
+    """The code a config recorded: unpickled when it was sent by value, else imported by path."""
+    if spec.get("pickled"):
+        return cloudpickle.loads(base64.b64decode(spec["payload"]))
+    try:
+        obj: Any = importlib.import_module(spec["module"])
+    except ImportError:
+        if spec.get("root") and spec["root"] not in sys.path:
+            sys.path.append(spec["root"])
+        obj = importlib.import_module(spec["module"])
+    for part in spec["qualname"].split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 D = TypeVar("D", bound=Deployable)
@@ -272,8 +318,8 @@ def handle_for(system: Cluster, name: str, described: dict[str, Any]) -> Any:
 
     kind, info = described["kind"], described.get("info", {})
     if kind == "function":
-        return Function._bound(system, name, described["env"], info)
+        return Function(None, name)._bound(system, described["env"], info)
     if kind == "class":
-        return RemoteClass._bound(system, name, described["env"], info)
+        return RemoteClass(None, name)._bound(system, described["env"], info)
     return RemoteInstance(system, name, info)
 

@@ -1,24 +1,147 @@
-"""The base of every resource type: a name and a JSON-able config."""
+"""The base of every resource type: a name, a JSON-able config, and saving and loading by name."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+from runhouse.errors import ConfigError, ObjectNotFoundError, RunhouseError
+
+R = TypeVar("R", bound="Resource")
+
+# resource_type -> the class that rebuilds configs of that type (subtypes look up by class name).
+_TYPES: dict[str, type[Resource]] = {}
+_SUBTYPES: dict[str, type[Resource]] = {}
 
 
 class Resource:
-    """Something that can be named: a cluster, env, function, module, ...
+    """Something that can be named, saved and loaded: a cluster, env, function, module, ...
 
-    Subclasses set ``RESOURCE_TYPE`` and extend :meth:`config` with their own fields.
+    Subclasses set ``RESOURCE_TYPE``, extend :meth:`config` with their fields and rebuild themselves in
+    :meth:`_from_config`. A resource without a name is anonymous and never written anywhere.
     """
 
     RESOURCE_TYPE: ClassVar[str] = "resource"
 
     def __init__(self, name: str | None = None) -> None:
-        self.name = name
+        self.rns_address: str | None = None
+        self.name: str | None = None
+        self._set_name(name)
 
+    def _set_name(self, name: str | None) -> None:
+        """Take a bare name as it is; a full address (``~/a``, ``/owner/a``, ``^a``) also sets rns_address."""
+        self.rns_address, self.name = None, name
+        if name and ("/" in name or name[0] in "~@^"):
+            address = _store().resolve(name)
+            self.rns_address, self.name = str(address), address.name
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _TYPES.setdefault(cls.RESOURCE_TYPE, cls)
+        _SUBTYPES[cls.__name__] = cls
+
+    # --- config --------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        """A JSON-able description of this resource."""
-        return {"name": self.name, "resource_type": self.RESOURCE_TYPE, "resource_subtype": type(self).__name__}
+        """A JSON-able description of this resource, enough to rebuild it with :meth:`from_config`."""
+        return {
+            "name": self.rns_address or self.name,
+            "resource_type": self.RESOURCE_TYPE,
+            "resource_subtype": type(self).__name__,
+        }
+
+    @classmethod
+    def from_config(cls: type[R], config: dict[str, Any], dryrun: bool = False) -> R:
+        """Rebuild a resource from :meth:`config` output, as the class its ``resource_subtype`` names.
+
+        Raises:
+            ConfigError: the config is not for this kind of resource, or is missing fields.
+        """
+        if not isinstance(config, dict):
+            raise ConfigError(f"a resource config must be a dict, not {type(config).__name__}")
+        target = _SUBTYPES.get(config.get("resource_subtype", "")) or _TYPES.get(config.get("resource_type", ""))
+        if target is None or not issubclass(target, cls):
+            raise ConfigError(
+                f"config of type {config.get('resource_type')!r}/{config.get('resource_subtype')!r} "
+                f"is not a {cls.__name__}"
+            )
+        try:
+            resource = target._from_config(config, dryrun)
+        except ObjectNotFoundError:  # a resource it refers to (its cluster, say) is not saved
+            raise
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"invalid {target.RESOURCE_TYPE} config: {type(exc).__name__}: {exc}") from exc
+        resource._set_name(config.get("name"))
+        return resource  # type: ignore[return-value]
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Resource:
+        return cls(config.get("name"))
+
+    # --- saving and loading by name ------------------------------------------------------------------
+    def save(self: R, name: str | None = None) -> R:
+        """Save the config under ``name`` (or the resource's own name); returns self.
+
+        Saving an unchanged config writes nothing new; a changed one keeps the previous in its history.
+        """
+        store = _store()
+        target = name or self.rns_address or self.name
+        if not target:
+            raise RunhouseError(f"this {self.RESOURCE_TYPE} has no name; save it with .save(name=...)")
+        address = store.resolve(target)
+        self._set_name(str(address))
+        store.save(address, self.config())
+        return self
+
+    def _address(self) -> Any:
+        if not (self.rns_address or self.name):
+            raise RunhouseError(f"this {self.RESOURCE_TYPE} has no name, so nothing of it is saved")
+        return _store().resolve(self.rns_address or self.name)  # type: ignore[arg-type]
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every saved version of this resource's config, oldest first (``version`` ids for rh.load)."""
+        return _store().history(self._address())
+
+    def delete_configs(self) -> bool:
+        """Delete this resource's saved config and its history; returns whether anything was saved."""
+        return _store().delete(self._address())
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
+        return f"<{type(self).__name__} {self.rns_address or self.name!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.config() == self.config()  # type: ignore[attr-defined]
+
+    __hash__ = object.__hash__
+
+
+def _store() -> Any:
+    from runhouse.rns import store
+
+    return store
+
+
+def load(name: str, version: str | None = None, dryrun: bool = False) -> Resource:
+    """Load a saved resource of any type by name (an older ``version`` from its history when given).
+
+    Example::
+
+        fn = rh.load("my_fn")       # a callable stub of the deployed function
+    """
+    store = _store()
+    config = store.load(store.resolve(name), version)
+    resource = Resource.from_config(config, dryrun=dryrun)
+    resource._set_name(str(store.resolve(name)))
+    return resource
+
+
+def load_typed(cls: type[R], name: str, dryrun: bool = False) -> R:
+    """Load ``name`` and check it is a ``cls``."""
+    resource = load(name, dryrun=dryrun)
+    if not isinstance(resource, cls):
+        raise ConfigError(f"{name!r} is a {resource.RESOURCE_TYPE}, not a {cls.RESOURCE_TYPE}")
+    return resource
+
+
+def exists(name: str) -> bool:
+    """Whether a resource is saved under ``name``."""
+    store = _store()
+    return store.exists(store.resolve(name))

@@ -1,0 +1,1 @@
+"""Built-in resource configs shipped with runhouse, addressed as ``^name`` (read-only)."""

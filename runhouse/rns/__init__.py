@@ -1,0 +1,1 @@
+"""The Resource Name System: addresses, and the stores that hold resource configs by name."""

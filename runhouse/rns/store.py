@@ -1,0 +1,114 @@
+"""Resource configs by address: one entry point that sends each address to the store that holds it.
+
+``~/...`` goes to the local ``rh/`` folder, ``^name`` to the configs shipped inside the package
+(read-only), ``@/...`` and ``/owner/...`` to Den. Bare names resolve in the current folder
+(:func:`set_folder`; default: the ``default_folder`` config, else ``~``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from runhouse.errors import InvalidNameError, ObjectNotFoundError, RunhouseError
+from runhouse.rns import local_store, names
+from runhouse.rns.names import BUILTIN, DEN, LOCAL, Address
+
+_BUILTIN_PACKAGE = "runhouse.builtins"
+_current_folder: str | None = None
+
+
+def _username() -> str | None:
+    from runhouse.config import configs
+
+    return configs.get("username")
+
+
+def current_folder() -> str:
+    """The folder bare names resolve in."""
+    if _current_folder is not None:
+        return _current_folder
+    from runhouse.config import configs
+
+    return configs.get("default_folder") or "~"
+
+
+def set_folder(folder: str) -> str:
+    """Make ``folder`` (``~``, ``~/proj``, ``/owner/proj``, ...) the folder bare names resolve in."""
+    global _current_folder
+    _current_folder = str(names.parse_folder(folder, username=_username()))
+    return _current_folder
+
+
+def resolve(name: str) -> Address:
+    """The full address of ``name`` (bare names resolve in the current folder)."""
+    return names.parse(name, folder=current_folder(), username=_username())
+
+
+def _den_unavailable(address: Address) -> RunhouseError:
+    return RunhouseError(
+        f"{address} is a Den address, and this runhouse has no Den connection; save under ~/ instead"
+    )
+
+
+def save(address: Address, config: dict[str, Any]) -> bool:
+    """Save a config; returns False when it was unchanged (nothing written)."""
+    if address.store == LOCAL:
+        return local_store.save(address.parts, config)
+    if address.store == BUILTIN:
+        raise InvalidNameError(f"{address} is a built-in config and cannot be overwritten; save under ~/ instead")
+    raise _den_unavailable(address)
+
+
+def load(address: Address, version: str | None = None) -> dict[str, Any]:
+    """The config at ``address`` (an older ``version`` when given).
+
+    Raises:
+        ObjectNotFoundError: nothing is saved there.
+    """
+    if address.store == LOCAL:
+        return local_store.load(address.parts, version)
+    if address.store == BUILTIN:
+        try:
+            text = resources.files(_BUILTIN_PACKAGE).joinpath(f"{address.name}.json").read_text()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"no built-in config named {address}") from None
+        return json.loads(text)
+    raise _den_unavailable(address)
+
+
+def exists(address: Address) -> bool:
+    try:
+        if address.store == LOCAL:
+            return local_store.exists(address.parts)
+        load(address)
+        return True
+    except ObjectNotFoundError:
+        return False
+
+
+def history(address: Address) -> list[dict[str, Any]]:
+    if address.store == LOCAL:
+        return local_store.history(address.parts)
+    if address.store == BUILTIN:
+        return [{"version": None, "current": True}] if exists(address) else []
+    raise _den_unavailable(address)
+
+
+def delete(address: Address) -> bool:
+    if address.store == LOCAL:
+        return local_store.delete(address.parts)
+    if address.store == BUILTIN:
+        raise InvalidNameError(f"{address} is a built-in config and cannot be deleted")
+    raise _den_unavailable(address)
+
+
+def folder_contents(folder: str | None = None) -> list[dict[str, Any]]:
+    """The resources in ``folder`` (default: the current folder), with type and last-saved time."""
+    address = names.parse_folder(folder or current_folder(), username=_username())
+    if address.store == LOCAL:
+        return local_store.list_folder(address.parts)
+    if address.store == DEN:
+        raise _den_unavailable(address)
+    raise InvalidNameError(f"{address} is not a folder")
