@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from runhouse.config import default_server_port
 from runhouse.errors import RunhouseError
+from runhouse.paths import default_server_port
 from runhouse.server import daemon
 
 app = typer.Typer(help="runhouse: program across machines as if they were one.", no_args_is_help=True)

@@ -1,9 +1,7 @@
-"""Where runhouse keeps its local state, the defaults that locate the local daemon, and the user's settings.
+"""The user's settings: ``config.yaml`` in the runhouse folder (see :mod:`runhouse.paths`), as a typed model.
 
-``RH_CONFIG_DIR`` moves the whole folder (default ``~/.rh``); ``RH_SERVER_PORT`` picks the port of the
-daemon on this machine (default 32300).
-
-The user's settings live in ``config.yaml`` in that folder, read and written through :data:`configs`::
+Imported only where settings are needed (it loads pydantic, which the daemon and workers do without).
+Read and written through :data:`configs`::
 
     from runhouse.config import configs
 
@@ -29,54 +27,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from runhouse.errors import ConfigError
+from runhouse.paths import _config_dir_path
 
 if sys.platform != "win32":
     import fcntl
-
-DEFAULT_SERVER_PORT = 32300
-
-
-def _config_dir_path() -> Path:
-    """The runhouse folder's path, without creating it (reads must not leave folders behind)."""
-    return Path(os.environ.get("RH_CONFIG_DIR") or Path.home() / ".rh").expanduser()
-
-
-def config_dir() -> Path:
-    """The runhouse folder (``$RH_CONFIG_DIR`` or ``~/.rh``), created with mode 0700 when missing."""
-    path = _config_dir_path()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-def default_server_port() -> int:
-    """Port of the daemon on this machine: ``$RH_SERVER_PORT`` or 32300."""
-    raw = os.environ.get("RH_SERVER_PORT")
-    if not raw:
-        return DEFAULT_SERVER_PORT
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536:
-        raise ConfigError(f"RH_SERVER_PORT={raw!r} is not a port number (1-65535)")
-    return port
-
-
-def daemon_dir(port: int) -> Path:
-    """State folder of the local daemon on ``port``: token, pid file, log, registry."""
-    path = config_dir() / "daemons" / str(port)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-def envs_dir() -> Path:
-    """Folder of the virtual environments of envs with requirements, shared by all local daemons."""
-    path = config_dir() / "envs"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-# --- user settings: ~/.rh/config.yaml ---------------------------------------------------------------------
 
 CONFIG_FILE_NAME = "config.yaml"
 

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from runhouse.config import default_server_port
 from runhouse.errors import ClusterUnreachableError, RunhouseError
+from runhouse.paths import default_server_port
 from runhouse.resources.env import Env
 from runhouse.resources.resource import Resource
 from runhouse.server import daemon

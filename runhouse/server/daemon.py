@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from runhouse.config import daemon_dir, default_server_port
 from runhouse.errors import DaemonStartError
+from runhouse.paths import daemon_dir, default_server_port
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0

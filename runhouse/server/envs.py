@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runhouse.config import envs_dir
 from runhouse.errors import EnvCreationError
+from runhouse.paths import envs_dir
 from runhouse.server.channel import WorkerChannel
 
 _READY_MARKER = ".rh-ready"

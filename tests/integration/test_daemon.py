@@ -20,6 +20,7 @@ from runhouse.errors import (
     EnvCreationError,
     ObjectNotFoundError,
 )
+from runhouse.paths import envs_dir
 from runhouse.server import daemon
 from tests.conftest import free_port
 from tests.integration import funcs
@@ -196,7 +197,7 @@ def test_env_with_missing_package_fails_clearly_and_is_not_registered(cluster):
     with pytest.raises(EnvCreationError, match="runhouse-no-such-package-xyz"):
         rh.function(funcs.add).to(cluster, env=env)
     assert "broken_env" not in [e["name"] for e in cluster.status()["envs"]]
-    assert not [p for p in (daemon.daemon_dir(0).parent.parent / "envs").iterdir() if not (p / ".rh-ready").exists()]
+    assert not [p for p in envs_dir().iterdir() if not (p / ".rh-ready").exists()]
 
 
 # --- status and lifecycle -----------------------------------------------------------------------------
