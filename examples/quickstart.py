@@ -53,8 +53,13 @@ def main() -> None:
     counter.increment(by=10)
     print("6. remote Counter value:", counter.value, "| same object by name:", cluster.get("counter").value)
 
+    remote_add.save("~/quickstart/add")  # rh/quickstart/add/config.json in this git repo
+    reloaded = rh.function(name="~/quickstart/add")  # what a fresh process would do: no redeploy
+    print("7. saved and reloaded by name:", reloaded(3, 4), "| versions:", len(reloaded.history()))
+    reloaded.delete_configs()
+
     cluster.teardown()
-    print(f"7. daemon stopped. Whole demo: {time.perf_counter() - began:.1f} s")
+    print(f"8. daemon stopped. Whole demo: {time.perf_counter() - began:.1f} s")
 
 
 if __name__ == "__main__":

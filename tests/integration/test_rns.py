@@ -119,6 +119,9 @@ def test_history_lists_versions_and_load_gets_an_older_one(cluster):
     assert len(versions) == 2 and versions[-1]["current"]
     assert rh.load("versioned", version=versions[0]["version"]).env == "default"
     assert rh.load("versioned").env == "v2_env"
+    rh.load("versioned", version=versions[0]["version"]).save()  # roll back: the old config is current again
+    assert rh.load("versioned").env == "default"
+    assert len(rh.load("versioned").history()) == 3
 
 
 def test_delete_configs(cluster):
