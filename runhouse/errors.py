@@ -11,6 +11,11 @@
     │   ├── BadRequestError (ValueError)        malformed request (400)
     │   └── ObjectNotFoundError (KeyError)      unknown object, method or key (404)
     ├── ClusterUnreachableError (ConnectionError)   nothing answers at the cluster's address
+    ├── SSHError                       an SSH step failed (carries the host and the command's stderr)
+    │   ├── SSHConnectionError (ConnectionError)   host down, port closed, name not found
+    │   ├── SSHAuthenticationError     the key or password was refused
+    │   ├── HostKeyError               unknown host (not accepted) or a changed host key
+    │   └── SSHTimeoutError (TimeoutError)         an SSH step ran past its timeout
     ├── DaemonStartError               the daemon did not come up (carries the last log lines)
     ├── EnvCreationError               an env's packages could not be installed
     ├── WorkerCrashedError             the worker process running a call died (carries exit code / signal)
@@ -78,6 +83,31 @@ class ObjectNotFoundError(DaemonError, KeyError):
 
 class ClusterUnreachableError(RunhouseError, ConnectionError):
     """Nothing answers at the cluster's address."""
+
+
+class SSHError(RunhouseError):
+    """An SSH step failed; ``host`` and ``stderr`` say where and what ssh printed."""
+
+    def __init__(self, message: str, host: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+        self.stderr = stderr
+
+
+class SSHConnectionError(SSHError, ConnectionError):
+    """The host could not be reached: down, port closed, or name not found."""
+
+
+class SSHAuthenticationError(SSHError):
+    """The host refused the key or password."""
+
+
+class HostKeyError(SSHError):
+    """The host's key is unknown and was not accepted, or it changed since it was recorded."""
+
+
+class SSHTimeoutError(SSHError, TimeoutError):
+    """An SSH step did not finish within its timeout."""
 
 
 class DaemonStartError(RunhouseError):
