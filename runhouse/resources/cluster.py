@@ -129,6 +129,13 @@ class Cluster(Resource):
     def _control(self, op: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (), **kw: Any) -> Any:
         return self.request(f"/_/{op}", meta, parts, **kw).value()
 
+    def prepare_code(self, spec: dict[str, Any], env: str) -> dict[str, Any]:
+        """Make code described by ``spec`` importable on the cluster; returns the spec as the cluster sees it.
+
+        The daemon on this machine imports from the same paths, so nothing needs to move.
+        """
+        return spec
+
     # --- envs ----------------------------------------------------------------------------------------
     def ensure_env(self, env: Env) -> str:
         """Create ``env`` on the daemon unless this client already did; returns its name."""
@@ -225,16 +232,27 @@ def cluster(
     server_port: int | None = None,
     token: str | None = None,
     dryrun: bool = False,
+    ips: Sequence[str] | None = None,
+    ssh_creds: dict[str, Any] | None = None,
+    **ssh_options: Any,
 ) -> Cluster:
     """A cluster whose daemon is reached directly at ``host:server_port`` (default: this machine).
 
-    Called with only a name, loads the cluster saved under it. Nothing connects until first use.
+    With ``ips`` (and ``ssh_creds``), a machine you bring, reached over SSH (see
+    :class:`~runhouse.resources.ssh_cluster.SSHCluster` for its options). Called with only a name, loads
+    the cluster saved under it. Nothing connects until first use.
 
     Example::
 
         box = rh.cluster(name="box", host="localhost", server_port=32301).up_if_not()
         rh.cluster(name="box")   # the same cluster, once saved with box.save()
     """
+    if ips:
+        from runhouse.resources.ssh_cluster import SSHCluster
+
+        return SSHCluster(name=name, ips=ips, ssh_creds=ssh_creds, server_port=server_port, token=token, **ssh_options)
+    if ssh_creds or ssh_options:
+        raise ValueError("ssh_creds and SSH options need ips=[...] (the hosts to reach over SSH)")
     if name is not None and host is None and server_port is None and token is None:
         from runhouse.resources.resource import load_typed
 

@@ -122,7 +122,10 @@ class Deployable(Resource):
         else:
             system.up_if_not()
             env_name = system._env_name(env) or DEFAULT_ENV
-            meta = {"name": self.remote_name, "env": env_name, "kind": self.KIND, "spec": spec, "version": version}
+            there = system.prepare_code(spec, env_name)  # the same code, as the cluster imports it
+            if there != spec:
+                version = hashlib.sha256(json.dumps([there, version], sort_keys=True).encode()).hexdigest()[:20]
+            meta = {"name": self.remote_name, "env": env_name, "kind": self.KIND, "spec": there, "version": version}
             info = system._control("deploy", meta, [payload] if payload else [])
         bound = self._bound(system, env_name, info)
         bound.code_spec = {**spec, "payload": base64.b64encode(payload).decode()} if payload else spec

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runhouse import serialization
+from runhouse import __version__, serialization
 from runhouse.errors import (
     BY_NAME,
     BadRequestError,
@@ -39,6 +39,7 @@ from runhouse.server.channel import Reply
 from runhouse.server.envs import EnvSpec
 from runhouse.server.objects import Runtime
 from runhouse.transport import wire
+from runhouse.version import build_id
 
 _JSON = b"application/json"
 # A call still running after this long starts watching for its client going away.
@@ -181,6 +182,7 @@ class App:
     def __init__(self, runtime: Runtime, token: str) -> None:
         self.runtime = runtime
         self._auth = f"Bearer {token}".encode()
+        self._health = {"status": "ok", "pid": os.getpid(), "version": __version__, "build": build_id()}
         self._routes: dict[str, Callable[[_Request, _Response], Awaitable[None]]] = {
             "env": self._env,
             "deploy": self._deploy,
@@ -207,7 +209,7 @@ class App:
         response = _Response(send, json_mode)
         try:
             if path == "/health" and scope["method"] == "GET":
-                await response.json(200, {"status": "ok", "pid": os.getpid()})
+                await response.json(200, self._health)
                 return
             headers = dict(scope["headers"])
             if not hmac.compare_digest(headers.get(b"authorization", b""), self._auth):

@@ -149,6 +149,9 @@ class _Connection:
             if count == 0:
                 if received == 0 and reused:
                     raise _StaleConnection()
+                if received == 0:  # a tunnel that accepts but cannot reach the daemon: nothing was processed
+                    refused = ConnectionRefusedError(f"nothing answered behind {self.host}:{self.port}")
+                    raise refused
                 raise ClusterUnreachableError("the daemon closed the connection in the middle of its answer")
             received += count
             parser.feed_data(view[:count])
@@ -170,8 +173,11 @@ class _ClosedAfter(Exception):
 class DaemonClient:
     """Sends requests to one daemon; safe to share between threads (each uses its own connection)."""
 
-    def __init__(self, host: str, port: int, token: str | None) -> None:
+    def __init__(
+        self, host: str, port: int, token: str | None, reconnect_window: float = RECONNECT_WINDOW_S
+    ) -> None:
         self.host, self.port, self.token = host, port, token
+        self.reconnect_window = reconnect_window
         self._local = threading.local()
         self._fixed_headers = (
             f"Host: {host}:{port}\r\nAuthorization: Bearer {token or ''}\r\nContent-Type: {wire.CONTENT_TYPE}\r\n"
@@ -210,7 +216,7 @@ class DaemonClient:
         size = serialization.serialized_size(parts)
         meta_line = f"X-Rh-Meta: {json.dumps(meta)}\r\n" if meta else ""
         head = f"POST {path} HTTP/1.1\r\n{self._fixed_headers}{meta_line}Content-Length: {size}\r\n\r\n".encode()
-        deadline = time.monotonic() + RECONNECT_WINDOW_S
+        deadline = time.monotonic() + self.reconnect_window
         while True:
             try:
                 conn = self._connection()
@@ -225,10 +231,12 @@ class DaemonClient:
             except ConnectionRefusedError as exc:
                 self._drop_connection()
                 if time.monotonic() > deadline:
-                    raise ClusterUnreachableError(
+                    unreachable = ClusterUnreachableError(
                         f"no runhouse daemon answers at {self.host}:{self.port}; start it with "
                         f"`runhouse start --port {self.port}` or cluster.up_if_not()"
-                    ) from exc
+                    )
+                    unreachable.request_sent = False  # type: ignore[attr-defined]
+                    raise unreachable from exc
                 time.sleep(0.05)
             except TimeoutError as exc:
                 self._drop_connection()
