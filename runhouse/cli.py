@@ -93,6 +93,22 @@ def status(port: int | None = PortOption) -> None:
         console.print(table)
 
 
+@app.command("ssh")
+def ssh(name: str = typer.Argument(..., help="Name of a saved SSH cluster.")) -> None:
+    """Open an interactive shell on a saved cluster's head node."""
+    from runhouse.resources.cluster import cluster
+
+    try:
+        box = cluster(name=name)
+    except RunhouseError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if not hasattr(box, "ssh"):
+        console.print(f"[red]{name} is reached directly, not over SSH: there is no shell to open[/red]")
+        raise typer.Exit(1)
+    raise typer.Exit(box.ssh())
+
+
 @app.command("ls")
 def ls(folder: str = typer.Argument(None, help="Folder to list (default: the current folder, e.g. ~).")) -> None:
     """List saved resources with their type and last-saved time."""

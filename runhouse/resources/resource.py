@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, ClassVar, TypeVar
 
 from runhouse.errors import ConfigError, ObjectNotFoundError, RunhouseError
@@ -11,6 +12,14 @@ R = TypeVar("R", bound="Resource")
 # resource_type -> the class that rebuilds configs of that type (subtypes look up by class name).
 _TYPES: dict[str, type[Resource]] = {}
 _SUBTYPES: dict[str, type[Resource]] = {}
+# Where the resource classes live, so a config can be rebuilt before its module was ever imported.
+_MODULES = {
+    "Cluster": "runhouse.resources.cluster",
+    "SSHCluster": "runhouse.resources.ssh_cluster",
+    "Env": "runhouse.resources.env",
+    "Function": "runhouse.resources.function",
+    "RemoteClass": "runhouse.resources.module",
+}
 
 
 class Resource:
@@ -57,7 +66,10 @@ class Resource:
         """
         if not isinstance(config, dict):
             raise ConfigError(f"a resource config must be a dict, not {type(config).__name__}")
-        target = _SUBTYPES.get(config.get("resource_subtype", "")) or _TYPES.get(config.get("resource_type", ""))
+        subtype = config.get("resource_subtype", "")
+        if subtype in _MODULES and subtype not in _SUBTYPES:
+            importlib.import_module(_MODULES[subtype])
+        target = _SUBTYPES.get(subtype) or _TYPES.get(config.get("resource_type", ""))
         if target is None or not issubclass(target, cls):
             raise ConfigError(
                 f"config of type {config.get('resource_type')!r}/{config.get('resource_subtype')!r} "

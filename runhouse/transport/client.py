@@ -113,6 +113,7 @@ class _Connection:
     """One kept-alive HTTP/1.1 connection to the daemon."""
 
     def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
         self.sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = bytearray(_RECV_CHUNK)

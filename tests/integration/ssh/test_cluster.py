@@ -1,0 +1,184 @@
+"""The whole cluster API through a real sshd on a loopback port: bring-up, sync, calls, faults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import runhouse as rh
+from runhouse.errors import HostKeyError, SSHAuthenticationError, SSHConnectionError
+from runhouse.resources.ssh_cluster import ClusterVersionError, SSHCluster
+from tests.conftest import free_port
+from tests.integration import funcs
+
+
+def _creds(sshd, **overrides):
+    creds = {
+        "ssh_user": sshd.user,
+        "ssh_private_key": str(sshd.private_key),
+        "ssh_port": sshd.port,
+        "known_hosts": str(sshd.known_hosts_with_key(sshd.root / "cluster_known_hosts")),
+    }
+    return {**creds, **overrides}
+
+
+def _remote_processes(sshd):
+    """Processes started from the remote side's home folder (its runhouse venv)."""
+    home = str(sshd.home)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(home in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def ssh_box(sshd, config_dir):
+    port = free_port()
+    box = rh.cluster(name="ssh_box", ips=[sshd.host], ssh_creds=_creds(sshd), server_port=port)
+    began = time.monotonic()
+    box.up_if_not()
+    box.first_bring_up_s = time.monotonic() - began
+    try:
+        yield box
+    finally:
+        box.teardown()
+        for proc in _remote_processes(sshd):
+            proc.kill()
+
+
+def test_first_bring_up_installs_and_an_up_cluster_connects_fast(ssh_box, sshd):
+    print(f"first bring-up took {ssh_box.first_bring_up_s:.1f} s")
+    again = rh.cluster(name="again", ips=[sshd.host], ssh_creds=_creds(sshd), server_port=ssh_box.server_port)
+    began = time.monotonic()
+    again.up_if_not()
+    assert time.monotonic() - began < 1.0
+    assert again.keys() is not None
+    again.close()
+
+
+def test_every_call_type_works_over_ssh(ssh_box, capfd):
+    add = rh.function(funcs.add).to(ssh_box)
+    assert add(1, 2) == 3
+    assert rh.get(add.remote(2, 3)) == 5
+    assert add.map([1, 2], [10, 20]) == [11, 22]
+    counter = rh.module(funcs.Counter).to(ssh_box)(start=1, name="ssh_counter")
+    assert counter.increment() == 2 and counter.value == 2
+    rh.function(funcs.shout).to(ssh_box)("over-ssh")
+    assert "(shout) over-ssh line 0" in capfd.readouterr().out
+    with pytest.raises(ValueError, match="remote says no"):
+        rh.function(funcs.raise_value_error).to(ssh_box)()
+    ssh_box.put("ssh_key", {"a": [1, 2]})
+    assert ssh_box.get("ssh_key") == {"a": [1, 2]}
+    assert ssh_box.run(["echo hi"], stream_logs=False) == [(0, "hi\n", "")]
+    assert ssh_box.run_python(["print(6 * 7)"], stream_logs=False)[0][1] == "42\n"
+    big = b"x" * 5_000_000  # large payloads travel inline through the tunnel (no shared memory)
+    assert rh.function(funcs.length).to(ssh_box)(big) == 5_000_000
+
+
+def test_code_is_synced_once_and_skipped_when_unchanged(ssh_box):
+    rh.function(funcs.add).to(ssh_box)
+    synced = dict(ssh_box._synced)
+    assert synced, "the repo was synced to the host"
+    began = time.monotonic()
+    rh.function(funcs.add).to(ssh_box)
+    assert time.monotonic() - began < 0.5
+    assert ssh_box._synced == synced
+    remote_repo = next(iter(ssh_box._synced))
+    assert remote_repo
+
+
+def test_saved_cluster_reconnects_in_a_new_process_without_reinstalling(ssh_box, tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    rh.function(funcs.add).to(ssh_box)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ssh_box.save("~/ssh_box")
+    finally:
+        os.chdir(cwd)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent("""
+            import time, runhouse as rh
+            box = rh.cluster(name="ssh_box")
+            began = time.monotonic()
+            print(box.get("add")(20, 22, stream_logs=False), time.monotonic() - began < 5)
+        """)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["42", "True"]
+    assert "installing" not in out.stdout + out.stderr
+
+
+def test_dropped_tunnel_is_reopened_between_calls(ssh_box):
+    add = rh.function(funcs.add).to(ssh_box)
+    ssh_box._tunnel.close()
+    assert add(5, 5) == 10
+
+
+def test_killed_remote_daemon_is_restarted_by_the_next_call(ssh_box):
+    add = rh.function(funcs.add).to(ssh_box)
+    ssh_box.ssh_connection.run(f"{ssh_box._python()} -m runhouse.cli stop --port {ssh_box.server_port}", timeout=60)
+    assert add(1, 1) == 2  # registry restored on the host: no redeploy needed
+
+
+def test_run_setup_runs_once_per_host(ssh_box):
+    first = ssh_box.run_setup(["echo setting-up"])
+    assert first and first[0][0] == 0
+    assert ssh_box.run_setup(["echo setting-up"]) == []
+
+
+def test_ssh_tunnel_is_a_context_manager(ssh_box):
+    with ssh_box.ssh_tunnel(remote_port=ssh_box.server_port) as tunnel:
+        from runhouse.server import daemon
+
+        assert daemon.health(tunnel.local_port, "127.0.0.1", timeout=2) is not None
+    assert daemon.health(tunnel.local_port, "127.0.0.1", timeout=0.5) is None
+
+
+def test_version_mismatch_without_upgrade_is_a_clear_error(ssh_box, sshd, monkeypatch):
+    import runhouse.resources.ssh_cluster as module
+
+    monkeypatch.setattr(module, "build_id", lambda: "9.9.9+different")
+    strict = rh.cluster(ips=[sshd.host], ssh_creds=_creds(sshd), server_port=ssh_box.server_port,
+                        allow_upgrade=False)
+    with pytest.raises(ClusterVersionError, match="9.9.9"):
+        strict.up_if_not()
+    strict.close()
+
+
+def test_wrong_key_wrong_port_and_changed_host_key_fail_clearly(sshd, tmp_path):
+    other_key = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(other_key)], check=True)
+    wrong_key = SSHCluster(ips=[sshd.host], ssh_creds=_creds(sshd, ssh_private_key=str(other_key)))
+    with pytest.raises(SSHAuthenticationError):
+        wrong_key.up_if_not()
+    wrong_port = SSHCluster(ips=[sshd.host], ssh_creds=_creds(sshd, ssh_port=free_port()))
+    began = time.monotonic()
+    with pytest.raises(SSHConnectionError):
+        wrong_port.up_if_not()
+    assert time.monotonic() - began < 15
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[{sshd.host}]:{sshd.port} {other_key.with_suffix('.pub').read_text().strip()}\n")
+    changed = SSHCluster(ips=[sshd.host], ssh_creds=_creds(sshd, known_hosts=str(known)), accept_new_host_keys=True)
+    with pytest.raises(HostKeyError, match="(?i)chang"):
+        changed.up_if_not()
+
+
+def test_config_round_trip_keeps_no_password(sshd):
+    box = SSHCluster(name="cfg_box", ips=[sshd.host], ssh_creds=_creds(sshd, password="secret"))
+    config = box.config()
+    assert "secret" not in str(config)
+    rebuilt = rh.Cluster.from_config(config)
+    assert isinstance(rebuilt, SSHCluster) and rebuilt.ips == [sshd.host] and rebuilt.server_port == box.server_port
