@@ -103,7 +103,9 @@ class SSHAuthenticationError(SSHError):
 
 
 class HostKeyError(SSHError):
-    """The host's key is unknown and was not accepted, or it changed since it was recorded."""
+    """The host's key is unknown and was not accepted, or (``changed``) it changed since it was recorded."""
+
+    changed: bool = False
 
 
 class SSHTimeoutError(SSHError, TimeoutError):

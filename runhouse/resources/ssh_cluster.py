@@ -10,6 +10,7 @@ only changed files; nothing at all when the tree is unchanged) and installs its 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shlex
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runhouse import __version__
-from runhouse.errors import ClusterUnreachableError, DaemonStartError, RunhouseError
+from runhouse.errors import ClusterUnreachableError, DaemonStartError, HostKeyError, RunhouseError
 from runhouse.paths import DEFAULT_SERVER_PORT, config_dir
 from runhouse.resources.cluster import Cluster, print_log
 from runhouse.rns.local_store import repo_root
@@ -135,7 +136,7 @@ class SSHCluster(Cluster):
         """Connect; install runhouse and start the daemon on the host when it is not answering."""
         if self._checked_up:
             return self
-        self.ssh_connection.check()
+        self._connect()
         answer = self._health()
         if answer is None:
             self._bring_up()
@@ -151,6 +152,20 @@ class SSHCluster(Cluster):
         self._client = None
         self._checked_up = True
         return self
+
+    def _connect(self) -> None:
+        """Open the SSH connection; an unknown host key may be accepted at a prompt (never a changed one)."""
+        try:
+            self.ssh_connection.check()
+        except HostKeyError as exc:
+            if exc.changed or self.accept_new_host_keys or not sys.stdin.isatty():
+                raise
+            if not _ask(f"{exc}\nAccept the host key of {self.creds.address} and record it? [y/N] "):
+                raise
+            self.accept_new_host_keys = True
+            self.creds = dataclasses.replace(self.creds, accept_new_host_keys=True)
+            self._ssh = None
+            self.ssh_connection.check()
 
     def request(self, path: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (),
                 on_log: Any = None, timeout: float | None = 60.0) -> Response:
@@ -316,6 +331,11 @@ class SSHCluster(Cluster):
 
     def __repr__(self) -> str:
         return f"<SSHCluster {self.rns_address or self.name!r} at {self.creds.user or ''}@{self.host}>"
+
+
+def _ask(question: str) -> bool:
+    """Ask a yes/no question on the terminal."""
+    return input(question).strip().lower() in ("y", "yes")
 
 
 def _repo_files(repo: Path) -> list[str]:

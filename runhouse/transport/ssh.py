@@ -555,7 +555,7 @@ class SSHConnection:
             return kind(message + said, host=address, stderr=stderr)
 
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "has changed and you have requested" in stderr:
-            return make(
+            changed = make(
                 HostKeyError,
                 f"The host key of {address} has CHANGED since it was recorded in {known}: either the host was "
                 "reinstalled or someone is intercepting the connection. Refusing to connect. If the change is "
@@ -563,6 +563,8 @@ class SSHConnection:
                 f"{shlex.quote(_known_hosts_name(self.creds.host, self.creds.port))}` and connect again with "
                 "accept_new_host_keys=True.",
             )
+            changed.changed = True  # type: ignore[attr-defined]
+            return changed
         sshpass_said = returncode if self.creds.password is not None else None  # sshpass's own exit codes
         if "host key is known" in stderr or "Host key verification failed" in stderr or sshpass_said == 6:
             return make(

@@ -182,3 +182,45 @@ def test_config_round_trip_keeps_no_password(sshd):
     assert "secret" not in str(config)
     rebuilt = rh.Cluster.from_config(config)
     assert isinstance(rebuilt, SSHCluster) and rebuilt.ips == [sshd.host] and rebuilt.server_port == box.server_port
+
+
+def test_repo_requirements_are_installed_before_deploying(ssh_box, tmp_path, monkeypatch):
+    repo = tmp_path / "reqs_repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "requirements.txt").write_text("six==1.16.0\n")
+    (repo / "uses_six.py").write_text("def six_version():\n    import six\n    return six.__version__\n")
+    monkeypatch.syspath_prepend(str(repo))
+    import uses_six
+
+    assert rh.function(uses_six.six_version).to(ssh_box)() == "1.16.0"
+
+
+def test_daemon_that_fails_to_start_on_the_host_reports_its_log(sshd):
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        box = SSHCluster(ips=[sshd.host], ssh_creds=_creds(sshd), server_port=port)
+        from runhouse.errors import DaemonStartError
+
+        with pytest.raises(DaemonStartError, match="(?i)address already in use|exited"):
+            box.up_if_not()
+        box.close()
+
+
+def test_unknown_host_key_can_be_accepted_at_a_prompt(sshd, tmp_path, monkeypatch):
+    import runhouse.resources.ssh_cluster as module
+
+    questions = []
+    monkeypatch.setattr(module, "_ask", lambda question: questions.append(question) or True)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    empty = tmp_path / "known_hosts"
+    empty.touch()
+    box = SSHCluster(ips=[sshd.host], ssh_creds=_creds(sshd, known_hosts=str(empty)))
+    box._connect()
+    assert questions and "not in" in questions[0]
+    assert empty.read_text().strip(), "the accepted key was recorded"
+    box.close()
