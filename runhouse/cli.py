@@ -23,16 +23,21 @@ def _port(port: int | None) -> int:
 
 
 @app.command()
-def start(port: int | None = PortOption) -> None:
+def start(
+    port: int | None = PortOption,
+    host: str = typer.Option(daemon.HOST, help="Address to bind; keep 127.0.0.1 unless clients connect with TLS."),
+    tls: bool = typer.Option(False, help="Serve HTTPS with the daemon's own certificate (clients pin it)."),
+) -> None:
     """Start the daemon on this machine in the background."""
     port = _port(port)
     began = time.perf_counter()
     try:
-        pid = daemon.start(port)
+        pid = daemon.start(port, host=host, tls=tls)
     except RunhouseError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    console.print(f"daemon running on 127.0.0.1:{port} (pid {pid}, ready in {time.perf_counter() - began:.2f} s)")
+    took = time.perf_counter() - began
+    console.print(f"daemon running on {'https' if tls else 'http'}://{host}:{port} (pid {pid}, ready in {took:.2f} s)")
 
 
 @app.command()
@@ -46,8 +51,9 @@ def stop(port: int | None = PortOption) -> None:
 def restart(port: int | None = PortOption) -> None:
     """Restart the daemon; deployed envs, functions and modules come back."""
     port = _port(port)
+    host, tls = daemon.launch_options(port)
     daemon.stop(port)
-    start(port)
+    start(port, host, tls)
 
 
 @app.command()

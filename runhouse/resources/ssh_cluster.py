@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shlex
+import ssl
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -65,9 +66,10 @@ class SSHCluster(Cluster):
     ) -> None:
         if not ips:
             raise ValueError("an SSH cluster needs ips=[...] (the first is the head node)")
-        if server_connection_type != "ssh":
+        if server_connection_type not in ("ssh", "tls"):
             raise ValueError(
-                f"server_connection_type={server_connection_type!r} is not available; use 'ssh' (an SSH tunnel)"
+                f"server_connection_type={server_connection_type!r}: use 'ssh' (an SSH tunnel, the default) or "
+                "'tls' (HTTPS straight to the daemon, its certificate pinned)"
             )
         super().__init__(name=name, host=ips[0], server_port=server_port or DEFAULT_SERVER_PORT, token=token)
         self.ips = list(ips)
@@ -82,6 +84,7 @@ class SSHCluster(Cluster):
         self._tunnel: Tunnel | None = None
         self._remote_state: str | None = None
         self._synced: dict[str, str] = {}  # local repo -> tree hash known to be on the host
+        self._ssl_context: ssl.SSLContext | None = None
 
     # --- connection ----------------------------------------------------------------------------------
     @property
@@ -103,15 +106,31 @@ class SSHCluster(Cluster):
             self._client = None  # the local port changed
         return self._tunnel
 
+    @property
+    def uses_tls(self) -> bool:
+        return self.server_connection_type == "tls"
+
     def _endpoint(self) -> tuple[str, int]:
+        if self.uses_tls:
+            return self.host, self.server_port
         return "127.0.0.1", self._open_tunnel().local_port
+
+    def _pinned_context(self) -> ssl.SSLContext | None:
+        """TLS context trusting exactly the daemon's certificate, read over SSH (None until it exists)."""
+        if self.uses_tls and self._ssl_context is None:
+            result = self.ssh_connection.run(f"cat {self._state()}/daemons/{self.server_port}/tls/cert.pem", timeout=30)
+            if result.returncode == 0 and "BEGIN CERTIFICATE" in result.stdout:
+                self._ssl_context = daemon.pinned_ssl_context(result.stdout)
+        return self._ssl_context
 
     @property
     def client(self) -> DaemonClient:
         if self._client is None:
             host, port = self._endpoint()
             token = self._token or self._remote_token()
-            self._client = DaemonClient(host, port, token, reconnect_window=_TUNNEL_RECONNECT_WINDOW_S)
+            self._client = DaemonClient(
+                host, port, token, reconnect_window=_TUNNEL_RECONNECT_WINDOW_S, ssl_context=self._pinned_context()
+            )
         return self._client
 
     def _state(self) -> str:
@@ -127,7 +146,9 @@ class SSHCluster(Cluster):
 
     def _health(self) -> dict | None:
         host, port = self._endpoint()
-        return daemon.health(port, host, timeout=2.0)
+        if self.uses_tls and self._pinned_context() is None:
+            return None  # never started with TLS here: no certificate yet
+        return daemon.health(port, host, timeout=2.0, ssl_context=self._pinned_context())
 
     def is_up(self) -> bool:
         return self._health() is not None
@@ -217,12 +238,16 @@ class SSHCluster(Cluster):
     def _bring_up(self) -> None:
         self._install()
         command = f"{self._python()} -m runhouse.cli start --port {self.server_port}"
+        if self.uses_tls:
+            bind = self.host if self.host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
+            command += f" --tls --host {bind}"
         result = self.ssh_connection.run(command, timeout=START_TIMEOUT_S)
         if result.returncode != 0:
             raise DaemonStartError(
                 f"the daemon on {self.host} did not start", (result.stdout + result.stderr)[-3000:]
             )
         self._client = None
+        self._ssl_context = None
 
     def _stop_remote_daemon(self) -> None:
         self.ssh_connection.run(

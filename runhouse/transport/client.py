@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -112,10 +113,11 @@ class _Reader:
 class _Connection:
     """One kept-alive HTTP/1.1 connection to the daemon."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
-        self.sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = ssl_context.wrap_socket(raw) if ssl_context is not None else raw
         self.buffer = bytearray(_RECV_CHUNK)
         self.used = False
 
@@ -175,10 +177,16 @@ class DaemonClient:
     """Sends requests to one daemon; safe to share between threads (each uses its own connection)."""
 
     def __init__(
-        self, host: str, port: int, token: str | None, reconnect_window: float = RECONNECT_WINDOW_S
+        self,
+        host: str,
+        port: int,
+        token: str | None,
+        reconnect_window: float = RECONNECT_WINDOW_S,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port, self.token = host, port, token
         self.reconnect_window = reconnect_window
+        self.ssl_context = ssl_context
         self._local = threading.local()
         self._fixed_headers = (
             f"Host: {host}:{port}\r\nAuthorization: Bearer {token or ''}\r\nContent-Type: {wire.CONTENT_TYPE}\r\n"
@@ -187,7 +195,7 @@ class DaemonClient:
     def _connection(self) -> _Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = _Connection(self.host, self.port)
+            conn = self._local.conn = _Connection(self.host, self.port, self.ssl_context)
         return conn
 
     def _drop_connection(self) -> None:
@@ -229,6 +237,12 @@ class DaemonClient:
                 break
             except _StaleConnection:
                 self._drop_connection()
+            except ssl.SSLError as exc:
+                self._drop_connection()
+                raise ClusterUnreachableError(
+                    f"TLS with {self.host}:{self.port} failed ({exc}): the daemon there does not have the "
+                    "certificate this client pinned"
+                ) from exc
             except ConnectionRefusedError as exc:
                 self._drop_connection()
                 if time.monotonic() > deadline:

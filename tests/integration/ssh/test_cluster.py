@@ -224,3 +224,25 @@ def test_unknown_host_key_can_be_accepted_at_a_prompt(sshd, tmp_path, monkeypatc
     assert questions and "not in" in questions[0]
     assert empty.read_text().strip(), "the accepted key was recorded"
     box.close()
+
+
+def test_tls_connection_pins_the_daemons_certificate(ssh_box, sshd):
+    port = free_port()
+    box = rh.cluster(ips=[sshd.host], ssh_creds=_creds(sshd), server_port=port, server_connection_type="tls")
+    try:
+        box.up_if_not()
+        assert box._tunnel is None, "TLS clusters are reached directly, not through a tunnel"
+        assert rh.function(funcs.add).to(box)(2, 2) == 4
+        import http.client
+        import ssl
+
+        plain = http.client.HTTPConnection(sshd.host, port, timeout=5)  # no TLS: refused by the server
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            plain.request("GET", "/health")
+            plain.getresponse().read()
+        stranger = ssl.create_default_context()  # does not trust the self-signed certificate
+        from runhouse.server import daemon
+
+        assert daemon.health(port, sshd.host, timeout=2, ssl_context=stranger) is None
+    finally:
+        box.teardown()
