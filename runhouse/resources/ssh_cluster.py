@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import platform
 import shlex
 import ssl
 import subprocess
@@ -209,31 +210,51 @@ class SSHCluster(Cluster):
         return f"{self._state()}/venvs/{build_id()}/bin/python"
 
     def _install(self) -> None:
-        """Install this client's runhouse build into a venv on the host, unless it is already there."""
+        """Install this client's runhouse build into a venv on the host, unless it is already there.
+
+        The wheel is built here; its dependencies come from the host's package index. When the host runs
+        the same OS and CPU as this machine, this machine's ``uv`` binary is copied over to install them
+        (seconds); otherwise the venv's pip does it.
+        """
         venv = f"{self._state()}/venvs/{build_id()}"
         ready = f"{venv}/.rh-ready"
         if self.ssh_connection.run(f"test -f {ready}", timeout=30).returncode == 0:
             return
         progress = print_log(self.host)
         progress(f"installing runhouse {build_id()} on {self.host}\n".encode())
-        deps, build = _local_wheelhouse()
-        remote_wheels = f"{self._state()}/wheels"
-        self.ssh_connection.run(f"mkdir -p {remote_wheels}/deps {remote_wheels}/{build.name}", timeout=30, check=True)
-        self.ssh_connection.rsync(f"{deps}/", f"{remote_wheels}/deps/", timeout=SYNC_TIMEOUT_S)
-        self.ssh_connection.rsync(f"{build}/", f"{remote_wheels}/{build.name}/", timeout=SYNC_TIMEOUT_S)
-        wheel = next(build.glob("runhouse-*.whl")).name
-        pip = (
-            f"{venv}/bin/python -m pip install -q --disable-pip-version-check --find-links {remote_wheels}/deps "
-            f"{remote_wheels}/{build.name}/{wheel}"
-        )
-        script = (
-            f"rm -rf {venv} && python3 -m venv {venv} && ({pip} --no-index || {pip}) && touch {ready}"
-        )
+        wheel = _local_wheel()
+        remote_wheels = f"{self._state()}/wheels/{build_id()}"
+        self.ssh_connection.run(f"mkdir -p {remote_wheels} {self._state()}/bin", timeout=30, check=True)
+        self.ssh_connection.rsync(str(wheel), f"{remote_wheels}/", timeout=SYNC_TIMEOUT_S)
+        remote_wheel = f"{remote_wheels}/{wheel.name}"
+        installer = f"{venv}/bin/python -m pip install -q --disable-pip-version-check {remote_wheel}"
+        uv = self._copy_uv()
+        if uv is not None:
+            # The host's own trust store, as pip uses it (some networks sit behind a TLS-inspecting proxy).
+            installer = f"{uv} pip install -q --system-certs --python {venv}/bin/python {remote_wheel}"
+        script = f"rm -rf {venv} && python3 -m venv {venv} && {installer} && touch {ready}"
         result = self.ssh_connection.run(
             script, timeout=INSTALL_TIMEOUT_S, on_output=lambda line: progress((line + "\n").encode())
         )
         if result.returncode != 0:
             raise DaemonStartError(f"installing runhouse on {self.host} failed", result.stderr[-3000:])
+
+    def _copy_uv(self) -> str | None:
+        """Copy this machine's uv to the host when it can run there; returns its path on the host."""
+        try:
+            from uv import find_uv_bin
+
+            local_uv = find_uv_bin()
+        except (ImportError, FileNotFoundError):
+            return None
+        remote_uv = f"{self._state()}/bin/uv"
+        here = f"{platform.system()} {platform.machine()}"
+        there = self.ssh_connection.run("uname -sm", timeout=30).stdout.strip()
+        if there != here:
+            return None
+        if self.ssh_connection.run(f"test -x {remote_uv}", timeout=30).returncode != 0:
+            self.ssh_connection.rsync(local_uv, remote_uv, timeout=SYNC_TIMEOUT_S)
+        return remote_uv
 
     def _bring_up(self) -> None:
         self._install()
@@ -385,18 +406,17 @@ def _tree_hash(repo: Path, files: Sequence[str]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _local_wheelhouse() -> tuple[Path, Path]:
-    """Wheels of runhouse's dependencies (cached by version) and of this exact build (cached by build id)."""
-    base = config_dir() / "wheels"
-    deps, build = base / f"deps-{__version__}", base / build_id()
+def _local_wheel() -> Path:
+    """The wheel of this exact runhouse build (built once per build id from the source tree it runs from)."""
+    build = config_dir() / "wheels" / build_id()
+    wheels = list(build.glob("runhouse-*.whl"))
+    if wheels:
+        return wheels[0]
     source = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").exists() else None
     target = str(source) if source else f"runhouse=={__version__}"
-    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check"]
-    if not (deps / ".complete").exists():
-        subprocess.run([*pip, "--wheel-dir", str(deps), target], check=True, timeout=INSTALL_TIMEOUT_S,
-                       capture_output=True)
-        (deps / ".complete").touch()
-    if not list(build.glob("runhouse-*.whl")):
-        subprocess.run([*pip, "--no-deps", "--wheel-dir", str(build), target], check=True,
-                       timeout=INSTALL_TIMEOUT_S, capture_output=True)
-    return deps, build
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps", "--wheel-dir",
+         str(build), target],
+        check=True, timeout=INSTALL_TIMEOUT_S, capture_output=True,
+    )
+    return next(build.glob("runhouse-*.whl"))

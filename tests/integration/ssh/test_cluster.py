@@ -246,3 +246,27 @@ def test_tls_connection_pins_the_daemons_certificate(ssh_box, sshd):
         assert daemon.health(port, sshd.host, timeout=2, ssl_context=stranger) is None
     finally:
         box.teardown()
+
+
+def test_status_and_restart_server_over_ssh(ssh_box):
+    counter = rh.module(funcs.Counter).to(ssh_box)(start=9, name="ssh_restart_counter")
+    counter.increment()
+    before = ssh_box.status()["pid"]
+    ssh_box.restart_server()
+    assert ssh_box.status()["pid"] != before
+    assert counter.value == 9  # re-created from its init args on the restarted daemon
+
+
+def test_runhouse_ssh_opens_a_shell_on_a_saved_cluster(ssh_box, tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ssh_box.save("~/shell_box")
+    finally:
+        os.chdir(cwd)
+    out = subprocess.run(
+        [sys.executable, "-m", "runhouse.cli", "ssh", "shell_box"], input="echo hello-from-$((6*7))\nexit\n",
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert "hello-from-42" in out.stdout, out.stderr
