@@ -97,15 +97,20 @@ def test_code_is_synced_once_and_skipped_when_unchanged(ssh_box):
     assert remote_repo
 
 
-def test_saved_cluster_reconnects_in_a_new_process_without_reinstalling(ssh_box, tmp_path):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    rh.function(funcs.add).to(ssh_box)
+def _save_in_project(box, name, project):
+    """Save ``box`` in the local store of a new git repo at ``project``."""
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
     cwd = os.getcwd()
-    os.chdir(tmp_path)
+    os.chdir(project)
     try:
-        ssh_box.save("~/ssh_box")
+        box.save(name)
     finally:
         os.chdir(cwd)
+
+
+def test_saved_cluster_reconnects_in_a_new_process_without_reinstalling(ssh_box, tmp_path):
+    rh.function(funcs.add).to(ssh_box)
+    _save_in_project(ssh_box, "~/ssh_box", tmp_path)
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent("""
             import time, runhouse as rh
@@ -258,13 +263,7 @@ def test_status_and_restart_server_over_ssh(ssh_box):
 
 
 def test_runhouse_ssh_opens_a_shell_on_a_saved_cluster(ssh_box, tmp_path):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        ssh_box.save("~/shell_box")
-    finally:
-        os.chdir(cwd)
+    _save_in_project(ssh_box, "~/shell_box", tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "runhouse.cli", "ssh", "shell_box"], input="echo hello-from-$((6*7))\nexit\n",
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
