@@ -26,9 +26,7 @@ from runhouse import __version__
 from runhouse.errors import (
     BadRequestError,
     CallTimeoutError,
-    DaemonError,
     ObjectNotFoundError,
-    WorkerCrashedError,
 )
 from runhouse.resources.env import DEFAULT_ENV
 from runhouse.serialization import sweep_shm, unpack_exception
@@ -370,9 +368,7 @@ class Runtime:
                             fetched[id(worker)] = await self._fetch_refs(refs, worker)
                         meta["refs"] = fetched[id(worker)]
                     results[i] = await worker.request(meta, [items[i]] if items[i].nbytes else [], log)
-                except (WorkerCrashedError, DaemonError) as exc:
-                    results[i] = exc
-                except Exception as exc:  # a deploy that fails in this worker fails its items
+                except Exception as exc:  # a crashed worker, or code that fails to load there, fails the item
                     results[i] = exc
 
         count = min(len(items), len(workers) * slots)
