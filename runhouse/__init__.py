@@ -37,6 +37,8 @@ _EXPORTS = {
     "exists": "runhouse.resources.resource",
     "folder_contents": "runhouse.rns.store",
     "load": "runhouse.resources.resource",
+    "login": "runhouse.rns.den_client",
+    "logout": "runhouse.rns.den_client",
     "set_folder": "runhouse.rns.store",
     "env": "runhouse.resources.env",
     "function": "runhouse.resources.function",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from runhouse.resources.module import Module, RemoteClass, RemoteInstance, module
     from runhouse.resources.remote import Ref, get
     from runhouse.resources.resource import Resource, exists, load
+    from runhouse.rns.den_client import login, logout
     from runhouse.rns.store import current_folder, folder_contents, set_folder
 
     here: Cluster
@@ -101,6 +104,8 @@ __all__ = [
     "get",
     "here",
     "load",
+    "login",
+    "logout",
     "module",
     "set_folder",
 ]

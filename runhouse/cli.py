@@ -8,12 +8,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from runhouse.den.cli import den_app
 from runhouse.errors import RunhouseError
 from runhouse.paths import default_server_port
 from runhouse.server import daemon
 
 app = typer.Typer(help="runhouse: program across machines as if they were one.", no_args_is_help=True)
 console = Console()
+app.add_typer(den_app, name="den")
 
 PortOption = typer.Option(None, "--port", help="Daemon port (default: $RH_SERVER_PORT or 32300).")
 
@@ -97,6 +99,31 @@ def status(port: int | None = PortOption) -> None:
         )
     for table in (envs, objects, workers):
         console.print(table)
+
+
+@app.command("login")
+def login(
+    token: str | None = typer.Option(None, help="Den token (asked for when missing)."),
+    den_url: str | None = typer.Option(None, help="Den URL (default: the one in ~/.rh/config.yaml)."),
+) -> None:
+    """Log in to Den; offers to upload or download config defaults."""
+    from runhouse.rns.den_client import login as den_login
+
+    try:
+        user = den_login(token=token, den_url=den_url, interactive=True)
+    except RunhouseError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"logged in as {user}")
+
+
+@app.command("logout")
+def logout() -> None:
+    """Forget the Den token on this machine."""
+    from runhouse.rns.den_client import logout as den_logout
+
+    den_logout()
+    console.print("logged out")
 
 
 @app.command("ssh")

@@ -49,6 +49,9 @@ _EXPECTED: dict[str, str] = {
     "default_ssh_key": "a string (path of a private key)",
 }
 
+# Settings that belong to this machine's login, never copied to or from Den's defaults.
+_NOT_SHARED = frozenset({"token", "den_url", "username"})
+
 # Settings whose value must never be echoed in errors or reprs.
 _SECRET_KEYS = frozenset({"token"})
 _MASK = "**********"
@@ -208,6 +211,22 @@ class Configs:
                 _check_plain_data(key, value)
                 data[key] = value
             self._write(_file_data(self._validate(data, source=None)))
+
+    def upload_defaults(self) -> dict[str, Any]:
+        """Store these settings in Den for the logged-in user (all but the token and Den's URL)."""
+        from runhouse.rns.den_client import den_client
+
+        keep = {k: v for k, v in self.to_dict().items() if k not in _NOT_SHARED}
+        return den_client().put_defaults(keep)
+
+    def download_defaults(self) -> dict[str, Any]:
+        """Set the settings the logged-in user stored in Den (validated like ``set``); returns them."""
+        from runhouse.rns.den_client import den_client
+
+        defaults = {k: v for k, v in den_client().get_defaults().items() if k not in _NOT_SHARED}
+        for key, value in defaults.items():
+            self.set(key, value)
+        return defaults
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as they would be written: explicit keys only, never a token from ``RH_TOKEN`` alone."""

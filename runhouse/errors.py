@@ -9,7 +9,10 @@
     ├── DaemonError                    the daemon answered with an error (carries its HTTP status)
     │   ├── AuthenticationError        no token or a wrong one (401)
     │   ├── BadRequestError (ValueError)        malformed request (400)
-    │   └── ObjectNotFoundError (KeyError)      unknown object, method or key (404)
+    │   ├── PermissionDeniedError (PermissionError)  known caller, not allowed (403, Den)
+    │   ├── ObjectNotFoundError (KeyError)      unknown object, method or key (404)
+    │   ├── ConflictError                       name taken, or a concurrent change won (409, Den)
+    │   └── PayloadTooLargeError                a config or body over the cap (413, Den)
     ├── ClusterUnreachableError (ConnectionError)   nothing answers at the cluster's address
     ├── SSHError                       an SSH step failed (carries the host and the command's stderr)
     │   ├── SSHConnectionError (ConnectionError)   host down, port closed, name not found
@@ -79,6 +82,24 @@ class ObjectNotFoundError(DaemonError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class PermissionDeniedError(DaemonError, PermissionError):
+    """The caller is known but may not do this to this address."""
+
+    status = 403
+
+
+class ConflictError(DaemonError):
+    """The name is already taken, or a concurrent request changed the same data first."""
+
+    status = 409
+
+
+class PayloadTooLargeError(DaemonError):
+    """A config or request body is larger than the server accepts."""
+
+    status = 413
 
 
 class ClusterUnreachableError(RunhouseError, ConnectionError):
@@ -197,7 +218,10 @@ BY_NAME: dict[str, type[RunhouseError]] = {
     for cls in (
         AuthenticationError,
         BadRequestError,
+        PermissionDeniedError,
         ObjectNotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
         EnvCreationError,
         WorkerCrashedError,
         CallTimeoutError,

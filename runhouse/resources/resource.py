@@ -112,6 +112,14 @@ class Resource:
         """Every saved version of this resource's config, oldest first (``version`` ids for rh.load)."""
         return _store().history(self._address())
 
+    def share(self, users: str | list[str], access_level: str = "read", notify: bool = False) -> dict[str, Any]:
+        """Share this resource (saved in Den) with users, ``access_level`` "read" or "write"."""
+        return _store().share(self._address(), [users] if isinstance(users, str) else list(users), access_level)
+
+    def unshare(self, users: str | list[str]) -> dict[str, Any]:
+        """Take back the shares this resource's address gave to users."""
+        return _store().unshare(self._address(), [users] if isinstance(users, str) else list(users))
+
     def delete_configs(self) -> bool:
         """Delete this resource's saved config and its history; returns whether anything was saved."""
         return _store().delete(self._address())

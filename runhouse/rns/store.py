@@ -11,7 +11,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from runhouse.errors import InvalidNameError, ObjectNotFoundError, RunhouseError
+from runhouse.errors import InvalidNameError, ObjectNotFoundError
 from runhouse.rns import local_store, names
 from runhouse.rns.names import BUILTIN, DEN, LOCAL, Address
 
@@ -26,12 +26,31 @@ def _username() -> str | None:
 
 
 def current_folder() -> str:
-    """The folder bare names resolve in."""
+    """The folder bare names resolve in: the one set, else the ``default_folder`` config, else the logged-in
+    user's Den folder (``@``), else ``~``."""
     if _current_folder is not None:
         return _current_folder
     from runhouse.config import configs
 
-    return configs.get("default_folder") or "~"
+    saved = configs.to_dict()
+    if saved.get("default_folder"):
+        return str(saved["default_folder"])
+    return "@" if configs.get("token") and configs.get("username") and configs.get("den_url") else "~"
+
+
+def share(address: Address, users: list[str], access_level: str) -> dict[str, Any]:
+    """Share a Den resource (or folder, and all under it) with users."""
+    if address.store != DEN:
+        raise InvalidNameError(f"{address} is not in Den: only Den resources (@/..., /owner/...) can be shared")
+    if access_level not in ("read", "write"):
+        raise ValueError(f"access_level must be 'read' or 'write', not {access_level!r}")
+    return _den().share(str(address), users, access_level)
+
+
+def unshare(address: Address, users: list[str]) -> dict[str, Any]:
+    if address.store != DEN:
+        raise InvalidNameError(f"{address} is not in Den: there is nothing to unshare")
+    return _den().unshare(str(address), users)
 
 
 def set_folder(folder: str) -> str:
@@ -46,10 +65,10 @@ def resolve(name: str) -> Address:
     return names.parse(name, folder=current_folder(), username=_username())
 
 
-def _den_unavailable(address: Address) -> RunhouseError:
-    return RunhouseError(
-        f"{address} is a Den address, and this runhouse has no Den connection; save under ~/ instead"
-    )
+def _den() -> Any:
+    from runhouse.rns.den_client import den_client
+
+    return den_client()
 
 
 def save(address: Address, config: dict[str, Any]) -> bool:
@@ -58,7 +77,14 @@ def save(address: Address, config: dict[str, Any]) -> bool:
         return local_store.save(address.parts, config)
     if address.store == BUILTIN:
         raise InvalidNameError(f"{address} is a built-in config and cannot be overwritten; save under ~/ instead")
-    raise _den_unavailable(address)
+    den = _den()
+    try:
+        if den.get(str(address))["config"] == config:
+            return False
+    except ObjectNotFoundError:
+        pass
+    den.put(str(address), config)
+    return True
 
 
 def load(address: Address, version: str | None = None) -> dict[str, Any]:
@@ -75,7 +101,7 @@ def load(address: Address, version: str | None = None) -> dict[str, Any]:
         except FileNotFoundError:
             raise ObjectNotFoundError(f"no built-in config named {address}") from None
         return json.loads(text)
-    raise _den_unavailable(address)
+    return _den().get(str(address), int(version) if version is not None else None)["config"]
 
 
 def exists(address: Address) -> bool:
@@ -93,7 +119,11 @@ def history(address: Address) -> list[dict[str, Any]]:
         return local_store.history(address.parts)
     if address.store == BUILTIN:
         return [{"version": None, "current": True}] if exists(address) else []
-    raise _den_unavailable(address)
+    answer = _den().history(str(address))
+    return [
+        {**v, "version": str(v["version"]), "current": v["version"] == answer["current_version"]}
+        for v in answer["versions"]
+    ]
 
 
 def delete(address: Address) -> bool:
@@ -101,7 +131,11 @@ def delete(address: Address) -> bool:
         return local_store.delete(address.parts)
     if address.store == BUILTIN:
         raise InvalidNameError(f"{address} is a built-in config and cannot be deleted")
-    raise _den_unavailable(address)
+    try:
+        _den().delete(str(address))
+    except ObjectNotFoundError:
+        return False
+    return True
 
 
 def folder_contents(folder: str | None = None) -> list[dict[str, Any]]:
@@ -110,5 +144,10 @@ def folder_contents(folder: str | None = None) -> list[dict[str, Any]]:
     if address.store == LOCAL:
         return local_store.list_folder(address.parts)
     if address.store == DEN:
-        raise _den_unavailable(address)
+        entries = _den().folder(str(address))["entries"]
+        return [
+            {"name": e["name"], "resource_type": "folder" if e["kind"] == "folder" else e["resource_type"],
+             "saved_at": e["updated_at"]}
+            for e in entries
+        ]
     raise InvalidNameError(f"{address} is not a folder")

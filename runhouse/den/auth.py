@@ -1,0 +1,247 @@
+"""Who is calling: tokens (stored only as SHA-256 hashes), users, orgs and their members.
+
+A token is ``rh_`` followed by 43 URL-safe characters from :func:`secrets.token_urlsafe` (256 bits), so a
+plain SHA-256 is enough to store it: there is nothing to brute-force, unlike a password. It is shown once,
+when made, and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from runhouse.den import ConflictError, PermissionDeniedError
+from runhouse.den.db import Membership, Org, Share, Token, User, utcnow
+from runhouse.errors import AuthenticationError, BadRequestError, InvalidNameError, ObjectNotFoundError
+from runhouse.rns.names import DEN, Address
+
+TOKEN_PREFIX = "rh_"
+TOKEN_BYTES = 32
+MAX_TOKEN_LENGTH = 256
+MAX_EMAIL_LENGTH = 320
+ROLES = ("admin", "member")
+
+
+def new_token() -> str:
+    """A fresh high-entropy token."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> str:
+    """The hex SHA-256 of ``token``: what Den stores and looks tokens up by."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Caller:
+    """The authenticated user of one request, with the session of its transaction."""
+
+    session: Session
+    user: User
+    token_id: int
+    _orgs: dict[str, str] | None = field(default=None, repr=False)
+    _shares: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.user.name
+
+    @property
+    def orgs(self) -> dict[str, str]:
+        """The caller's orgs, name to role (``admin`` or ``member``), read once per request."""
+        if self._orgs is None:
+            rows = self.session.execute(
+                select(Org.name, Membership.role).join(Membership).where(Membership.user_id == self.user.id)
+            )
+            self._orgs = {name: role for name, role in rows}
+        return self._orgs
+
+    @property
+    def shares(self) -> dict[str, str]:
+        """Every address shared with the caller, to its access level, read once per request."""
+        if self._shares is None:
+            rows = self.session.execute(
+                select(Share.address, Share.access_level).where(Share.user_id == self.user.id)
+            )
+            self._shares = {address: level for address, level in rows}
+        return self._shares
+
+
+def authenticate(session: Session, token: str | None) -> Caller:
+    """The caller whose token this is; :class:`AuthenticationError` (401) for a missing or unknown one."""
+    if not token:
+        raise AuthenticationError("missing token: send the header 'Authorization: Bearer <token>'")
+    if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+        raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
+    digest = hash_token(token)
+    row = session.execute(select(Token, User).join(User).where(Token.token_hash == digest)).first()
+    if row is None or not hmac.compare_digest(row[0].token_hash, digest):
+        raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
+    return Caller(session=session, user=row[1], token_id=row[0].id)
+
+
+def validate_owner_name(name: object, kind: str = "user") -> str:
+    """``name`` if it can own a Den folder (``/<name>``), else :class:`InvalidNameError` (400)."""
+    if not isinstance(name, str):
+        raise InvalidNameError(f"Invalid {kind} name {name!r}: expected a string")
+    try:
+        Address(DEN, (name,))
+    except InvalidNameError as exc:
+        raise InvalidNameError(f"Invalid {kind} name: {exc}") from None
+    return name
+
+
+def _validate_email(email: str) -> str:
+    local, at, domain = email.partition("@")
+    if (not at or not local or "." not in domain or len(email) > MAX_EMAIL_LENGTH
+            or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in email)):
+        raise BadRequestError(f"Invalid email {email[:100]!r}: expected name@domain, without spaces")
+    return email
+
+
+def _check_owner_free(session: Session, name: str) -> None:
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise ConflictError(f"{name!r} is already a user; users and orgs share one namespace (/{name})")
+    if session.scalar(select(Org.id).where(Org.name == name)) is not None:
+        raise ConflictError(f"{name!r} is already an org; users and orgs share one namespace (/{name})")
+
+
+def add_user(session: Session, name: str, email: str | None = None) -> str:
+    """Create user ``name`` and return their first token (the only time it is visible)."""
+    validate_owner_name(name)
+    _check_owner_free(session, name)
+    if email is not None:
+        _validate_email(email)
+        if session.scalar(select(User.id).where(User.email == email)) is not None:
+            raise ConflictError(f"email {email!r} already belongs to another user")
+    user = User(name=name, email=email, created_at=utcnow())
+    session.add(user)
+    session.flush()
+    return _issue_token(session, user)
+
+
+def _issue_token(session: Session, user: User) -> str:
+    token = new_token()
+    session.add(Token(user_id=user.id, token_hash=hash_token(token), created_at=utcnow()))
+    return token
+
+
+def create_token(caller: Caller) -> str:
+    """Another token for the caller (say, for a second machine)."""
+    return _issue_token(caller.session, caller.user)
+
+
+def revoke_token(caller: Caller) -> None:
+    """Revoke the token this request was made with (log out)."""
+    caller.session.execute(delete(Token).where(Token.id == caller.token_id))
+
+
+def find_user(session: Session, who: str) -> User:
+    """The user named ``who``, or whose email is ``who``; :class:`ObjectNotFoundError` (404) if none."""
+    if not isinstance(who, str) or not who or len(who) > MAX_EMAIL_LENGTH or not who.isprintable():
+        raise BadRequestError(f"Invalid user {str(who)[:100]!r}: expected a user name or an email")
+    column = User.email if "@" in who else User.name
+    user = session.scalar(select(User).where(column == who))
+    if user is None:
+        raise ObjectNotFoundError(f"no Den user {who!r}")
+    return user
+
+
+def me(caller: Caller) -> dict[str, object]:
+    """The caller's name, email and orgs."""
+    orgs = [{"name": name, "role": role} for name, role in sorted(caller.orgs.items())]
+    return {"name": caller.name, "email": caller.user.email, "orgs": orgs}
+
+
+def _org(session: Session, name: str) -> Org:
+    validate_owner_name(name, "org")
+    org = session.scalar(select(Org).where(Org.name == name))
+    if org is None:
+        raise ObjectNotFoundError(f"no Den org {name!r}")
+    return org
+
+
+def _set_member(session: Session, org: Org, user: User, role: str) -> None:
+    if role not in ROLES:
+        raise BadRequestError(f"Invalid role {role!r}: expected one of {', '.join(ROLES)}")
+    membership = session.get(Membership, (org.id, user.id))
+    if membership is None:
+        session.add(Membership(org_id=org.id, user_id=user.id, role=role))
+    else:
+        membership.role = role
+
+
+def add_org(session: Session, name: str, members: dict[str, str]) -> None:
+    """Create org ``name`` if it does not exist, and add or update ``members`` (user name to role)."""
+    validate_owner_name(name, "org")
+    org = session.scalar(select(Org).where(Org.name == name))
+    if org is None:
+        _check_owner_free(session, name)
+        org = Org(name=name, created_at=utcnow())
+        session.add(org)
+        session.flush()
+    for user_name, role in members.items():
+        _set_member(session, org, find_user(session, user_name), role)
+
+
+def create_org(caller: Caller, name: str) -> dict[str, object]:
+    """A new org with the caller as its admin."""
+    validate_owner_name(name, "org")
+    _check_owner_free(caller.session, name)
+    add_org(caller.session, name, {caller.name: "admin"})
+    return org_info(caller, name)
+
+
+def org_info(caller: Caller, name: str) -> dict[str, object]:
+    """An org and its members; only members may see it."""
+    org = _org(caller.session, name)
+    if name not in caller.orgs:
+        raise PermissionDeniedError(f"{caller.name} is not a member of org {name!r}")
+    rows = caller.session.execute(
+        select(User.name, Membership.role).join(Membership).where(Membership.org_id == org.id).order_by(User.name)
+    )
+    return {"name": name, "members": [{"user": user, "role": role} for user, role in rows]}
+
+
+def _require_admin(caller: Caller, org: Org) -> None:
+    if caller.orgs.get(org.name) != "admin":
+        raise PermissionDeniedError(f"only admins of org {org.name!r} may change its members; {caller.name} is not")
+
+
+def set_member(caller: Caller, org_name: str, who: str, role: str) -> dict[str, object]:
+    """Add ``who`` to the org or change their role; org admins only."""
+    org = _org(caller.session, org_name)
+    _require_admin(caller, org)
+    user = find_user(caller.session, who)
+    if role != "admin" and user.id == caller.user.id:
+        _keep_an_admin(caller.session, org, user)
+    _set_member(caller.session, org, user, role)
+    caller._orgs = None
+    return org_info(caller, org_name)
+
+
+def remove_member(caller: Caller, org_name: str, who: str) -> dict[str, object]:
+    """Remove ``who`` from the org; org admins only, and never its last admin."""
+    org = _org(caller.session, org_name)
+    _require_admin(caller, org)
+    user = find_user(caller.session, who)
+    membership = caller.session.get(Membership, (org.id, user.id))
+    if membership is None:
+        raise ObjectNotFoundError(f"{user.name} is not a member of org {org_name!r}")
+    _keep_an_admin(caller.session, org, user)
+    caller.session.delete(membership)
+    caller.session.flush()
+    caller._orgs = None
+    return org_info(caller, org_name) if user.id != caller.user.id else {"name": org_name, "members": []}
+
+
+def _keep_an_admin(session: Session, org: Org, leaving: User) -> None:
+    admins = session.scalars(select(Membership.user_id).where(Membership.org_id == org.id, Membership.role == "admin"))
+    if set(admins) == {leaving.id}:
+        raise ConflictError(f"{leaving.name} is the last admin of org {org.name!r}; make another member admin first")
+

@@ -1,0 +1,327 @@
+"""Den's storage: SQLAlchemy 2.x models, the engine for SQLite or PostgreSQL, and ordered schema migrations.
+
+Tables::
+
+    schema_version   version (PK), description, applied_at          one row per applied migration
+    users            id, name (unique), email (unique), created_at
+    tokens           id, user_id -> users, token_hash (unique SHA-256 hex), created_at
+    orgs             id, name (unique), created_at
+    memberships      (org_id -> orgs, user_id -> users) PK, role: "admin" | "member"
+    resources        id, address (unique, e.g. /alice/proj/fn), owner, resource_type, public,
+                     current_version, created_at, updated_at
+    resource_versions id, resource_id -> resources (cascade), version, config (JSON), author, created_at;
+                     unique (resource_id, version)
+    shares           id, address (a resource or a folder), user_id -> users, access_level: "read" | "write",
+                     granted_by, created_at; unique (address, user_id)
+    audit_log        id, time, user, action, address, detail (JSON)
+    user_defaults    user_id (PK) -> users, defaults (JSON), updated_at
+
+Times are naive UTC. Users and orgs share one namespace of owners (``/<owner>/...``).
+
+Every request runs in one transaction (:meth:`Database.run`): on SQLite it starts with ``BEGIN IMMEDIATE``
+(one writer at a time, no lock upgrades that fail mid-request), on PostgreSQL at READ COMMITTED with row
+locks where a request reads then writes the same row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from runhouse.den import ConflictError
+from runhouse.errors import ConfigError
+from runhouse.paths import config_dir
+
+T = TypeVar("T")
+
+# How long a SQLite request waits for the write lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Attempts of a request that lost a race (unique key taken, serialization failure) before it reports 409.
+TRANSACTION_ATTEMPTS = 3
+_RETRY_SQLSTATES = {"40001", "40P01"}  # PostgreSQL serialization failure, deadlock
+_MIGRATION_LOCK_ID = 0x52484445  # "RHDE": PostgreSQL advisory lock held while migrating
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC datetime Den stores."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of Den's tables."""
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    description: Mapped[str] = mapped_column(String(255))
+    applied_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class Resource(Base):
+    __tablename__ = "resources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(1024), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    resource_type: Mapped[str] = mapped_column(String(255))
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    current_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ResourceVersion(Base):
+    __tablename__ = "resource_versions"
+    __table_args__ = (UniqueConstraint("resource_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    author: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Share(Base):
+    __tablename__ = "shares"
+    __table_args__ = (UniqueConstraint("address", "user_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(1024))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    access_level: Mapped[str] = mapped_column(String(16))
+    granted_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(1024), index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class UserDefaults(Base):
+    __tablename__ = "user_defaults"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    defaults: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: ``apply`` brings version ``version - 1`` to ``version``."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _create_initial_tables(conn: Connection) -> None:
+    # The models describe the newest schema. When a later migration alters a table, freeze this step as
+    # explicit DDL first, so that old databases still get exactly the version-1 tables before migrating.
+    tables = [table for name, table in Base.metadata.tables.items() if name != SchemaVersion.__tablename__]
+    Base.metadata.create_all(conn, tables=tables)
+
+
+MIGRATIONS: list[Migration] = [Migration(1, "users, tokens, orgs, resources, shares, audit log, defaults",
+                                         _create_initial_tables)]
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def default_url() -> str:
+    """The SQLite file Den uses without ``--db``: ``<config dir>/den/den.sqlite``."""
+    folder = config_dir() / "den"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'den.sqlite'}"
+
+
+def normalize_url(url: str) -> str:
+    """An SQLAlchemy URL: ``postgresql://`` uses psycopg 3, and a bare path means a SQLite file."""
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _sqlite_file(url: str) -> Path | None:
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+class Database:
+    """Den's database: an engine, sessions, migrations and the one-transaction-per-request runner.
+
+    Example::
+
+        with Database("sqlite:///den.sqlite") as db:
+            db.migrate()
+            token = db.run(lambda session: add_user(session, "alice"))
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = normalize_url(url or default_url())
+        self.is_sqlite = self.url.startswith("sqlite")
+        try:
+            self.engine: Engine = self._create_engine()
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"Den cannot open {make_url(self.url).render_as_string(hide_password=True)}: {exc}; "
+                "for PostgreSQL install runhouse[postgres]"
+            ) from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _create_engine(self) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+        path = _sqlite_file(self.url)
+        if path is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # hashes and configs: owner only
+        engine = create_engine(self.url, connect_args={"check_same_thread": False}, pool_size=10, max_overflow=40)
+
+        @event.listens_for(engine, "connect")
+        def _configure(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the sqlite3 module, start transactions, so DDL is transactional too.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                           f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema in one transaction; returns the schema version now in force."""
+        try:
+            return self._migrate()
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise ConfigError(f"Den cannot use its database {self.display_url}: {reason}") from exc
+
+    @property
+    def display_url(self) -> str:
+        """The database URL with any password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _migrate(self) -> int:
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            SchemaVersion.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+            current = conn.scalar(select(func.max(SchemaVersion.version))) or 0
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"Den's database is at schema version {current}, newer than this runhouse knows "
+                    f"({SCHEMA_VERSION}): upgrade runhouse"
+                )
+            for migration in MIGRATIONS[current:]:
+                migration.apply(conn)
+                conn.execute(
+                    insert(SchemaVersion).values(
+                        version=migration.version, description=migration.description, applied_at=utcnow()
+                    )
+                )
+            return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        """The highest migration applied to this database (0 when none)."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.max(SchemaVersion.version))) or 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def run(self, work: Callable[[Session], T], attempts: int = TRANSACTION_ATTEMPTS) -> T:
+        """``work(session)`` in one transaction, retried when it lost a race with a concurrent request."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction() as session:
+                    return work(session)
+            except (IntegrityError, OperationalError) as exc:
+                retryable = isinstance(exc, IntegrityError) or (
+                    getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+                )
+                if not retryable:
+                    raise
+                if attempt == attempts:
+                    raise ConflictError(
+                        f"a concurrent request changed the same data {attempts} times in a row; retry"
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,463 @@
+"""Den's library: resources with versions, access checks, sharing, the audit log and per-user defaults.
+
+Every function takes the :class:`~runhouse.den.auth.Caller` of one request (its session is the request's
+transaction) and returns plain JSON-able data; HTTP routes only parse input and call one of them.
+
+Access is decided by address, so it never depends on whether a resource exists:
+
+- **write** (put, delete, roll back, share, unshare, set ``public``): the owner of ``/<user>/...``, members
+  of the org of ``/<org>/...``, and users with a write share on the address or on a folder above it;
+- **read** (get, history, list shares): writers, users with a read share on the address or a folder above
+  it, and every logged-in user when the resource is public.
+
+A known caller who may not do something gets 403 (:class:`PermissionDeniedError`), for existing and
+missing resources alike, so others' names are not revealed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from runhouse.den import PayloadTooLargeError, PermissionDeniedError
+from runhouse.den.auth import Caller, find_user, validate_owner_name
+from runhouse.den.db import AuditEntry, Resource, ResourceVersion, Share, User, UserDefaults, utcnow
+from runhouse.errors import BadRequestError, InvalidNameError, ObjectNotFoundError
+from runhouse.rns.names import DEN, Address, parse, parse_folder
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_RESOURCE_TYPE_LENGTH = 255
+MAX_SHARE_USERS = 100
+MAX_AUDIT_LIMIT = 1000
+ACCESS_LEVELS = ("read", "write")
+ACTIONS = ("create", "update", "rollback", "read", "delete", "share", "unshare", "visibility")
+_AUDIT_PAGE = 500
+
+# ---------------------------------------------------------------------------------------------- input
+
+
+def resource_address(text: str) -> Address:
+    """A Den resource address ``/owner/a/b``; :class:`InvalidNameError` (400) for anything else."""
+    if not isinstance(text, str) or not text.startswith("/"):
+        raise InvalidNameError(f"Invalid Den address {str(text)[:100]!r}: expected /owner/a/b")
+    return parse(text)
+
+
+def folder_address(text: str) -> Address:
+    """A Den folder or resource address, roots included: ``/owner``, ``/owner/a``."""
+    if not isinstance(text, str) or not text.startswith("/"):
+        raise InvalidNameError(f"Invalid Den folder {str(text)[:100]!r}: expected /owner or /owner/a")
+    return parse_folder(text)
+
+
+def _stored(text: str) -> Address:
+    """An address read back from the database (always canonical)."""
+    return Address(DEN, tuple(text[1:].split("/")))
+
+
+def check_json_size(value: Any, what: str) -> int:
+    """The size of ``value`` as compact JSON; 400 for NaN/Infinity, 413 over :data:`MAX_CONFIG_BYTES`."""
+    try:
+        size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
+    except ValueError:
+        raise BadRequestError(f"the {what} contains NaN or Infinity, which JSON does not allow") from None
+    if size > MAX_CONFIG_BYTES:
+        raise PayloadTooLargeError(f"the {what} is {size:,} bytes as JSON; Den accepts at most {MAX_CONFIG_BYTES:,}")
+    return size
+
+
+def _resource_type(config: dict[str, Any]) -> str:
+    value = config.get("resource_type", "resource")
+    if (not isinstance(value, str) or not value or len(value) > MAX_RESOURCE_TYPE_LENGTH
+            or not value.isprintable() or not value.isascii()):
+        raise BadRequestError(
+            f"config['resource_type'] must be 1-{MAX_RESOURCE_TYPE_LENGTH} printable ASCII characters, "
+            f"got {str(value)[:100]!r}"
+        )
+    return value
+
+
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.replace(tzinfo=timezone.utc).isoformat()
+
+
+# ------------------------------------------------------------------------------------------- access
+
+
+def _chain(address: Address) -> list[str]:
+    """The address and every folder above it, from ``/owner`` down."""
+    return ["/" + "/".join(address.parts[:i]) for i in range(1, len(address.parts) + 1)]
+
+
+def access(caller: Caller, address: Address, shares: dict[str, str] | None = None) -> str | None:
+    """``"write"``, ``"read"`` or None: what the caller may do at ``address``, the public flag aside.
+
+    ``shares`` (the caller's shares, all of them) saves a query per address when checking many.
+    """
+    owner = address.parts[0]
+    if owner == caller.name or owner in caller.orgs:
+        return "write"
+    chain = _chain(address)
+    if shares is None:
+        levels = set(caller.session.scalars(
+            select(Share.access_level).where(Share.user_id == caller.user.id, Share.address.in_(chain))
+        ))
+    else:
+        levels = {shares[folder] for folder in chain if folder in shares}
+    return "write" if "write" in levels else "read" if levels else None
+
+
+def _denied(caller: Caller, address: Address, doing: str, needs: str) -> PermissionDeniedError:
+    return PermissionDeniedError(
+        f"{caller.name} may not {doing} {address}: that needs {needs}; ask an owner of /{address.parts[0]} to share it"
+    )
+
+
+def _require_write(caller: Caller, address: Address, doing: str) -> None:
+    if access(caller, address) != "write":
+        raise _denied(caller, address, doing, f"ownership, membership of /{address.parts[0]} or a write share")
+
+
+def _find(session: Session, address: Address, lock: bool = False) -> Resource | None:
+    query = select(Resource).where(Resource.address == str(address))
+    return session.scalar(query.with_for_update() if lock else query)
+
+
+def _readable(caller: Caller, address: Address) -> Resource | None:
+    """The resource at ``address`` (None if there is none) after checking the caller may read it."""
+    resource = _find(caller.session, address)
+    if access(caller, address) is None and not (resource is not None and resource.public):
+        raise _denied(caller, address, "read", "ownership, org membership, a share, or the resource being public")
+    return resource
+
+
+def _existing(resource: Resource | None, address: Address) -> Resource:
+    if resource is None:
+        raise ObjectNotFoundError(f"no resource at {address}")
+    return resource
+
+
+def _audit(caller: Caller, action: str, address: Address | str, **detail: Any) -> None:
+    caller.session.add(AuditEntry(time=utcnow(), user=caller.name, action=action, address=str(address), detail=detail))
+
+
+# ---------------------------------------------------------------------------------------- resources
+
+
+def _summary(resource: Resource) -> dict[str, Any]:
+    return {
+        "address": resource.address,
+        "resource_type": resource.resource_type,
+        "public": resource.public,
+        "current_version": resource.current_version,
+        "created_at": _iso(resource.created_at),
+        "updated_at": _iso(resource.updated_at),
+    }
+
+
+def _with_version(resource: Resource, version: ResourceVersion) -> dict[str, Any]:
+    return {
+        **_summary(resource),
+        "version": version.version,
+        "author": version.author,
+        "saved_at": _iso(version.created_at),
+        "config": version.config,
+    }
+
+
+def _add_version(caller: Caller, address: Address, resource: Resource | None, config: dict[str, Any]) -> tuple[
+    Resource, ResourceVersion
+]:
+    now = utcnow()
+    if resource is None:
+        resource = Resource(address=str(address), owner=address.parts[0], public=False, current_version=0,
+                            created_at=now)
+        caller.session.add(resource)
+    resource.resource_type = _resource_type(config)
+    resource.current_version += 1
+    resource.updated_at = now
+    caller.session.flush()
+    version = ResourceVersion(resource_id=resource.id, version=resource.current_version, config=config,
+                              author=caller.name, created_at=now)
+    caller.session.add(version)
+    return resource, version
+
+
+def put_resource(caller: Caller, text: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Save ``config`` at ``text`` as a new version (version 1 creates the resource)."""
+    address = resource_address(text)
+    _require_write(caller, address, "write")
+    if not isinstance(config, dict):
+        raise BadRequestError(f"a config must be a JSON object, got {type(config).__name__}")
+    check_json_size(config, "config")
+    existing = _find(caller.session, address, lock=True)
+    resource, version = _add_version(caller, address, existing, config)
+    _audit(caller, "create" if existing is None else "update", address, version=version.version)
+    return _with_version(resource, version)
+
+
+def _version(session: Session, resource: Resource, number: int | None) -> ResourceVersion:
+    number = resource.current_version if number is None else number
+    row = session.scalar(
+        select(ResourceVersion).where(ResourceVersion.resource_id == resource.id, ResourceVersion.version == number)
+    )
+    if row is None:
+        raise ObjectNotFoundError(
+            f"{resource.address} has no version {number}; it has versions 1 to {resource.current_version}"
+        )
+    return row
+
+
+def get_resource(caller: Caller, text: str, version: int | None = None) -> dict[str, Any]:
+    """The current version of the resource at ``text``, or version ``version``."""
+    address = resource_address(text)
+    resource = _existing(_readable(caller, address), address)
+    row = _version(caller.session, resource, version)
+    _audit(caller, "read", address, version=row.version)
+    return _with_version(resource, row)
+
+
+def list_versions(caller: Caller, text: str) -> dict[str, Any]:
+    """Every version of a resource (number, author, time), oldest first, without the configs."""
+    address = resource_address(text)
+    resource = _existing(_readable(caller, address), address)
+    rows = caller.session.execute(
+        select(ResourceVersion.version, ResourceVersion.author, ResourceVersion.created_at)
+        .where(ResourceVersion.resource_id == resource.id)
+        .order_by(ResourceVersion.version)
+    )
+    _audit(caller, "read", address, history=True)
+    versions = [{"version": number, "author": author, "saved_at": _iso(saved)} for number, author, saved in rows]
+    return {**_summary(resource), "versions": versions}
+
+
+def rollback(caller: Caller, text: str, version: int) -> dict[str, Any]:
+    """Make version ``version`` current again, by saving its config as a new version."""
+    address = resource_address(text)
+    _require_write(caller, address, "roll back")
+    resource = _existing(_find(caller.session, address, lock=True), address)
+    old = _version(caller.session, resource, version)
+    resource, new = _add_version(caller, address, resource, old.config)
+    _audit(caller, "rollback", address, version=new.version, from_version=version)
+    return _with_version(resource, new)
+
+
+def set_public(caller: Caller, text: str, public: bool) -> dict[str, Any]:
+    """Let every logged-in user read the resource (``public=True``), or stop that."""
+    address = resource_address(text)
+    _require_write(caller, address, "change the visibility of")
+    resource = _existing(_find(caller.session, address, lock=True), address)
+    resource.public = public
+    resource.updated_at = utcnow()
+    _audit(caller, "visibility", address, public=public)
+    return _summary(resource)
+
+
+def delete_resource(caller: Caller, text: str) -> dict[str, Any]:
+    """Delete a resource and all its versions; shares on its exact address go too unless it is a folder."""
+    address = resource_address(text)
+    _require_write(caller, address, "delete")
+    resource = _existing(_find(caller.session, address, lock=True), address)
+    summary = _summary(resource)
+    session = caller.session
+    session.execute(delete(ResourceVersion).where(ResourceVersion.resource_id == resource.id))
+    session.delete(resource)
+    session.flush()
+    below = select(Resource.id).where(Resource.address.startswith(f"{address}/", autoescape=True)).limit(1)
+    if session.scalar(below) is None:  # not a folder either: a later resource here starts unshared
+        session.execute(delete(Share).where(Share.address == str(address)))
+    _audit(caller, "delete", address, versions=summary["current_version"])
+    return summary
+
+
+def list_folder(caller: Caller, text: str) -> dict[str, Any]:
+    """The direct children of a folder that the caller may read: resources and sub-folders."""
+    folder = folder_address(text)
+    prefix = f"{folder}/"
+    rows = caller.session.execute(
+        select(Resource.address, Resource.resource_type, Resource.updated_at, Resource.public)
+        .where(Resource.address.startswith(prefix, autoescape=True))
+    )
+    whole = access(caller, folder) is not None
+    shares = None if whole else caller.shares
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
+    for address, resource_type, updated_at, public in rows:
+        if not (whole or public or access(caller, _stored(address), shares) is not None):
+            continue
+        name, below, _ = address[len(prefix):].partition("/")
+        kind = "folder" if below else "resource"
+        entry = entries.get((name, kind))
+        if entry is not None and entry["updated_at"] >= updated_at:
+            continue
+        entries[(name, kind)] = {
+            "name": name,
+            "address": prefix + name,
+            "kind": kind,
+            "resource_type": "folder" if below else resource_type,
+            "updated_at": updated_at,
+        }
+    listing = [{**entry, "updated_at": _iso(entry["updated_at"])} for _, entry in sorted(entries.items())]
+    return {"folder": str(folder), "entries": listing}
+
+
+# ------------------------------------------------------------------------------------------ sharing
+
+
+def _share_rows(session: Session, addresses: list[str]) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Share, User.name).join(User).where(Share.address.in_(addresses)).order_by(Share.address, User.name)
+    )
+    return [
+        {"address": share.address, "user": name, "access_level": share.access_level,
+         "granted_by": share.granted_by, "created_at": _iso(share.created_at)}
+        for share, name in rows
+    ]
+
+
+def _users(session: Session, users: list[str]) -> list[User]:
+    if not isinstance(users, list) or not 1 <= len(users) <= MAX_SHARE_USERS:
+        raise BadRequestError(f"users must be a list of 1 to {MAX_SHARE_USERS} user names or emails")
+    return [find_user(session, who) for who in dict.fromkeys(users)]
+
+
+def share(caller: Caller, text: str, users: list[str], access_level: str) -> dict[str, Any]:
+    """Grant ``users`` read or write access to a resource or a folder (and so to all under it)."""
+    address = folder_address(text)
+    if access_level not in ACCESS_LEVELS:
+        raise BadRequestError(f"access_level must be one of {', '.join(ACCESS_LEVELS)}, got {access_level!r}")
+    _require_write(caller, address, "share")
+    targets = _users(caller.session, users)
+    for user in targets:
+        row = caller.session.scalar(select(Share).where(Share.address == str(address), Share.user_id == user.id))
+        if row is None:
+            caller.session.add(Share(address=str(address), user_id=user.id, access_level=access_level,
+                                     granted_by=caller.name, created_at=utcnow()))
+        else:
+            row.access_level, row.granted_by = access_level, caller.name
+    caller.session.flush()
+    _audit(caller, "share", address, users=[user.name for user in targets], access_level=access_level)
+    return {"address": str(address), "shares": _share_rows(caller.session, [str(address)])}
+
+
+def unshare(caller: Caller, text: str, users: list[str]) -> dict[str, Any]:
+    """Remove the shares of ``users`` on exactly this address (shares on folders above stay)."""
+    address = folder_address(text)
+    _require_write(caller, address, "unshare")
+    targets = _users(caller.session, users)
+    for user in targets:
+        row = caller.session.scalar(select(Share).where(Share.address == str(address), Share.user_id == user.id))
+        if row is None:
+            raise ObjectNotFoundError(
+                f"{user.name} has no share on {address} itself; shares on folders above it are removed there"
+            )
+        caller.session.delete(row)
+    caller.session.flush()
+    _audit(caller, "unshare", address, users=[user.name for user in targets])
+    return {"address": str(address), "shares": _share_rows(caller.session, [str(address)])}
+
+
+def list_shares(caller: Caller, text: str) -> dict[str, Any]:
+    """The shares that apply at an address: on it and on every folder above it."""
+    address = folder_address(text)
+    if access(caller, address) is None:
+        raise _denied(caller, address, "see the shares of", "ownership, org membership or a share")
+    return {"address": str(address), "shares": _share_rows(caller.session, _chain(address))}
+
+
+# -------------------------------------------------------------------------------------------- audit
+
+
+def audit_log(
+    caller: Caller,
+    prefix: str | None = None,
+    user: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """Audit entries, newest first, that the caller may see: their own actions, and entries on addresses
+    they can read now (so owners and org members see everything under their namespace).
+
+    Filters: ``prefix`` (an address and everything under it), ``user`` (who acted), ``action`` (one of
+    :data:`ACTIONS`), ``since`` (inclusive) and ``until`` (exclusive).
+    """
+    query = select(AuditEntry).order_by(AuditEntry.id.desc())
+    if prefix is not None:
+        folder = str(folder_address(prefix))
+        query = query.where(or_(AuditEntry.address == folder,
+                                AuditEntry.address.startswith(f"{folder}/", autoescape=True)))
+    if user is not None:
+        query = query.where(AuditEntry.user == validate_owner_name(user))
+    if action is not None:
+        if action not in ACTIONS:
+            raise BadRequestError(f"action must be one of {', '.join(ACTIONS)}, got {action[:100]!r}")
+        query = query.where(AuditEntry.action == action)
+    since, until = _naive_utc(since), _naive_utc(until)
+    if since is not None and until is not None and since >= until:
+        raise BadRequestError(f"since ({_iso(since)}) must be before until ({_iso(until)})")
+    if since is not None:
+        query = query.where(AuditEntry.time >= since)
+    if until is not None:
+        query = query.where(AuditEntry.time < until)
+    if not 1 <= limit <= MAX_AUDIT_LIMIT:
+        raise BadRequestError(f"limit must be 1 to {MAX_AUDIT_LIMIT}, got {limit}")
+
+    visible: dict[str, bool] = {}
+
+    def can_see(entry: AuditEntry) -> bool:
+        if entry.user == caller.name:
+            return True
+        if entry.address not in visible:
+            address = _stored(entry.address)
+            public = caller.session.scalar(select(Resource.public).where(Resource.address == entry.address))
+            visible[entry.address] = bool(public) or access(caller, address, caller.shares) is not None
+        return visible[entry.address]
+
+    found: list[dict[str, Any]] = []
+    last_id: int | None = None
+    while len(found) < limit:
+        page = query if last_id is None else query.where(AuditEntry.id < last_id)
+        entries = list(caller.session.scalars(page.limit(_AUDIT_PAGE)))
+        for entry in entries:
+            if can_see(entry):
+                found.append({"id": entry.id, "time": _iso(entry.time), "user": entry.user, "action": entry.action,
+                              "address": entry.address, "detail": entry.detail})
+                if len(found) == limit:
+                    break
+        if len(entries) < _AUDIT_PAGE:
+            break
+        last_id = entries[-1].id
+    return {"entries": found}
+
+
+# ----------------------------------------------------------------------------------------- defaults
+
+
+def get_defaults(caller: Caller) -> dict[str, Any]:
+    """The caller's stored config defaults (empty when none were uploaded)."""
+    row = caller.session.get(UserDefaults, caller.user.id)
+    return {"defaults": dict(row.defaults) if row is not None else {}}
+
+
+def put_defaults(caller: Caller, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Replace the caller's config defaults."""
+    if not isinstance(defaults, dict):
+        raise BadRequestError(f"defaults must be a JSON object, got {type(defaults).__name__}")
+    check_json_size(defaults, "defaults")
+    row = caller.session.get(UserDefaults, caller.user.id)
+    if row is None:
+        caller.session.add(UserDefaults(user_id=caller.user.id, defaults=defaults, updated_at=utcnow()))
+    else:
+        row.defaults, row.updated_at = defaults, utcnow()
+    return {"defaults": defaults}

@@ -1,0 +1,165 @@
+"""The client of Den, the shared metadata service: resources by ``/owner/...`` address, sharing, defaults.
+
+A thin httpx client over Den's JSON API (see :mod:`runhouse.den.app`); errors come back as the same typed
+errors Den raises. Den's URL and the user's token come from ``rh.configs`` (``rh.login`` sets them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from runhouse.errors import BY_NAME, AuthenticationError, ConfigError, DaemonError, RunhouseError
+
+DEN_TIMEOUT_S = 30.0
+
+
+class DenUnreachableError(RunhouseError, ConnectionError):
+    """Nothing answers at Den's URL."""
+
+
+class DenClient:
+    """Calls one Den as one user."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = DEN_TIMEOUT_S) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise DenUnreachableError(f"Den at {self.url} does not answer ({type(exc).__name__}: {exc})") from exc
+        if response.status_code < 400:
+            return response.json()
+        try:
+            info = response.json()["error"]
+            type_name, message = info["type"], info["message"]
+        except (ValueError, KeyError, TypeError):
+            type_name, message = "DaemonError", f"Den at {self.url} answered HTTP {response.status_code}"
+        cls = _den_error(type_name)
+        if issubclass(cls, DaemonError):
+            raise cls(message, response.status_code)
+        raise cls(message)
+
+    # --- accounts and defaults -----------------------------------------------------------------------
+    def me(self) -> dict[str, Any]:
+        """The logged-in user: name, email, orgs."""
+        return self._request("GET", "/v1/me")
+
+    def get_defaults(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/defaults")["defaults"]
+
+    def put_defaults(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        return self._request("PUT", "/v1/defaults", json={"defaults": defaults})["defaults"]
+
+    # --- resources -----------------------------------------------------------------------------------
+    def put(self, address: str, config: dict[str, Any]) -> dict[str, Any]:
+        return self._request("PUT", f"/v1/resources{address}", json={"config": config})
+
+    def get(self, address: str, version: int | None = None) -> dict[str, Any]:
+        params = {"version": version} if version is not None else None
+        return self._request("GET", f"/v1/resources{address}", params=params)
+
+    def delete(self, address: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/resources{address}")
+
+    def history(self, address: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/history{address}")
+
+    def folder(self, address: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/folders{address}")
+
+    def share(self, address: str, users: list[str], access_level: str) -> dict[str, Any]:
+        return self._request("PUT", f"/v1/shares{address}", json={"users": users, "access_level": access_level})
+
+    def unshare(self, address: str, users: list[str]) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/shares{address}", params={"users": users})
+
+
+def _den_error(type_name: str) -> type[RunhouseError]:
+    return BY_NAME.get(type_name, DaemonError)
+
+
+def den_client() -> DenClient:
+    """A client for the Den and user in ``rh.configs``.
+
+    Raises:
+        ConfigError: not logged in (no Den URL or token); ``rh.login`` first.
+    """
+    from runhouse.config import configs
+
+    url, token = configs.get("den_url"), configs.get("token")
+    if not url or not token:
+        raise ConfigError("Den addresses (@/..., /owner/...) need a Den: log in first with rh.login(...)")
+    return DenClient(url, token)
+
+
+def check_token(url: str, token: str) -> dict[str, Any]:
+    """Who ``token`` belongs to at Den ``url``; raises AuthenticationError for a wrong token."""
+    client = DenClient(url, token)
+    try:
+        return client.me()
+    except AuthenticationError:
+        raise AuthenticationError(f"Den at {url} does not know this token") from None
+    finally:
+        client.close()
+
+
+def login(
+    token: str | None = None,
+    den_url: str | None = None,
+    interactive: bool = False,
+    upload_defaults: bool = False,
+    download_defaults: bool = False,
+) -> str:
+    """Log in to Den: check the token, save it with Den's URL and the user name in ``~/.rh/config.yaml``.
+
+    Afterwards bare names save to the user's Den folder (``@/...``); ``~/...`` still saves locally.
+    ``interactive`` asks for what is missing and offers to upload or download config defaults.
+
+    Returns:
+        The user name.
+    """
+    import getpass
+
+    from runhouse.config import configs
+
+    url = den_url or configs.get("den_url")
+    if not url and interactive:
+        url = input("Den URL (e.g. http://den.example.com:32400): ").strip()
+    if not url:
+        raise ConfigError("rh.login needs den_url= (the address of your Den)")
+    if not token and interactive:
+        token = getpass.getpass("Den token: ").strip()
+    if not token:
+        raise ConfigError("rh.login needs token= (runhouse den user add NAME prints one)")
+    user = check_token(url, token)["name"]
+    configs.set("den_url", url)
+    configs.set("token", token)
+    configs.set("username", user)
+    if interactive:
+        upload_defaults = upload_defaults or _ask("Upload your local config defaults to Den? [y/N] ")
+        download_defaults = download_defaults or _ask("Download your config defaults from Den? [y/N] ")
+    if download_defaults:
+        configs.download_defaults()
+    if upload_defaults:
+        configs.upload_defaults()
+    return user
+
+
+def logout() -> None:
+    """Forget the Den token and user name (Den's URL is kept for the next login)."""
+    from runhouse.config import configs
+
+    configs.set("token", None)
+    configs.set("username", None)
+
+
+def _ask(question: str) -> bool:
+    return input(question).strip().lower() in ("y", "yes")

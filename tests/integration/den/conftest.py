@@ -1,0 +1,211 @@
+"""A real Den per test module, on a free port, called over HTTP with httpx; once on SQLite, once on PostgreSQL.
+
+PostgreSQL runs from Debian's binaries (``/usr/lib/postgresql/*/bin``) in a temporary folder on a free
+loopback port, started once per session and stopped at its end; each test module gets a fresh database.
+As root, PostgreSQL runs as the ``postgres`` user (it refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import getpass
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import func, select
+
+from runhouse.den import auth
+from runhouse.den.app import create_app
+from runhouse.den.db import Base, Database
+from tests.conftest import free_port
+
+BACKENDS = ["sqlite", "postgres"]
+START_TIMEOUT_S = 15.0
+HTTP_TIMEOUT_S = 10.0
+_names = itertools.count()
+
+
+def unique(prefix: str = "u") -> str:
+    """A name no other test uses (the server is shared by a module's tests)."""
+    return f"{prefix}{next(_names)}"
+
+
+def assert_error(response: httpx.Response, status: int, type_name: str | None = None) -> str:
+    """Check a typed JSON error; returns its message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if type_name is not None:
+        assert error["type"] == type_name, error
+    return error["message"]
+
+
+# ---------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster in a temporary folder, trusting connections on 127.0.0.1:port."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="rh-den-pg-"))
+        self.data = self.root / "data"
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # postgres refuses to run as root
+            account = pwd.getpwnam("postgres")
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.superuser = "postgres" if os.geteuid() == 0 else getpass.getuser()
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.prefix, *args], check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.superuser, "--auth=trust",
+                  "-E", "UTF8", "--no-sync")
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
+                  "-t", "30", "-o", options, "start")
+
+    def new_database(self) -> str:
+        """A fresh empty database; returns its URL (``postgresql://``, as a user would type it)."""
+        import psycopg
+
+        name = unique("den_")
+        with psycopg.connect(f"postgresql://{self.superuser}@127.0.0.1:{self.port}/postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run([*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                            "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------------------------- Den
+
+
+@dataclass
+class DenUser:
+    """A Den user and an HTTP client that sends their token."""
+
+    name: str
+    token: str
+    http: httpx.Client
+
+
+class DenServer:
+    """Den served by uvicorn in a thread on a free port, over ``url``; ``stop()`` always frees both."""
+
+    def __init__(self, url: str) -> None:
+        self.database = Database(url)
+        self.database.migrate()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(self.database), host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=f"den-{self.port}", daemon=True)
+        self._clients: list[httpx.Client] = []
+
+    def start(self) -> DenServer:
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"Den did not start on port {self.port}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=START_TIMEOUT_S)
+        self.database.close()
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        """An HTTP client of this Den, sending ``token`` if given."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        client = httpx.Client(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT_S)
+        self._clients.append(client)
+        return client
+
+    def user(self, prefix: str = "u", email: str | None = None) -> DenUser:
+        """A new user (added straight to the database, as `runhouse den user add` does)."""
+        name = unique(prefix)
+        token = self.database.run(lambda session: auth.add_user(session, name, email))
+        return DenUser(name, token, self.client(token))
+
+    def org(self, members: dict[str, str]) -> str:
+        """A new org with ``members`` (user name to role)."""
+        name = unique("org")
+        self.database.run(lambda session: auth.add_org(session, name, members))
+        return name
+
+    def count(self, table: str, **where: Any) -> int:
+        """Rows of ``table`` matching column equalities, read straight from the database."""
+        model = Base.metadata.tables[table]
+        query = select(func.count()).select_from(model)
+        for column, value in where.items():
+            query = query.where(model.c[column] == value)
+        with self.database.engine.connect() as conn:
+            return conn.scalar(query) or 0
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def den(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DenServer]:
+    """A running Den with an empty database of the module's own, on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('den') / 'den.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+    server = DenServer(url).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def put(user: DenUser, address: str, config: dict[str, Any] | None = None) -> httpx.Response:
+    """Save ``config`` (a small function config by default) at ``address`` as ``user``."""
+    body = {"config": config if config is not None else {"resource_type": "function", "name": address}}
+    return user.http.put(f"/v1/resources{address}", json=body)

@@ -1,0 +1,155 @@
+"""Bad input gets a clean, typed 4xx and stores nothing: malformed addresses, bad JSON, oversize configs,
+SQL-looking names, unknown tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.den.conftest import DenServer, DenUser, assert_error, put
+
+MIB = 1 << 20
+# Path after /v1/resources, as sent (percent-escapes reach Den decoded).
+MALFORMED = {
+    "home": "/~/x",
+    "tilde part": "/alice/~x",
+    "builtin": "/%5Erh-cpu",
+    "at": "/@/x",
+    "dot dot": "/alice/%2E%2E/x",
+    "dot dot inside": "/alice/a..b",
+    "single dot": "/alice/%2E/x",
+    "empty part": "/alice//x",
+    "trailing slash": "/alice/x/",
+    "backslash": "/alice/a%5Cb",
+    "nul": "/alice/a%00b",
+    "newline": "/alice/a%0Ab",
+    "space": "/alice/a%20b",
+    "non ascii": "/alice/caf%C3%A9",
+    "owner only": "/alice",
+    "empty": "/",
+    "too long": "/alice/" + "/".join(["abcdefghij"] * 110),
+    "sql in name": "/alice/x%27%3B%20DROP%20TABLE%20users%3B--",
+    "sql as owner": "/x%27%3BDROP%20TABLE%20users%3B--/y",
+    "quote": '/alice/a%22b',
+}
+
+
+@pytest.fixture
+def alice(den: DenServer) -> DenUser:
+    return den.user("alice")
+
+
+@pytest.fixture
+def nothing_stored(den: DenServer, alice: DenUser) -> Iterator[None]:
+    """Asserts that the test added no resource, version or audit entry."""
+    tables = ("resources", "resource_versions", "audit_log", "shares", "users")
+    before = {table: den.count(table) for table in tables}
+    yield
+    assert {table: den.count(table) for table in tables} == before
+
+
+@pytest.mark.parametrize("path", MALFORMED.values(), ids=MALFORMED.keys())
+@pytest.mark.usefixtures("nothing_stored")
+def test_malformed_addresses_are_400(alice: DenUser, path: str) -> None:
+    path = path.replace("/alice", f"/{alice.name}", 1)
+    responses = [
+        alice.http.put(f"/v1/resources{path}", json={"config": {"resource_type": "function"}}),
+        alice.http.get(f"/v1/resources{path}"),
+    ]
+    if path != f"/{alice.name}":  # a whole folder, /owner, may be shared
+        responses.append(alice.http.put(f"/v1/shares{path}", json={"users": [alice.name]}))
+    for response in responses:
+        message = assert_error(response, 400, "InvalidNameError")
+        assert message.startswith("Invalid")
+
+
+def test_sql_looking_names_leave_the_users_table_alone(den: DenServer, alice: DenUser) -> None:
+    users = den.count("users")
+    response = alice.http.put(f"/v1/resources/{alice.name}/x'; DROP TABLE users;--", json={"config": {}})
+    assert_error(response, 400, "InvalidNameError")
+    assert den.count("users") == users
+    unknown = alice.http.put(f"/v1/shares/{alice.name}/x", json={"users": ["bob' OR '1'='1"]})
+    assert_error(unknown, 404, "ObjectNotFoundError")
+    assert alice.http.get("/v1/me").status_code == 200
+
+
+def test_sql_looking_config_values_are_just_data(alice: DenUser) -> None:
+    config = {"resource_type": "function", "name": "x'; DROP TABLE users;--", "nul": "a\x00b", "uni": "é\u2603"}
+    assert put(alice, f"/{alice.name}/odd", config).status_code == 200
+    assert alice.http.get(f"/v1/resources/{alice.name}/odd").json()["config"] == config
+
+
+@pytest.mark.usefixtures("nothing_stored")
+@pytest.mark.parametrize(
+    ("body", "status", "type_name"),
+    [
+        (b'{"config": ', 400, "BadRequestError"),
+        (b"not json at all", 400, "BadRequestError"),
+        (b'{"config": {"a": NaN}}', 400, "BadRequestError"),
+        (b'{"config": {"a": Infinity}}', 400, "BadRequestError"),
+        (b"[1, 2]", 422, "ValidationError"),
+        (b'{"config": [1, 2]}', 422, "ValidationError"),
+        (b'{"config": "text"}', 422, "ValidationError"),
+        (b"{}", 422, "ValidationError"),
+        (b"", 422, "ValidationError"),
+        (b'{"config": {}, "extra": 1}', 422, "ValidationError"),
+        (b'{"config": {"resource_type": 5}}', 400, "BadRequestError"),
+        (b'{"config": {"resource_type": "' + b"t" * 300 + b'"}}', 400, "BadRequestError"),
+    ],
+    ids=["truncated", "not-json", "nan", "infinity", "list-body", "list-config", "string-config", "no-config",
+         "empty-body", "extra-field", "type-not-string", "type-too-long"],
+)
+def test_bad_bodies_are_clean_4xx(alice: DenUser, body: bytes, status: int, type_name: str) -> None:
+    response = alice.http.put(f"/v1/resources/{alice.name}/x", content=body,
+                              headers={"content-type": "application/json"})
+    assert_error(response, status, type_name)
+
+
+@pytest.mark.usefixtures("nothing_stored")
+def test_oversize_configs_are_413(alice: DenUser) -> None:
+    just_over = {"resource_type": "blob", "data": "x" * MIB}
+    message = assert_error(put(alice, f"/{alice.name}/big", just_over), 413, "PayloadTooLargeError")
+    assert "1,048,576" in message
+    huge = alice.http.put(f"/v1/resources/{alice.name}/big", content=b"x" * (3 * MIB),
+                          headers={"content-type": "application/json"})
+    assert_error(huge, 413, "PayloadTooLargeError")
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"config": {"data": "'
+        for _ in range(3):
+            yield b"x" * MIB
+        yield b'"}}'
+
+    streamed = alice.http.put(f"/v1/resources/{alice.name}/big", content=chunks(),
+                              headers={"content-type": "application/json"})
+    assert_error(streamed, 413, "PayloadTooLargeError")
+
+
+def test_a_config_just_under_the_cap_is_accepted(alice: DenUser) -> None:
+    config = {"resource_type": "blob", "data": "x" * (MIB - 100)}
+    assert put(alice, f"/{alice.name}/almost", config).status_code == 200
+
+
+@pytest.mark.usefixtures("nothing_stored")
+def test_unknown_tokens_store_nothing(den: DenServer, alice: DenUser) -> None:
+    stranger = den.client("rh_not-a-real-token")
+    saved = stranger.put(f"/v1/resources/{alice.name}/x", json={"config": {}})
+    assert_error(saved, 401, "AuthenticationError")
+    assert_error(stranger.put("/v1/defaults", json={"defaults": {"a": 1}}), 401, "AuthenticationError")
+
+
+@pytest.mark.usefixtures("nothing_stored")
+def test_bad_parameters_are_422(alice: DenUser) -> None:
+    address = f"/v1/resources/{alice.name}/x"
+    assert_error(alice.http.get(address, params={"version": "abc"}), 422, "ValidationError")
+    assert_error(alice.http.get(address, params={"version": 0}), 422, "ValidationError")
+    assert_error(alice.http.get(address, params={"version": 10**30}), 422, "ValidationError")
+    share = alice.http.put(f"/v1/shares/{alice.name}/x", json={"users": [alice.name], "access_level": "admin"})
+    assert_error(share, 422, "ValidationError")
+    assert_error(alice.http.put(f"/v1/shares/{alice.name}/x", json={"users": []}), 422, "ValidationError")
+
+
+def test_unknown_routes_and_methods_are_typed_errors(alice: DenUser) -> None:
+    assert_error(alice.http.get("/v1/nothing"), 404, "NotFoundError")
+    assert_error(alice.http.post(f"/v1/resources/{alice.name}/x", json={}), 405, "MethodNotAllowedError")
