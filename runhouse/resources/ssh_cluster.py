@@ -24,6 +24,7 @@ from typing import Any
 from runhouse import __version__
 from runhouse.errors import ClusterUnreachableError, DaemonStartError, HostKeyError, RunhouseError
 from runhouse.paths import DEFAULT_SERVER_PORT, config_dir
+from runhouse.prompts import ask_yes_no
 from runhouse.resources.cluster import Cluster, print_log
 from runhouse.rns.local_store import repo_root
 from runhouse.server import daemon
@@ -182,7 +183,7 @@ class SSHCluster(Cluster):
         except HostKeyError as exc:
             if exc.changed or self.accept_new_host_keys or not sys.stdin.isatty():
                 raise
-            if not _ask(f"{exc}\nAccept the host key of {self.creds.address} and record it? [y/N] "):
+            if not ask_yes_no(f"{exc}\nAccept the host key of {self.creds.address} and record it? [y/N] "):
                 raise
             self.accept_new_host_keys = True
             self.creds = dataclasses.replace(self.creds, accept_new_host_keys=True)
@@ -377,11 +378,6 @@ class SSHCluster(Cluster):
 
     def __repr__(self) -> str:
         return f"<SSHCluster {self.rns_address or self.name!r} at {self.creds.user or ''}@{self.host}>"
-
-
-def _ask(question: str) -> bool:
-    """Ask a yes/no question on the terminal."""
-    return input(question).strip().lower() in ("y", "yes")
 
 
 def _repo_files(repo: Path) -> list[str]:

@@ -129,6 +129,7 @@ def login(
     import getpass
 
     from runhouse.config import configs
+    from runhouse.prompts import ask_yes_no
 
     url = den_url or configs.get("den_url")
     if not url and interactive:
@@ -144,8 +145,8 @@ def login(
     configs.set("token", token)
     configs.set("username", user)
     if interactive:
-        upload_defaults = upload_defaults or _ask("Upload your local config defaults to Den? [y/N] ")
-        download_defaults = download_defaults or _ask("Download your config defaults from Den? [y/N] ")
+        upload_defaults = upload_defaults or ask_yes_no("Upload your local config defaults to Den? [y/N] ")
+        download_defaults = download_defaults or ask_yes_no("Download your config defaults from Den? [y/N] ")
     if download_defaults:
         configs.download_defaults()
     if upload_defaults:
@@ -160,6 +161,3 @@ def logout() -> None:
     configs.set("token", None)
     configs.set("username", None)
 
-
-def _ask(question: str) -> bool:
-    return input(question).strip().lower() in ("y", "yes")

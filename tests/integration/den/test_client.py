@@ -125,3 +125,23 @@ def test_logout_returns_bare_names_to_the_local_folder(alice):
     assert rh.current_folder() == "@"
     rh.logout()
     assert rh.current_folder() == "~"
+
+
+def test_runhouse_login_prompts_for_the_token_and_offers_defaults(den, config_dir, project):
+    user = den.user("dora")
+    configs.set("default_autostop", 15)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "runhouse.cli", "login", "--den-url", den.url],
+            input=f"{user.token}\ny\nn\n", cwd=project, capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert f"logged in as {user.name}" in out.stdout
+        assert configs.get("username") == user.name
+        assert DenClient(den.url, user.token).get_defaults() == {"default_autostop": 15}  # uploaded when asked
+        out = subprocess.run([sys.executable, "-m", "runhouse.cli", "logout"], capture_output=True, text=True)
+        assert out.returncode == 0 and configs.get("token") is None
+    finally:
+        rh.logout()
+        configs.set("den_url", None)
+        configs.set("default_autostop", None)

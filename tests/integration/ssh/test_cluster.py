@@ -220,7 +220,7 @@ def test_unknown_host_key_can_be_accepted_at_a_prompt(sshd, tmp_path, monkeypatc
     import runhouse.resources.ssh_cluster as module
 
     questions = []
-    monkeypatch.setattr(module, "_ask", lambda question: questions.append(question) or True)
+    monkeypatch.setattr(module, "ask_yes_no", lambda question: questions.append(question) or True)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     empty = tmp_path / "known_hosts"
     empty.touch()
