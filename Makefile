@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/calls.py
+	$(BIN)/python bench/den.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check runhouse tests bench examples

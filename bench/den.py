@@ -1,0 +1,531 @@
+"""How fast Den saves and loads resource configs, on SQLite and on PostgreSQL, seen from another process.
+
+Run from the repository root::
+
+    .venv/bin/python bench/den.py           # about a minute and a half on 2 cores
+    .venv/bin/python bench/den.py --quick   # smoke run, fewer resources and shorter windows
+
+For each backend, Den runs as ``runhouse den serve --port P --db URL`` in a process of its own (exactly what
+an administrator starts: uvicorn with its defaults, access log included, to a log file here), its user is
+added straight to the database with :func:`runhouse.den.auth.add_user`, and the client is runhouse's own
+:class:`~runhouse.rns.den_client.DenClient` (httpx), one per thread. PostgreSQL is a throwaway cluster in a
+temporary folder on a free loopback port, started as the integration tests start it (``initdb`` + ``pg_ctl``
+as the ``postgres`` user when root, ``fsync=off``); it is skipped, with a note, when its binaries are missing.
+
+What is measured, per backend:
+
+1. save latency p50/p99: 1,000 distinct resources, each a small function-like config (~400 bytes), saved
+   one after the other (each save creates the resource: version 1);
+2. load latency p50/p99: the same 1,000 loaded back in a shuffled order (and checked equal to what was saved);
+3. throughput of 32 client threads for 5 s doing loads, then 90% loads / 10% saves (a save is a new version
+   of a random one of the 1,000), with the count of failed requests and the latency under load;
+4. for scale: ``GET /health`` on Den (no token; one small SELECT), and the same client against a bare
+   uvicorn app answering ``/health`` (the floor of client + HTTP on loopback).
+
+``RH_CONFIG_DIR`` points to a new temporary folder, and every process started here (Den servers, the bare
+uvicorn, PostgreSQL) is stopped in ``finally`` blocks. Figures are printed, never asserted; the final table
+shows each one beside its target (load p50 < 3 ms; 32 clients with zero errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import platform
+import pwd
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import _common as C  # noqa: E402
+
+USER = "bench"
+LOAD_P50_TARGET_MS = 3.0
+MAX_ERRORS_PER_THREAD = 1000  # a thread that fails this often stops (the server is likely gone)
+
+
+@dataclass(frozen=True)
+class Config:
+    resources: int = 1000
+    warmup: int = 50
+    threads: int = 32
+    seconds: float = 5.0
+    save_share: float = 0.10  # of the mixed run
+    health_calls: int = 1000
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(resources=100, warmup=10, threads=32, seconds=1.0, health_calls=200)
+
+
+# --- results ---------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str
+    unit: str  # "ms", "calls/s" or "errors"
+    target: str = "-"
+    check: Callable[[float], bool] | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+
+class Results:
+    BACKENDS = ("sqlite", "postgres")
+
+    def __init__(self, cfg: Config) -> None:
+        n, t = cfg.resources, cfg.threads
+        self.rows: dict[str, Row] = {
+            "save_p50": Row(f"save p50 ({n:,} new resources)", "ms"),
+            "save_p99": Row("save p99", "ms"),
+            "load_p50": Row(f"load p50 ({n:,} resources)", "ms", f"< {LOAD_P50_TARGET_MS:g} ms",
+                            lambda v: v < LOAD_P50_TARGET_MS),
+            "load_p99": Row("load p99", "ms"),
+            "tput_load": Row(f"loads/s, {t} client threads", "calls/s"),
+            "err_load": Row(f"failed requests, {t} threads, loads", "errors", "0", lambda v: v == 0),
+            "tput_load_p50": Row(f"latency p50 under load, {t} threads", "ms"),
+            "tput_mixed": Row(f"requests/s, {t} threads, 90% load / 10% save", "calls/s"),
+            "err_mixed": Row(f"failed requests, {t} threads, mixed", "errors", "0", lambda v: v == 0),
+            "tput_mixed_p99": Row(f"latency p99 under mixed load, {t} threads", "ms"),
+            "health_p50": Row("GET /health p50 (no token, one SELECT)", "ms"),
+        }
+        self.floor: list[tuple[str, str]] = []
+        self.failures: list[str] = []
+        self.notes: list[str] = []
+
+    def put(self, backend: str, key: str, value: float) -> None:
+        row = self.rows[key]
+        row.values[backend] = value
+        verdict = "" if row.check is None else f"   target {row.target}: {'ok' if row.check(value) else 'MISS'}"
+        print(f"  {row.label:<48} {fmt(value, row.unit):>14}{verdict}", flush=True)
+
+    def table(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(width=None if sys.stdout.isatty() else 132)
+        table = Table(title="Den: figures vs targets (client: DenClient in another process)", show_lines=False)
+        table.add_column("metric")
+        for backend in self.BACKENDS:
+            table.add_column(backend, justify="right")
+        table.add_column("target", justify="right")
+        table.add_column("met", justify="center")
+        for row in self.rows.values():
+            cells = [fmt(row.values.get(b), row.unit) for b in self.BACKENDS]
+            if row.check is None:
+                met = "-"
+            else:
+                verdicts = [("[green]yes[/green]" if row.check(row.values[b]) else "[red]no[/red]")
+                            for b in self.BACKENDS if b in row.values]
+                met = " / ".join(verdicts) or "n/a"
+            table.add_row(row.label, *cells, row.target, met)
+        console.print(table)
+        for label, value in self.floor:
+            console.print(f"floor: {label}: {value}")
+        for note in self.notes:
+            console.print(f"note: {note}")
+        if self.failures:
+            console.print(f"[red]sections that failed: {', '.join(self.failures)}[/red]")
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "ms":
+        digits = 3 if value < 1 else 2 if value < 10 else 1 if value < 100 else 0
+        return f"{value:.{digits}f} ms"
+    if unit == "errors":
+        return f"{value:,.0f}"
+    return f"{value:,.0f} {unit}"
+
+
+def lat_summary(samples: list[float]) -> str:
+    if not samples:
+        return "n=0"
+    ms = [s * 1e3 for s in samples]
+    return (f"n={len(ms)} p50 {C.median(ms):.3f} ms, p90 {C.percentile(ms, 90):.3f}, "
+            f"p99 {C.percentile(ms, 99):.3f}, mean {sum(ms) / len(ms):.3f}, max {max(ms):.2f} ms")
+
+
+def section(results: Results, title: str, fn: Callable[[], None]) -> None:
+    """Run one part of the bench; a failure is printed and the rest goes on."""
+    print(f"\n== {title}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - the bench reports, never stops half-way
+        traceback.print_exc(file=sys.stdout)
+        results.failures.append(title.split(":")[0])
+    print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+# --- what is saved ---------------------------------------------------------------------------------------
+def address(i: int) -> str:
+    return f"/{USER}/fns/fn_{i:05d}"
+
+
+def function_config(i: int, revision: int = 0) -> dict[str, Any]:
+    """A small config shaped like a deployed function's (``Function.config()``): about 400 bytes as JSON."""
+    return {
+        "name": address(i),
+        "resource_type": "function",
+        "resource_subtype": "Function",
+        "remote_name": f"fn_{i:05d}",
+        "env": {"name": "base", "reqs": ["numpy", "pandas"], "env_vars": {"BENCH": "1"}},
+        "system": f"/{USER}/clusters/gpu-{i % 4}",
+        "code": {"module": "bench_funcs", "qualname": f"fn_{i:05d}", "root": "/home/bench/project",
+                 "code_hash": f"{i:064x}"},
+        "info": {"revision": revision},
+    }
+
+
+# --- PostgreSQL, as tests/integration/den/conftest.py starts it -------------------------------------------
+def postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster in a temporary folder, trusting connections on 127.0.0.1:port."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.port = C.free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="rh-bench-den-pg-"))
+        self.data = self.root / "data"
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # postgres refuses to run as root
+            account = pwd.getpwnam("postgres")
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.superuser = "postgres" if os.geteuid() == 0 else getpass.getuser()
+        self.options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.prefix, *args], check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.superuser, "--auth=trust",
+                  "-E", "UTF8", "--no-sync")
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
+                  "-t", "30", "-o", self.options, "start")
+
+    def new_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://{self.superuser}@127.0.0.1:{self.port}/postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run([*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                            "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postgres_unavailable() -> str | None:
+    """Why PostgreSQL cannot run here, or None."""
+    if postgres_bin() is None:
+        return "PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run PostgreSQL as"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not importable (install runhouse[postgres])"
+    return None
+
+
+# --- Den server ------------------------------------------------------------------------------------------
+def add_user(url: str) -> str:
+    """Create the bench user straight in the database (as ``runhouse den user add`` does); its token."""
+    from runhouse.den import auth
+    from runhouse.den.db import Database
+
+    with Database(url) as database:
+        database.migrate()
+        return database.run(lambda session: auth.add_user(session, USER))
+
+
+def start_den(procs: C.Processes, url: str, name: str) -> tuple[subprocess.Popen, int]:
+    """``runhouse den serve --port P --db URL`` in a process of its own; returns it once /health answers."""
+    port = C.free_port()
+    argv = [sys.executable, "-m", "runhouse.cli", "den", "serve", "--port", str(port), "--db", url]
+    with open(procs.log_dir / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    procs.procs.append(proc)  # stopped by procs.stop / stop_all
+    ready = C.wait_until(lambda: C.http_health(port), proc, f"Den ({name})", timeout=60)
+    print(f"  Den pid {proc.pid} on 127.0.0.1:{port}, ready in {ready:.2f} s; log {procs.log_dir / f'{name}.log'}")
+    return proc, port
+
+
+# --- concurrent load -------------------------------------------------------------------------------------
+@dataclass
+class LoadRun:
+    calls: int
+    seconds: float
+    errors: Counter
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def line(self, threads: int) -> str:
+        errors = sum(self.errors.values())
+        kinds = f" ({', '.join(f'{k}: {v}' for k, v in self.errors.most_common())})" if errors else ""
+        return (f"  {threads} threads, {self.seconds:.1f} s: {self.rate:,.0f} requests/s, {errors} failed{kinds}\n"
+                f"  latency under load: {lat_summary(self.latencies)}")
+
+
+def concurrent(make_client: Callable[[], Any], op: Callable[[Any, random.Random], object], threads: int,
+               seconds: float, close: Callable[[Any], None] = lambda c: None) -> LoadRun:
+    """``threads`` threads, each with its own client, calling ``op(client, rng)`` as fast as they can.
+
+    Unlike ``_common.throughput``, a failed request is counted (by error type) and the thread goes on, so
+    the error count is the number of failed requests in the window. Each thread makes one untimed call to
+    open its connection before all start together.
+    """
+    barrier = threading.Barrier(threads + 1)
+    counts = [0] * threads
+    lats: list[list[float]] = [[] for _ in range(threads)]
+    errors: list[Counter] = [Counter() for _ in range(threads)]
+    start: list[float] = []
+    ends = [0.0] * threads
+
+    def run(index: int) -> None:
+        rng = random.Random(index)
+        client = None
+        try:
+            client = make_client()
+            op(client, rng)
+        except Exception as exc:  # noqa: BLE001 - counted, reported by the caller
+            errors[index][f"warm-up {type(exc).__name__}"] += 1
+        try:
+            barrier.wait()
+            deadline = start[0] + seconds
+            clock = time.perf_counter
+            done = failed = 0
+            mine = lats[index]
+            while clock() < deadline and failed < MAX_ERRORS_PER_THREAD:
+                t0 = clock()
+                try:
+                    op(client, rng)
+                    done += 1
+                    mine.append(clock() - t0)
+                except Exception as exc:  # noqa: BLE001
+                    errors[index][type(exc).__name__] += 1
+                    failed += 1
+            counts[index] = done
+            ends[index] = clock()
+        finally:
+            if client is not None:
+                close(client)
+
+    pool = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    time.sleep(0.2)  # let every thread open its connection
+    start.append(time.perf_counter())
+    barrier.wait()
+    for t in pool:
+        t.join(seconds + 120)
+    elapsed = max(ends) - start[0] if any(ends) else seconds
+    return LoadRun(sum(counts), elapsed, sum(errors, Counter()), [x for per in lats for x in per])
+
+
+# --- one backend -----------------------------------------------------------------------------------------
+def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Processes) -> None:
+    from runhouse.rns.den_client import DenClient
+
+    t0 = time.perf_counter()
+    token = add_user(url)
+    print(f"  database {url}; user {USER!r} added in {time.perf_counter() - t0:.2f} s")
+    proc, port = start_den(procs, url, f"den-{backend}")
+    den_url = f"http://{C.HOST}:{port}"
+    client = DenClient(den_url, token)
+    try:
+        n = cfg.resources
+        configs = [function_config(i) for i in range(n)]
+        for i in range(cfg.warmup):  # untimed, at addresses outside the 1,000
+            warm = f"/{USER}/warmup/w{i}"
+            client.put(warm, function_config(i))
+            client.get(warm)
+
+        print(f"-- save: {n:,} distinct new resources, one after the other")
+        clock = time.perf_counter
+        saves = [0.0] * n
+        for i in range(n):
+            t = clock()
+            client.put(address(i), configs[i])
+            saves[i] = clock() - t
+        print(f"  {lat_summary(saves)}")
+        R.put(backend, "save_p50", C.median(saves) * 1e3)
+        R.put(backend, "save_p99", C.percentile(saves, 99) * 1e3)
+
+        print(f"-- load: the same {n:,}, shuffled")
+        order = list(range(n))
+        random.Random(7).shuffle(order)
+        loads, wrong = [0.0] * n, 0
+        for k, i in enumerate(order):
+            t = clock()
+            got = client.get(address(i))
+            loads[k] = clock() - t
+            wrong += got["config"] != configs[i]
+        print(f"  {lat_summary(loads)}" + (f"; {wrong} configs differ from what was saved!" if wrong else
+                                          "; every config came back as saved"))
+        R.put(backend, "load_p50", C.median(loads) * 1e3)
+        R.put(backend, "load_p99", C.percentile(loads, 99) * 1e3)
+
+        def make_client() -> DenClient:
+            return DenClient(den_url, token)
+
+        def load(c: DenClient, rng: random.Random) -> object:
+            return c.get(address(rng.randrange(n)))
+
+        def mixed(c: DenClient, rng: random.Random) -> object:
+            i = rng.randrange(n)
+            if rng.random() < cfg.save_share:
+                return c.put(address(i), function_config(i, revision=rng.randrange(1 << 30)))
+            return c.get(address(i))
+
+        print(f"-- {cfg.threads} client threads (a DenClient each), {cfg.seconds:g} s of loads")
+        run = concurrent(make_client, load, cfg.threads, cfg.seconds, DenClient.close)
+        print(run.line(cfg.threads))
+        R.put(backend, "tput_load", run.rate)
+        R.put(backend, "err_load", sum(run.errors.values()))
+        if run.latencies:
+            R.put(backend, "tput_load_p50", C.median(run.latencies) * 1e3)
+
+        share = round(cfg.save_share * 100)
+        print(f"-- {cfg.threads} client threads, {cfg.seconds:g} s of {100 - share}% loads / {share}% saves "
+              "(a save is a new version of a random one)")
+        run = concurrent(make_client, mixed, cfg.threads, cfg.seconds, DenClient.close)
+        print(run.line(cfg.threads))
+        R.put(backend, "tput_mixed", run.rate)
+        R.put(backend, "err_mixed", sum(run.errors.values()))
+        if run.latencies:
+            R.put(backend, "tput_mixed_p99", C.percentile(run.latencies, 99) * 1e3)
+
+        print(f"-- for scale: GET /health, {cfg.health_calls} sequential (no token; FastAPI + one SELECT)")
+        http = client._http
+        lat = C.latencies(lambda: http.get("/health").raise_for_status(), cfg.health_calls, cfg.warmup)
+        print(f"  {lat_summary(lat)}")
+        R.put(backend, "health_p50", C.median(lat) * 1e3)
+        if proc.poll() is not None:
+            raise RuntimeError(f"Den exited with code {proc.returncode} during the bench")
+    finally:
+        client.close()
+        procs.stop(proc)
+
+
+def bench_floor(cfg: Config, R: Results, procs: C.Processes) -> None:
+    """httpx (the client DenClient uses) against a bare uvicorn app: client + HTTP on loopback, no Den."""
+    import httpx
+
+    port = C.free_port()
+    proc = procs.spawn(f"serve_uvicorn({port})", "uvicorn")
+    try:
+        C.wait_until(lambda: C.http_health(port), proc, "the bare uvicorn server")
+        base = f"http://{C.HOST}:{port}"
+        client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {'x' * 46}"})
+        try:
+            lat = C.latencies(lambda: client.get("/health").raise_for_status(), cfg.health_calls, cfg.warmup)
+        finally:
+            client.close()
+        print(f"  httpx GET /health, sequential: {lat_summary(lat)}")
+
+        def make_client() -> httpx.Client:
+            return httpx.Client(base_url=base)
+
+        run = concurrent(make_client, lambda c, _rng: c.get("/health").raise_for_status(), cfg.threads,
+                         min(cfg.seconds, 3.0), httpx.Client.close)
+        print(run.line(cfg.threads))
+        R.floor.append(("httpx -> bare uvicorn, sequential p50", f"{C.median(lat) * 1e3:.3f} ms"))
+        R.floor.append((f"httpx -> bare uvicorn, {cfg.threads} threads",
+                        f"{run.rate:,.0f} requests/s ({sum(run.errors.values())} failed)"))
+    finally:
+        procs.stop(proc)
+
+
+# --- main -------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer resources, shorter windows")
+    parser.add_argument("--keep-state", action="store_true",
+                        help="keep the temporary folder (databases, Den logs) instead of deleting it")
+    parser.add_argument("--only", choices=Results.BACKENDS, help="run one backend only")
+    args = parser.parse_args(argv)
+    cfg = Config.quick() if args.quick else Config()
+
+    state = Path(tempfile.mkdtemp(prefix="rh-bench-den-"))
+    os.environ["RH_CONFIG_DIR"] = str(state / "rh")  # before runhouse is imported; inherited by Den servers
+    (state / "logs").mkdir()
+    import runhouse as rh
+
+    print(f"runhouse {rh.__version__} at {C.git_revision(REPO)}; Python {platform.python_version()}; "
+          f"{C.cpu_count()} CPUs ({C.cpu_model()}); {'quick' if args.quick else 'full'} run")
+    print(f"state in {state}")
+    R = Results(cfg)
+    procs = C.Processes(state / "logs")
+    postgres: PostgresServer | None = None
+    began = time.perf_counter()
+    try:
+        if args.only in (None, "sqlite"):
+            url = f"sqlite:///{state / 'den.sqlite'}"
+            section(R, "sqlite: Den on SQLite (WAL, synchronous=NORMAL)",
+                    lambda: bench_backend("sqlite", url, cfg, R, procs))
+        if args.only in (None, "postgres"):
+            why = postgres_unavailable()
+            if why is not None:
+                print(f"\n== postgres: skipped: {why}")
+                R.notes.append(f"PostgreSQL skipped: {why}")
+            else:
+                def run_postgres() -> None:
+                    nonlocal postgres
+                    t0 = time.perf_counter()
+                    postgres = PostgresServer(postgres_bin())  # type: ignore[arg-type]
+                    postgres.start()
+                    pg_url = postgres.new_database("den_bench")
+                    print(f"  PostgreSQL ({postgres.bin_dir}) on 127.0.0.1:{postgres.port}, started in "
+                          f"{time.perf_counter() - t0:.1f} s; options: {postgres.options}")
+                    bench_backend("postgres", pg_url, cfg, R, procs)
+
+                section(R, "postgres: Den on PostgreSQL (fsync=off, synchronous_commit=off, as in the tests)",
+                        run_postgres)
+        section(R, "floor: DenClient's HTTP client (httpx) against a bare uvicorn app",
+                lambda: bench_floor(cfg, R, procs))
+    finally:
+        procs.stop_all()
+        if postgres is not None:
+            postgres.stop()
+        if args.keep_state:
+            print(f"kept {state}")
+        else:
+            shutil.rmtree(state, ignore_errors=True)
+    print(f"\nbench took {time.perf_counter() - began:.1f} s\n")
+    R.table()
+    return 1 if R.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
