@@ -30,10 +30,8 @@ shows each one beside its target (load p50 < 3 ms; 32 clients with zero errors).
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import platform
-import pwd
 import random
 import shutil
 import subprocess
@@ -54,6 +52,10 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import _common as C  # noqa: E402
+
+if str(BENCH_DIR.parent) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR.parent))
+from tests.support.postgres import PostgresServer, postgres_bin, postgres_unavailable  # noqa: E402
 
 USER = "bench"
 LOAD_P50_TARGET_MS = 3.0
@@ -191,68 +193,6 @@ def function_config(i: int, revision: int = 0) -> dict[str, Any]:
                  "code_hash": f"{i:064x}"},
         "info": {"revision": revision},
     }
-
-
-# --- PostgreSQL, as tests/integration/den/conftest.py starts it -------------------------------------------
-def postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    return found[-1].parent if found else None
-
-
-class PostgresServer:
-    """A throwaway PostgreSQL cluster in a temporary folder, trusting connections on 127.0.0.1:port."""
-
-    def __init__(self, bin_dir: Path) -> None:
-        self.bin_dir = bin_dir
-        self.port = C.free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="rh-bench-den-pg-"))
-        self.data = self.root / "data"
-        self.prefix: list[str] = []
-        if os.geteuid() == 0:  # postgres refuses to run as root
-            account = pwd.getpwnam("postgres")
-            os.chown(self.root, account.pw_uid, account.pw_gid)
-            self.prefix = ["runuser", "-u", "postgres", "--"]
-        self.superuser = "postgres" if os.geteuid() == 0 else getpass.getuser()
-        self.options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self.prefix, *args], check=True, capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.superuser, "--auth=trust",
-                  "-E", "UTF8", "--no-sync")
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
-                  "-t", "30", "-o", self.options, "start")
-
-    def new_database(self, name: str) -> str:
-        import psycopg
-
-        with psycopg.connect(f"postgresql://{self.superuser}@127.0.0.1:{self.port}/postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        if self.data.exists():
-            subprocess.run([*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                            "-w", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def postgres_unavailable() -> str | None:
-    """Why PostgreSQL cannot run here, or None."""
-    if postgres_bin() is None:
-        return "PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)"
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "running as root and there is no 'postgres' user to run PostgreSQL as"
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return "psycopg is not importable (install runhouse[postgres])"
-    return None
 
 
 # --- Den server ------------------------------------------------------------------------------------------
@@ -507,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                     postgres.start()
                     pg_url = postgres.new_database("den_bench")
                     print(f"  PostgreSQL ({postgres.bin_dir}) on 127.0.0.1:{postgres.port}, started in "
-                          f"{time.perf_counter() - t0:.1f} s; options: {postgres.options}")
+                          f"{time.perf_counter() - t0:.1f} s (fsync and synchronous_commit off)")
                     bench_backend("postgres", pg_url, cfg, R, procs)
 
                 section(R, "postgres: Den on PostgreSQL (fsync=off, synchronous_commit=off, as in the tests)",

@@ -7,18 +7,11 @@ As root, PostgreSQL runs as the ``postgres`` user (it refuses to run as root).
 
 from __future__ import annotations
 
-import getpass
 import itertools
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +23,7 @@ from runhouse.den import auth
 from runhouse.den.app import create_app
 from runhouse.den.db import Base, Database
 from tests.conftest import free_port
+from tests.support.postgres import PostgresServer, postgres_bin, postgres_unavailable
 
 BACKENDS = ["sqlite", "postgres"]
 START_TIMEOUT_S = 15.0
@@ -52,70 +46,14 @@ def assert_error(response: httpx.Response, status: int, type_name: str | None = 
     return error["message"]
 
 
-# ---------------------------------------------------------------------------------------- PostgreSQL
-
-
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    return found[-1].parent if found else None
-
-
-class PostgresServer:
-    """A throwaway PostgreSQL cluster in a temporary folder, trusting connections on 127.0.0.1:port."""
-
-    def __init__(self, bin_dir: Path) -> None:
-        self.bin_dir = bin_dir
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="rh-den-pg-"))
-        self.data = self.root / "data"
-        self.prefix: list[str] = []
-        if os.geteuid() == 0:  # postgres refuses to run as root
-            account = pwd.getpwnam("postgres")
-            os.chown(self.root, account.pw_uid, account.pw_gid)
-            self.prefix = ["runuser", "-u", "postgres", "--"]
-        self.superuser = "postgres" if os.geteuid() == 0 else getpass.getuser()
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self.prefix, *args], check=True, capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.superuser, "--auth=trust",
-                  "-E", "UTF8", "--no-sync")
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
-                  "-t", "30", "-o", options, "start")
-
-    def new_database(self) -> str:
-        """A fresh empty database; returns its URL (``postgresql://``, as a user would type it)."""
-        import psycopg
-
-        name = unique("den_")
-        with psycopg.connect(f"postgresql://{self.superuser}@127.0.0.1:{self.port}/postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        if self.data.exists():
-            subprocess.run([*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                            "-w", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
-    server = PostgresServer(bin_dir)
+    why = postgres_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    server = PostgresServer(postgres_bin())  # type: ignore[arg-type]
     try:
-        server.start()
-        yield server
+        yield server.start()
     finally:
         server.stop()
 
