@@ -97,6 +97,7 @@ class Results:
             "load_p50": Row(f"load p50 ({n:,} resources)", "ms", f"< {LOAD_P50_TARGET_MS:g} ms",
                             lambda v: v < LOAD_P50_TARGET_MS),
             "load_p99": Row("load p99", "ms"),
+            "load_cpu": Row("Den server CPU per load (user + system)", "ms"),
             "tput_load": Row(f"loads/s, {t} client threads", "calls/s"),
             "err_load": Row(f"failed requests, {t} threads, loads", "errors", "0", lambda v: v == 0),
             "tput_load_p50": Row(f"latency p50 under load, {t} threads", "ms"),
@@ -193,6 +194,15 @@ def function_config(i: int, revision: int = 0) -> dict[str, Any]:
                  "code_hash": f"{i:064x}"},
         "info": {"revision": revision},
     }
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) process ``pid`` has used so far, from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # --- Den server ------------------------------------------------------------------------------------------
@@ -326,6 +336,7 @@ def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Proc
         order = list(range(n))
         random.Random(7).shuffle(order)
         loads, wrong = [0.0] * n, 0
+        cpu0 = cpu_seconds(proc.pid)
         for k, i in enumerate(order):
             t = clock()
             got = client.get(address(i))
@@ -335,6 +346,9 @@ def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Proc
                                           "; every config came back as saved"))
         R.put(backend, "load_p50", C.median(loads) * 1e3)
         R.put(backend, "load_p99", C.percentile(loads, 99) * 1e3)
+        cpu1 = cpu_seconds(proc.pid)
+        if cpu0 is not None and cpu1 is not None:
+            R.put(backend, "load_cpu", (cpu1 - cpu0) / n * 1e3)
 
         def make_client() -> DenClient:
             return DenClient(den_url, token)
@@ -448,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                     pg_url = postgres.new_database("den_bench")
                     print(f"  PostgreSQL ({postgres.bin_dir}) on 127.0.0.1:{postgres.port}, started in "
                           f"{time.perf_counter() - t0:.1f} s (fsync and synchronous_commit off)")
+                    R.notes.append("PostgreSQL runs with fsync=off, synchronous_commit=off (as in the tests): "
+                                   "commits do not wait for the disk")
                     bench_backend("postgres", pg_url, cfg, R, procs)
 
                 section(R, "postgres: Den on PostgreSQL (fsync=off, synchronous_commit=off, as in the tests)",
