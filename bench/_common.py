@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -385,3 +386,24 @@ def git_revision(repo: Path) -> str:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def section(failures: list[str], title: str, fn: Callable[[], object]) -> None:
+    """Run one part of a bench; a failure is printed, its title's head added to ``failures``, and the rest goes on."""
+    print(f"\n== {title}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - the bench reports, never stops half-way
+        traceback.print_exc(file=sys.stdout)
+        failures.append(title.split(":")[0])
+    print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+def lat_summary(samples: Sequence[float]) -> str:
+    """n, p50, p90, p99, mean and max of latencies given in seconds, printed in ms."""
+    if not samples:
+        return "n=0"
+    ms = [s * 1e3 for s in samples]
+    return (f"n={len(ms)} p50 {median(ms):.3f} ms, p90 {percentile(ms, 90):.3f}, "
+            f"p99 {percentile(ms, 99):.3f}, mean {sum(ms) / len(ms):.3f}, max {max(ms):.2f} ms")

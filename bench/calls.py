@@ -32,7 +32,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -155,22 +154,6 @@ class Results:
             console.print(f"[red]sections that failed: {', '.join(self.failures)}[/red]")
 
 
-def section(results: Results, title: str, fn: Callable[[], None]) -> None:
-    """Run one part of the bench; a failure is printed and the rest goes on."""
-    print(f"\n== {title}", flush=True)
-    t0 = time.perf_counter()
-    try:
-        fn()
-    except Exception:  # noqa: BLE001 - the bench reports, never stops half-way
-        traceback.print_exc(file=sys.stdout)
-        results.failures.append(title.split(":")[0])
-    print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
-
-
-def lat_summary(samples: list[float]) -> str:
-    ms = [s * 1e3 for s in samples]
-    return (f"n={len(ms)} p50 {C.median(ms):.3f} ms, p90 {C.percentile(ms, 90):.3f}, "
-            f"p99 {C.percentile(ms, 99):.3f}, mean {sum(ms) / len(ms):.3f}, max {max(ms):.2f} ms")
 
 
 def rate_line(cfg: Config, rate: float, errors: int) -> str:
@@ -258,16 +241,16 @@ def bench_ours(rh, daemon, cfg: Config, R: Results, started: list[int], state: P
         assert again(2, 3, stream_logs=False) == 5
         print(f"  cold (new module), per run: {', '.join(f'{t * 1e3:.1f}' for t in cold)} ms")
         print(f"  cold (by value), per run:   {', '.join(f'{t * 1e3:.1f}' for t in cold_value)} ms")
-        print(f"  re-deploy: {lat_summary(redeploy)}")
+        print(f"  re-deploy: {C.lat_summary(redeploy)}")
         R.ours("cold", C.median(cold))
         R.ours("cold_value", C.median(cold_value))
         R.ours("redeploy", C.median(redeploy) * 1e3)
 
         print(f"-- warm calls: add(1, 2), {cfg.calls} sequential after {cfg.warmup} warm-up")
         lat = C.latencies(lambda: add(1, 2, stream_logs=False), cfg.calls, cfg.warmup)
-        print(f"  stream_logs=False: {lat_summary(lat)}")
+        print(f"  stream_logs=False: {C.lat_summary(lat)}")
         lat_default = C.latencies(lambda: add(1, 2), cfg.calls, cfg.warmup)
-        print(f"  default:           {lat_summary(lat_default)}")
+        print(f"  default:           {C.lat_summary(lat_default)}")
         R.ours("p50", C.median(lat) * 1e3)
         R.ours("p99", C.percentile(lat, 99) * 1e3)
         R.ours("p50_default", C.median(lat_default) * 1e3)
@@ -305,7 +288,7 @@ def bench_tcp(cfg: Config, R: Results, procs: C.Processes, big) -> None:
         C.wait_until(lambda: C.tcp_accepts(port), proc, "the TCP server")
         client = C.TcpClient(port)
         lat = C.latencies(client.ping, cfg.calls, cfg.warmup)
-        print(f"  ping-pong (8 bytes each way): {lat_summary(lat)}")
+        print(f"  ping-pong (8 bytes each way): {C.lat_summary(lat)}")
         for key in ("p50", "p50_default"):
             R.baseline(key, "raw TCP", C.median(lat) * 1e3)
         R.baseline("p99", "raw TCP", C.percentile(lat, 99) * 1e3)
@@ -340,7 +323,7 @@ def bench_uvicorn(cfg: Config, R: Results, procs: C.Processes, big) -> None:
         client = C.HttpClient(port)
         assert bytes(client.post("/echo", SMALL_BODY)) == SMALL_BODY
         lat = C.latencies(lambda: client.post("/echo", SMALL_BODY), cfg.calls, cfg.warmup)
-        print(f"  POST /echo (48 bytes), keep-alive: {lat_summary(lat)}")
+        print(f"  POST /echo (48 bytes), keep-alive: {C.lat_summary(lat)}")
         for key in ("p50", "p50_default"):
             R.baseline(key, "uvicorn echo", C.median(lat) * 1e3)
         R.baseline("p99", "uvicorn echo", C.percentile(lat, 99) * 1e3)
@@ -403,7 +386,7 @@ def bench_ray(cfg: Config, R: Results, big) -> None:
         R.baseline("cold_value", "Ray new actor", cold)
 
         lat = C.latencies(lambda: ray.get(actor.add.remote(1, 2)), cfg.calls, cfg.warmup)
-        print(f"  actor call: {lat_summary(lat)}")
+        print(f"  actor call: {C.lat_summary(lat)}")
         for key in ("p50", "p50_default"):
             R.baseline(key, "Ray actor", C.median(lat) * 1e3)
         R.baseline("p99", "Ray actor", C.percentile(lat, 99) * 1e3)
@@ -449,13 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     big = np.ones(BIG, dtype=np.uint8)
     try:
-        section(R, f"5. daemon start until ready ({cfg.start_runs} runs, each on a new port)",
+        C.section(R.failures, f"5. daemon start until ready ({cfg.start_runs} runs, each on a new port)",
                 lambda: bench_daemon_start(rh, daemon, cfg, R, started))
-        section(R, "1-4. ours: a daemon of our own", lambda: bench_ours(rh, daemon, cfg, R, started, state, big))
-        section(R, "a. baseline: raw TCP between two processes", lambda: bench_tcp(cfg, R, procs, big))
-        section(R, "b. baseline: bare uvicorn (uvloop, httptools), runhouse's keep-alive client",
+        C.section(R.failures, "1-4. ours: a daemon of our own",
+                  lambda: bench_ours(rh, daemon, cfg, R, started, state, big))
+        C.section(R.failures, "a. baseline: raw TCP between two processes", lambda: bench_tcp(cfg, R, procs, big))
+        C.section(R.failures, "b. baseline: bare uvicorn (uvloop, httptools), runhouse's keep-alive client",
                 lambda: bench_uvicorn(cfg, R, procs, big))
-        section(R, "c. baseline: Ray actor", lambda: bench_ray(cfg, R, big))
+        C.section(R.failures, "c. baseline: Ray actor", lambda: bench_ray(cfg, R, big))
     finally:
         for port in started:
             try:

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,24 +155,6 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
-def lat_summary(samples: list[float]) -> str:
-    if not samples:
-        return "n=0"
-    ms = [s * 1e3 for s in samples]
-    return (f"n={len(ms)} p50 {C.median(ms):.3f} ms, p90 {C.percentile(ms, 90):.3f}, "
-            f"p99 {C.percentile(ms, 99):.3f}, mean {sum(ms) / len(ms):.3f}, max {max(ms):.2f} ms")
-
-
-def section(results: Results, title: str, fn: Callable[[], None]) -> None:
-    """Run one part of the bench; a failure is printed and the rest goes on."""
-    print(f"\n== {title}", flush=True)
-    t0 = time.perf_counter()
-    try:
-        fn()
-    except Exception:  # noqa: BLE001 - the bench reports, never stops half-way
-        traceback.print_exc(file=sys.stdout)
-        results.failures.append(title.split(":")[0])
-    print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
 # --- what is saved ---------------------------------------------------------------------------------------
@@ -244,7 +225,7 @@ class LoadRun:
         errors = sum(self.errors.values())
         kinds = f" ({', '.join(f'{k}: {v}' for k, v in self.errors.most_common())})" if errors else ""
         return (f"  {threads} threads, {self.seconds:.1f} s: {self.rate:,.0f} requests/s, {errors} failed{kinds}\n"
-                f"  latency under load: {lat_summary(self.latencies)}")
+                f"  latency under load: {C.lat_summary(self.latencies)}")
 
 
 def concurrent(make_client: Callable[[], Any], op: Callable[[Any, random.Random], object], threads: int,
@@ -328,7 +309,7 @@ def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Proc
             t = clock()
             client.put(address(i), configs[i])
             saves[i] = clock() - t
-        print(f"  {lat_summary(saves)}")
+        print(f"  {C.lat_summary(saves)}")
         R.put(backend, "save_p50", C.median(saves) * 1e3)
         R.put(backend, "save_p99", C.percentile(saves, 99) * 1e3)
 
@@ -342,7 +323,7 @@ def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Proc
             got = client.get(address(i))
             loads[k] = clock() - t
             wrong += got["config"] != configs[i]
-        print(f"  {lat_summary(loads)}" + (f"; {wrong} configs differ from what was saved!" if wrong else
+        print(f"  {C.lat_summary(loads)}" + (f"; {wrong} configs differ from what was saved!" if wrong else
                                           "; every config came back as saved"))
         R.put(backend, "load_p50", C.median(loads) * 1e3)
         R.put(backend, "load_p99", C.percentile(loads, 99) * 1e3)
@@ -383,7 +364,7 @@ def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Proc
         print(f"-- for scale: GET /health, {cfg.health_calls} sequential (no token; FastAPI + one SELECT)")
         http = client._http
         lat = C.latencies(lambda: http.get("/health").raise_for_status(), cfg.health_calls, cfg.warmup)
-        print(f"  {lat_summary(lat)}")
+        print(f"  {C.lat_summary(lat)}")
         R.put(backend, "health_p50", C.median(lat) * 1e3)
         if proc.poll() is not None:
             raise RuntimeError(f"Den exited with code {proc.returncode} during the bench")
@@ -406,7 +387,7 @@ def bench_floor(cfg: Config, R: Results, procs: C.Processes) -> None:
             lat = C.latencies(lambda: client.get("/health").raise_for_status(), cfg.health_calls, cfg.warmup)
         finally:
             client.close()
-        print(f"  httpx GET /health, sequential: {lat_summary(lat)}")
+        print(f"  httpx GET /health, sequential: {C.lat_summary(lat)}")
 
         def make_client() -> httpx.Client:
             return httpx.Client(base_url=base)
@@ -446,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only in (None, "sqlite"):
             url = f"sqlite:///{state / 'den.sqlite'}"
-            section(R, "sqlite: Den on SQLite (WAL, synchronous=NORMAL)",
+            C.section(R.failures, "sqlite: Den on SQLite (WAL, synchronous=NORMAL)",
                     lambda: bench_backend("sqlite", url, cfg, R, procs))
         if args.only in (None, "postgres"):
             why = postgres_unavailable()
@@ -466,9 +447,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "commits do not wait for the disk")
                     bench_backend("postgres", pg_url, cfg, R, procs)
 
-                section(R, "postgres: Den on PostgreSQL (fsync=off, synchronous_commit=off, as in the tests)",
-                        run_postgres)
-        section(R, "floor: DenClient's HTTP client (httpx) against a bare uvicorn app",
+                title = "postgres: Den on PostgreSQL (fsync=off, synchronous_commit=off, as in the tests)"
+                C.section(R.failures, title, run_postgres)
+        C.section(R.failures, "floor: DenClient's HTTP client (httpx) against a bare uvicorn app",
                 lambda: bench_floor(cfg, R, procs))
     finally:
         procs.stop_all()
