@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/calls.py
 	$(BIN)/python bench/den.py
+	$(BIN)/python bench/data.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check runhouse tests bench examples
