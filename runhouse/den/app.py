@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DataError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +34,6 @@ from runhouse.den.service import MAX_CONFIG_BYTES, MAX_SHARE_USERS
 from runhouse.errors import RunhouseError
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Whole request bodies are capped a little above the config cap, so oversize configs get a precise 413.
 MAX_BODY_BYTES = 2 * MAX_CONFIG_BYTES
@@ -206,11 +207,11 @@ class Defaults(_Body):
 _bearer = HTTPBearer(auto_error=False, description="A token from `runhouse den user add` or POST /v1/tokens")
 
 
-def _token(credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> str | None:
+async def _token(credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> str | None:
     return credentials.credentials if credentials is not None else None
 
 
-def _database(request: Request) -> Database:
+async def _database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
@@ -219,9 +220,28 @@ Token = Annotated[str | None, Depends(_token)]
 Db = Annotated[Database, Depends(_database)]
 
 
-def _call(database: Database, token: str | None, action: Callable[[Caller], T]) -> T:
-    """Authenticate and run ``action`` in one transaction."""
-    return database.run(lambda session: action(auth.authenticate(session, token)))
+async def _call(
+    database: Database, token: str | None, action: Callable[[Caller], Any], read_only: bool = False
+) -> JSONResponse:
+    """Authenticate and run ``action`` in one transaction; what it returns is the JSON body. The routes'
+    response models document it; it is not validated again.
+
+    ``read_only`` requests run in a read-only transaction and queue their audit entries. On PostgreSQL the
+    transaction runs in the threadpool, so requests overlap while they wait on the database. SQLite work is
+    local and holds the GIL nearly throughout, so it runs right here: a thread handoff would cost more than
+    it lets overlap (measured: 4.4 ms against 3.4 ms per load, bench/den.py).
+    """
+
+    def work(session: Session) -> tuple[Any, list[dict[str, Any]]]:
+        caller = auth.authenticate(session, token, read_only)
+        return action(caller), caller.queued_audit
+
+    def run() -> Any:
+        result, audit = database.run(work, read_only=read_only)
+        database.audit.add(audit)
+        return result
+
+    return JSONResponse(run() if database.is_sqlite else await run_in_threadpool(run))
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -243,115 +263,114 @@ router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
 @router.get("/me", response_model=Me, tags=["accounts"])
-def get_me(db: Db, token: Token) -> Any:
+async def get_me(db: Db, token: Token) -> Any:
     """Who the token belongs to, and their orgs."""
-    return _call(db, token, auth.me)
+    return await _call(db, token, auth.me, read_only=True)
 
 
 @router.post("/tokens", response_model=NewToken, tags=["accounts"])
-def create_token(db: Db, token: Token) -> Any:
+async def create_token(db: Db, token: Token) -> Any:
     """A new token for the caller (another machine, say); shown once."""
-    return {"token": _call(db, token, auth.create_token)}
+    return await _call(db, token, lambda caller: {"token": auth.create_token(caller)})
 
 
 @router.delete("/tokens/current", tags=["accounts"])
-def revoke_token(db: Db, token: Token) -> dict[str, bool]:
+async def revoke_token(db: Db, token: Token) -> Any:
     """Revoke the token of this request (log out)."""
-    _call(db, token, auth.revoke_token)
-    return {"revoked": True}
+    return await _call(db, token, lambda caller: {"revoked": auth.revoke_token(caller)})
 
 
 @router.post("/orgs", response_model=OrgOut, tags=["orgs"])
-def create_org(body: OrgCreate, db: Db, token: Token) -> Any:
+async def create_org(body: OrgCreate, db: Db, token: Token) -> Any:
     """A new org, with the caller as its admin."""
-    return _call(db, token, lambda caller: auth.create_org(caller, body.name))
+    return await _call(db, token, lambda caller: auth.create_org(caller, body.name))
 
 
 @router.get("/orgs/{org}", response_model=OrgOut, tags=["orgs"])
-def get_org(org: str, db: Db, token: Token) -> Any:
+async def get_org(org: str, db: Db, token: Token) -> Any:
     """An org and its members (members only)."""
-    return _call(db, token, lambda caller: auth.org_info(caller, org))
+    return await _call(db, token, lambda caller: auth.org_info(caller, org), read_only=True)
 
 
 @router.put("/orgs/{org}/members/{user}", response_model=OrgOut, tags=["orgs"])
-def set_member(org: str, user: str, body: MemberRole, db: Db, token: Token) -> Any:
+async def set_member(org: str, user: str, body: MemberRole, db: Db, token: Token) -> Any:
     """Add a member or change their role (org admins only)."""
-    return _call(db, token, lambda caller: auth.set_member(caller, org, user, body.role))
+    return await _call(db, token, lambda caller: auth.set_member(caller, org, user, body.role))
 
 
 @router.delete("/orgs/{org}/members/{user}", response_model=OrgOut, tags=["orgs"])
-def remove_member(org: str, user: str, db: Db, token: Token) -> Any:
+async def remove_member(org: str, user: str, db: Db, token: Token) -> Any:
     """Remove a member (org admins only; never the last admin)."""
-    return _call(db, token, lambda caller: auth.remove_member(caller, org, user))
+    return await _call(db, token, lambda caller: auth.remove_member(caller, org, user))
 
 
 @router.put("/resources/{address:address}", response_model=ResourceOut, tags=["resources"])
-def put_resource(address: str, body: ResourcePut, db: Db, token: Token) -> Any:
+async def put_resource(address: str, body: ResourcePut, db: Db, token: Token) -> Any:
     """Save a config at ``/address``: every put is a new version."""
-    return _call(db, token, lambda caller: service.put_resource(caller, "/" + address, body.config))
+    return await _call(db, token, lambda caller: service.put_resource(caller, "/" + address, body.config))
 
 
 @router.get("/resources/{address:address}", response_model=ResourceOut, tags=["resources"])
-def get_resource(
+async def get_resource(
     address: str, db: Db, token: Token, version: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None
 ) -> Any:
     """The current config at ``/address``, or the given version."""
-    return _call(db, token, lambda caller: service.get_resource(caller, "/" + address, version))
+    return await _call(db, token, lambda caller: service.get_resource(caller, "/" + address, version), read_only=True)
 
 
 @router.patch("/resources/{address:address}", response_model=ResourceSummary, tags=["resources"])
-def set_visibility(address: str, body: Visibility, db: Db, token: Token) -> Any:
+async def set_visibility(address: str, body: Visibility, db: Db, token: Token) -> Any:
     """Make a resource readable by every logged-in user, or stop that."""
-    return _call(db, token, lambda caller: service.set_public(caller, "/" + address, body.public))
+    return await _call(db, token, lambda caller: service.set_public(caller, "/" + address, body.public))
 
 
 @router.delete("/resources/{address:address}", response_model=ResourceSummary, tags=["resources"])
-def delete_resource(address: str, db: Db, token: Token) -> Any:
+async def delete_resource(address: str, db: Db, token: Token) -> Any:
     """Delete a resource and all its versions."""
-    return _call(db, token, lambda caller: service.delete_resource(caller, "/" + address))
+    return await _call(db, token, lambda caller: service.delete_resource(caller, "/" + address))
 
 
 @router.get("/history/{address:address}", response_model=History, tags=["resources"])
-def history(address: str, db: Db, token: Token) -> Any:
+async def history(address: str, db: Db, token: Token) -> Any:
     """Every version of a resource: number, author and time."""
-    return _call(db, token, lambda caller: service.list_versions(caller, "/" + address))
+    return await _call(db, token, lambda caller: service.list_versions(caller, "/" + address), read_only=True)
 
 
 @router.post("/rollback/{address:address}", response_model=ResourceOut, tags=["resources"])
-def rollback(address: str, body: Rollback, db: Db, token: Token) -> Any:
+async def rollback(address: str, body: Rollback, db: Db, token: Token) -> Any:
     """Make an older version current again (saved as a new version)."""
-    return _call(db, token, lambda caller: service.rollback(caller, "/" + address, body.version))
+    return await _call(db, token, lambda caller: service.rollback(caller, "/" + address, body.version))
 
 
 @router.get("/folders/{address:address}", response_model=FolderListing, tags=["resources"])
-def list_folder(address: str, db: Db, token: Token) -> Any:
+async def list_folder(address: str, db: Db, token: Token) -> Any:
     """The direct children of a folder that the caller may read."""
-    return _call(db, token, lambda caller: service.list_folder(caller, "/" + address))
+    return await _call(db, token, lambda caller: service.list_folder(caller, "/" + address), read_only=True)
 
 
 @router.get("/shares/{address:address}", response_model=Shares, tags=["sharing"])
-def list_shares(address: str, db: Db, token: Token) -> Any:
+async def list_shares(address: str, db: Db, token: Token) -> Any:
     """The shares in force at an address: on it and on the folders above it."""
-    return _call(db, token, lambda caller: service.list_shares(caller, "/" + address))
+    return await _call(db, token, lambda caller: service.list_shares(caller, "/" + address), read_only=True)
 
 
 @router.put("/shares/{address:address}", response_model=Shares, tags=["sharing"])
-def share(address: str, body: ShareRequest, db: Db, token: Token) -> Any:
+async def share(address: str, body: ShareRequest, db: Db, token: Token) -> Any:
     """Share a resource or a folder (and all under it) with users, read or write."""
-    return _call(db, token, lambda caller: service.share(caller, "/" + address, body.users, body.access_level))
+    return await _call(db, token, lambda caller: service.share(caller, "/" + address, body.users, body.access_level))
 
 
 @router.delete("/shares/{address:address}", response_model=Shares, tags=["sharing"])
-def unshare(
+async def unshare(
     address: str, db: Db, token: Token,
     users: Annotated[list[str], Query(min_length=1, max_length=MAX_SHARE_USERS)],
 ) -> Any:
     """Remove users' shares on exactly this address (``?users=bob&users=carol``)."""
-    return _call(db, token, lambda caller: service.unshare(caller, "/" + address, users))
+    return await _call(db, token, lambda caller: service.unshare(caller, "/" + address, users))
 
 
 @router.get("/audit", response_model=AuditLog, tags=["audit"])
-def audit_log(
+async def audit_log(
     db: Db,
     token: Token,
     prefix: Annotated[str | None, Query(description="An address; entries on it and under it")] = None,
@@ -362,19 +381,22 @@ def audit_log(
     limit: Annotated[int, Query(ge=1, le=service.MAX_AUDIT_LIMIT)] = 100,
 ) -> Any:
     """Audit entries the caller may see, newest first."""
-    return _call(db, token, lambda caller: service.audit_log(caller, prefix, user, action, since, until, limit))
+    await run_in_threadpool(db.audit.flush)  # so reads queued a moment ago are listed too
+    return await _call(
+        db, token, lambda caller: service.audit_log(caller, prefix, user, action, since, until, limit), read_only=True
+    )
 
 
 @router.get("/defaults", response_model=Defaults, tags=["defaults"])
-def get_defaults(db: Db, token: Token) -> Any:
+async def get_defaults(db: Db, token: Token) -> Any:
     """The caller's stored config defaults."""
-    return _call(db, token, service.get_defaults)
+    return await _call(db, token, service.get_defaults, read_only=True)
 
 
 @router.put("/defaults", response_model=Defaults, tags=["defaults"])
-def put_defaults(body: Defaults, db: Db, token: Token) -> Any:
+async def put_defaults(body: Defaults, db: Db, token: Token) -> Any:
     """Replace the caller's config defaults."""
-    return _call(db, token, lambda caller: service.put_defaults(caller, body.defaults))
+    return await _call(db, token, lambda caller: service.put_defaults(caller, body.defaults))
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -491,7 +513,11 @@ def create_app(database: Database) -> FastAPI:
     return app
 
 
-def serve(database: Database, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "info") -> None:
-    """Serve Den over ``database`` (migrated first) until interrupted."""
+def serve(database: Database, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "info",
+          access_log: bool = False) -> None:
+    """Serve Den over ``database`` (migrated first) until interrupted.
+
+    ``access_log`` logs every request (about 0.2 ms each); the audit log records who did what either way.
+    """
     database.migrate()
-    uvicorn.run(create_app(database), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(database), host=host, port=port, log_level=log_level, access_log=access_log)

@@ -11,8 +11,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from runhouse.den import ConflictError, PermissionDeniedError
@@ -37,13 +38,33 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Account:
+    """The columns of a user that requests need."""
+
+    id: int
+    name: str
+    email: str | None
+
+
+# Built once: the hottest query, run by every request.
+_BY_TOKEN = (
+    select(Token.id.label("token_id"), Token.token_hash, User.id, User.name, User.email)
+    .join(User)
+    .where(Token.token_hash == bindparam("digest"))
+)
+
+
 @dataclass
 class Caller:
     """The authenticated user of one request, with the session of its transaction."""
 
     session: Session
-    user: User
+    user: Account
     token_id: int
+    read_only: bool = False
+    queued_audit: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """Audit entries of a read-only request, written after it by :class:`~runhouse.den.db.AuditWriter`."""
     _orgs: dict[str, str] | None = field(default=None, repr=False)
     _shares: dict[str, str] | None = field(default=None, repr=False)
 
@@ -72,17 +93,21 @@ class Caller:
         return self._shares
 
 
-def authenticate(session: Session, token: str | None) -> Caller:
-    """The caller whose token this is; :class:`AuthenticationError` (401) for a missing or unknown one."""
+def authenticate(session: Session, token: str | None, read_only: bool = False) -> Caller:
+    """The caller whose token this is; :class:`AuthenticationError` (401) for a missing or unknown one.
+
+    ``read_only``: the request's transaction may not write, so its audit entries are queued instead.
+    """
     if not token:
         raise AuthenticationError("missing token: send the header 'Authorization: Bearer <token>'")
     if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
         raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
     digest = hash_token(token)
-    row = session.execute(select(Token, User).join(User).where(Token.token_hash == digest)).first()
-    if row is None or not hmac.compare_digest(row[0].token_hash, digest):
+    row = session.connection().execute(_BY_TOKEN, {"digest": digest}).first()
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
-    return Caller(session=session, user=row[1], token_id=row[0].id)
+    return Caller(session=session, user=Account(row.id, row.name, row.email), token_id=row.token_id,
+                  read_only=read_only)
 
 
 def validate_owner_name(name: object, kind: str = "user") -> str:
@@ -125,7 +150,7 @@ def add_user(session: Session, name: str, email: str | None = None) -> str:
     return _issue_token(session, user)
 
 
-def _issue_token(session: Session, user: User) -> str:
+def _issue_token(session: Session, user: User | Account) -> str:
     token = new_token()
     session.add(Token(user_id=user.id, token_hash=hash_token(token), created_at=utcnow()))
     return token
@@ -136,9 +161,10 @@ def create_token(caller: Caller) -> str:
     return _issue_token(caller.session, caller.user)
 
 
-def revoke_token(caller: Caller) -> None:
-    """Revoke the token this request was made with (log out)."""
-    caller.session.execute(delete(Token).where(Token.id == caller.token_id))
+def revoke_token(caller: Caller) -> bool:
+    """Revoke the token this request was made with (log out); whether it was still there to revoke."""
+    result = caller.session.execute(delete(Token).where(Token.id == caller.token_id))
+    return bool(getattr(result, "rowcount", 0))
 
 
 def find_user(session: Session, who: str) -> User:

@@ -38,6 +38,7 @@ def serve(
     host: str = typer.Option(DEFAULT_HOST, help="Address to bind (0.0.0.0 to serve other machines)."),
     port: int = typer.Option(DEFAULT_PORT, help="Port to listen on."),
     db: str | None = DbOption,
+    access_log: bool = typer.Option(False, help="Log every request (the audit log records changes either way)."),
 ) -> None:
     """Run Den in the foreground; the schema is created or migrated first."""
     from runhouse.den.app import serve as run
@@ -47,7 +48,7 @@ def serve(
         with Database(db) as database:
             version = database.migrate()
             console.print(f"Den on http://{host}:{port}, database {database.display_url} (schema version {version})")
-            run(database, host=host, port=port)
+            run(database, host=host, port=port, access_log=access_log)
     except RunhouseError as exc:
         raise _fail(exc) from None
 

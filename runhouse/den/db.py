@@ -18,14 +18,19 @@ Tables::
 
 Times are naive UTC. Users and orgs share one namespace of owners (``/<owner>/...``).
 
-Every request runs in one transaction (:meth:`Database.run`): on SQLite it starts with ``BEGIN IMMEDIATE``
-(one writer at a time, no lock upgrades that fail mid-request), on PostgreSQL at READ COMMITTED with row
-locks where a request reads then writes the same row.
+Every request runs in one transaction (:meth:`Database.run`). A request that writes starts on SQLite with
+``BEGIN IMMEDIATE`` (one writer at a time, no lock upgrades that fail mid-request), on PostgreSQL at READ
+COMMITTED with row locks where it reads then writes the same row. A read-only request starts a deferred
+``BEGIN`` on SQLite (readers never wait for the write lock, WAL lets them run beside the writer) and runs in
+autocommit on PostgreSQL (no BEGIN/COMMIT round trips). Audit entries of reads are not written in the read's
+transaction but queued, and a background thread inserts them in batches (:class:`AuditWriter`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +55,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from runhouse.den import ConflictError
@@ -58,6 +63,7 @@ from runhouse.errors import ConfigError
 from runhouse.paths import config_dir
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # How long a SQLite request waits for the write lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -65,6 +71,13 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 TRANSACTION_ATTEMPTS = 3
 _RETRY_SQLSTATES = {"40001", "40P01"}  # PostgreSQL serialization failure, deadlock
 _MIGRATION_LOCK_ID = 0x52484445  # "RHDE": PostgreSQL advisory lock held while migrating
+# Connections for 32 concurrent clients without waiting on the pool; PostgreSQL ones are recycled hourly.
+POOL_SIZE = 32
+POOL_RECYCLE_S = 3600
+# Queued audit entries are written at least this often, and at once when this many are waiting.
+AUDIT_FLUSH_INTERVAL_S = 0.25
+AUDIT_BATCH = 500
+_READ_ONLY = "rh_read_only"  # execution option of read-only connections
 
 
 def utcnow() -> datetime:
@@ -228,15 +241,20 @@ class Database:
                 "for PostgreSQL install runhouse[postgres]"
             ) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._audit: AuditWriter | None = None
+        self._audit_lock = threading.Lock()
 
     def _create_engine(self) -> Engine:
+        # No pre-ping (a round trip per request): a connection found dead is discarded and the request
+        # retried by run().
         if not self.is_sqlite:
-            return create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+            return create_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_recycle=POOL_RECYCLE_S)
         path = _sqlite_file(self.url)
         if path is not None and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # hashes and configs: owner only
-        engine = create_engine(self.url, connect_args={"check_same_thread": False}, pool_size=10, max_overflow=40)
+        engine = create_engine(self.url, connect_args={"check_same_thread": False}, pool_size=POOL_SIZE,
+                               max_overflow=POOL_SIZE)
 
         @event.listens_for(engine, "connect")
         def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -250,7 +268,7 @@ class Database:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
 
@@ -293,31 +311,56 @@ class Database:
             return conn.scalar(select(func.max(SchemaVersion.version))) or 0
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on any exception."""
-        with self._sessions() as session, session.begin():
+    def transaction(self, read_only: bool = False) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any exception.
+
+        ``read_only`` transactions must not write (see the module docstring for what they do instead).
+        """
+        if not read_only:
+            with self._sessions() as session, session.begin():
+                yield session
+            return
+        # The session begins on its first query (a deferred BEGIN on SQLite, nothing in autocommit) and the
+        # connection ends it with a rollback on its way back to the pool: there is nothing to commit.
+        options = {_READ_ONLY: True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
+        with self.engine.connect() as conn, self._sessions(bind=conn.execution_options(**options)) as session:
             yield session
 
-    def run(self, work: Callable[[Session], T], attempts: int = TRANSACTION_ATTEMPTS) -> T:
-        """``work(session)`` in one transaction, retried when it lost a race with a concurrent request."""
+    def run(self, work: Callable[[Session], T], attempts: int = TRANSACTION_ATTEMPTS, read_only: bool = False) -> T:
+        """``work(session)`` in one transaction, retried when it lost a race with a concurrent request or
+        its pooled connection turned out to be dead (the database restarted, say)."""
         for attempt in range(1, attempts + 1):
             try:
-                with self.transaction() as session:
+                with self.transaction(read_only) as session:
                     return work(session)
-            except (IntegrityError, OperationalError) as exc:
-                retryable = isinstance(exc, IntegrityError) or (
-                    getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+            except DBAPIError as exc:
+                lost_race = isinstance(exc, IntegrityError) or (
+                    isinstance(exc, OperationalError) and getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
                 )
-                if not retryable:
+                if not (lost_race or exc.connection_invalidated):
                     raise
                 if attempt == attempts:
+                    if exc.connection_invalidated:
+                        raise
                     raise ConflictError(
                         f"a concurrent request changed the same data {attempts} times in a row; retry"
                     ) from exc
         raise AssertionError("unreachable")
 
+    @property
+    def audit(self) -> AuditWriter:
+        """The queue that writes audit entries of read-only requests in batches."""
+        if self._audit is None:
+            with self._audit_lock:
+                if self._audit is None:
+                    self._audit = AuditWriter(self)
+        return self._audit
+
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Write queued audit entries, then close every pooled connection."""
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None
         self.engine.dispose()
 
     def __enter__(self) -> Database:
@@ -325,3 +368,62 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AuditWriter:
+    """Audit entries queued by read-only requests, inserted in batches by a background thread.
+
+    Reads stay out of the write lock this way. An entry is in the database within
+    :data:`AUDIT_FLUSH_INTERVAL_S`, or as soon as :meth:`flush` returns (the audit API flushes before it
+    queries, so a caller always sees their own reads); a process killed outright loses at most that window.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()  # guards _pending
+        self._write_lock = threading.Lock()  # one batch insert at a time, in queue order
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="den-audit", daemon=True)
+        self._thread.start()
+
+    def add(self, entries: list[dict[str, Any]]) -> None:
+        """Queue ``entries`` (``AuditEntry`` column values) to be inserted."""
+        if not entries:
+            return
+        with self._lock:
+            self._pending.extend(entries)
+            full = len(self._pending) >= AUDIT_BATCH
+        if full:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Insert everything queued so far, now."""
+        with self._write_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                self._database.run(lambda session: session.execute(insert(AuditEntry), batch))
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = batch
+                raise
+
+    def _loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(AUDIT_FLUSH_INTERVAL_S)
+            self._wake.clear()
+            try:
+                self.flush()
+            except (DBAPIError, ConflictError) as exc:  # keep the entries for the next round
+                logger.warning("Den could not write queued audit entries yet, will retry: %s", exc)
+
+    def close(self) -> None:
+        """Stop the thread and write what is queued."""
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.flush()

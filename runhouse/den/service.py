@@ -20,7 +20,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import Integer, and_, bindparam, delete, func, or_, select
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from runhouse.den import PayloadTooLargeError, PermissionDeniedError
@@ -133,11 +134,14 @@ def _find(session: Session, address: Address, lock: bool = False) -> Resource | 
     return session.scalar(query.with_for_update() if lock else query)
 
 
+_READ_NEEDS = "ownership, org membership, a share, or the resource being public"
+
+
 def _readable(caller: Caller, address: Address) -> Resource | None:
     """The resource at ``address`` (None if there is none) after checking the caller may read it."""
     resource = _find(caller.session, address)
     if access(caller, address) is None and not (resource is not None and resource.public):
-        raise _denied(caller, address, "read", "ownership, org membership, a share, or the resource being public")
+        raise _denied(caller, address, "read", _READ_NEEDS)
     return resource
 
 
@@ -148,13 +152,18 @@ def _existing(resource: Resource | None, address: Address) -> Resource:
 
 
 def _audit(caller: Caller, action: str, address: Address | str, **detail: Any) -> None:
-    caller.session.add(AuditEntry(time=utcnow(), user=caller.name, action=action, address=str(address), detail=detail))
+    entry = {"time": utcnow(), "user": caller.name, "action": action, "address": str(address), "detail": detail}
+    if caller.read_only:
+        caller.queued_audit.append(entry)
+    else:
+        caller.session.add(AuditEntry(**entry))
 
 
 # ---------------------------------------------------------------------------------------- resources
 
 
-def _summary(resource: Resource) -> dict[str, Any]:
+def _summary(resource: Resource | Row[Any]) -> dict[str, Any]:
+    """The resource's own fields; ``resource`` may be a row with the same column names."""
     return {
         "address": resource.address,
         "resource_type": resource.resource_type,
@@ -212,19 +221,41 @@ def _version(session: Session, resource: Resource, number: int | None) -> Resour
         select(ResourceVersion).where(ResourceVersion.resource_id == resource.id, ResourceVersion.version == number)
     )
     if row is None:
-        raise ObjectNotFoundError(
-            f"{resource.address} has no version {number}; it has versions 1 to {resource.current_version}"
-        )
+        raise _no_version(resource, number)
     return row
+
+
+def _no_version(resource: Resource, number: int | None) -> ObjectNotFoundError:
+    return ObjectNotFoundError(
+        f"{resource.address} has no version {number}; it has versions 1 to {resource.current_version}"
+    )
+
+
+# Built once: a resource with its current (or a given) version in one query, the hottest read.
+_RESOURCE_VERSION = (
+    select(Resource.address, Resource.resource_type, Resource.public, Resource.current_version, Resource.created_at,
+           Resource.updated_at, ResourceVersion.version, ResourceVersion.author,
+           ResourceVersion.created_at.label("saved_at"), ResourceVersion.config)
+    .join(ResourceVersion, ResourceVersion.resource_id == Resource.id)
+    .where(Resource.address == bindparam("address"),
+           ResourceVersion.version == func.coalesce(bindparam("version", type_=Integer), Resource.current_version))
+)
 
 
 def get_resource(caller: Caller, text: str, version: int | None = None) -> dict[str, Any]:
     """The current version of the resource at ``text``, or version ``version``."""
     address = resource_address(text)
-    resource = _existing(_readable(caller, address), address)
-    row = _version(caller.session, resource, version)
+    row = caller.session.connection().execute(_RESOURCE_VERSION, {"address": str(address), "version": version}).first()
+    if access(caller, address) is None:
+        public = row.public if row is not None else caller.session.scalar(
+            select(Resource.public).where(Resource.address == str(address)))
+        if not public:
+            raise _denied(caller, address, "read", _READ_NEEDS)
+    if row is None:
+        raise _no_version(_existing(_find(caller.session, address), address), version)
     _audit(caller, "read", address, version=row.version)
-    return _with_version(resource, row)
+    return {**_summary(row), "version": row.version, "author": row.author, "saved_at": _iso(row.saved_at),
+            "config": row.config}
 
 
 def list_versions(caller: Caller, text: str) -> dict[str, Any]:
@@ -392,7 +423,8 @@ def audit_log(
     Filters: ``prefix`` (an address and everything under it), ``user`` (who acted), ``action`` (one of
     :data:`ACTIONS`), ``since`` (inclusive) and ``until`` (exclusive).
     """
-    query = select(AuditEntry).order_by(AuditEntry.id.desc())
+    # By time: reads are queued and inserted a little after the writes that followed them.
+    query = select(AuditEntry).order_by(AuditEntry.time.desc(), AuditEntry.id.desc())
     if prefix is not None:
         folder = str(folder_address(prefix))
         query = query.where(or_(AuditEntry.address == folder,
@@ -425,9 +457,10 @@ def audit_log(
         return visible[entry.address]
 
     found: list[dict[str, Any]] = []
-    last_id: int | None = None
+    last: AuditEntry | None = None
     while len(found) < limit:
-        page = query if last_id is None else query.where(AuditEntry.id < last_id)
+        page = query if last is None else query.where(or_(
+            AuditEntry.time < last.time, and_(AuditEntry.time == last.time, AuditEntry.id < last.id)))
         entries = list(caller.session.scalars(page.limit(_AUDIT_PAGE)))
         for entry in entries:
             if can_see(entry):
@@ -437,7 +470,7 @@ def audit_log(
                     break
         if len(entries) < _AUDIT_PAGE:
             break
-        last_id = entries[-1].id
+        last = entries[-1]
     return {"entries": found}
 
 
