@@ -120,7 +120,9 @@ class DenServer:
         return name
 
     def count(self, table: str, **where: Any) -> int:
-        """Rows of ``table`` matching column equalities, read straight from the database."""
+        """Rows of ``table`` matching column equalities, read straight from the database (after writing
+        the audit entries that reads queued)."""
+        self.database.audit.flush()
         model = Base.metadata.tables[table]
         query = select(func.count()).select_from(model)
         for column, value in where.items():

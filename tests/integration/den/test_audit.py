@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
+from sqlalchemy import func, select
+
+from runhouse.den.db import AUDIT_FLUSH_INTERVAL_S, AuditEntry, Resource
 from tests.integration.den.conftest import DenServer, DenUser, assert_error, put
 
 
@@ -97,3 +100,34 @@ def test_bad_filters_are_clean_4xx(den: DenServer) -> None:
     now = datetime.now(timezone.utc)
     backwards = {"since": now.isoformat(), "until": (now - timedelta(hours=1)).isoformat()}
     assert_error(alice.http.get("/v1/audit", params=backwards), 400, "BadRequestError")
+
+
+def test_reads_are_written_to_the_log_by_themselves_soon_after(den: DenServer) -> None:
+    alice = den.user("alice")
+    address = f"/{alice.name}/soon"
+    put(alice, address)
+    assert alice.http.get(f"/v1/resources{address}").status_code == 200
+    query = select(func.count()).select_from(AuditEntry).where(
+        AuditEntry.address == address, AuditEntry.action == "read")
+    deadline = time.monotonic() + 20 * AUDIT_FLUSH_INTERVAL_S
+    while True:  # straight from the database: no flush by the audit API or the test helpers
+        with den.database.engine.connect() as conn:
+            if conn.scalar(query) == 1:
+                break
+        assert time.monotonic() < deadline, "the read's audit entry was never written"
+        time.sleep(AUDIT_FLUSH_INTERVAL_S / 5)
+
+
+def test_reads_do_not_wait_for_a_writer(den: DenServer) -> None:
+    """A read takes no write lock (on SQLite, a deferred BEGIN; on PostgreSQL, no row locks), so it is
+    answered while another transaction holds the resource's row locked for writing."""
+    alice = den.user("alice")
+    address = f"/{alice.name}/busy"
+    put(alice, address)
+    with den.database.transaction() as session:  # a writer: BEGIN IMMEDIATE / SELECT ... FOR UPDATE
+        session.execute(select(Resource).where(Resource.address == address).with_for_update())
+        started = time.monotonic()
+        response = alice.http.get(f"/v1/resources{address}")
+        waited = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert waited < 5, f"the read waited {waited:.1f} s for the writer"
