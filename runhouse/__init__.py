@@ -20,8 +20,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "CallTimeoutError": "runhouse.errors",
+    "Blob": "runhouse.resources.blob",
     "Cluster": "runhouse.resources.cluster",
     "Env": "runhouse.resources.env",
+    "Folder": "runhouse.resources.folder",
     "Function": "runhouse.resources.function",
     "MapError": "runhouse.errors",
     "Module": "runhouse.resources.module",
@@ -30,16 +32,20 @@ _EXPORTS = {
     "RemoteError": "runhouse.errors",
     "RemoteInstance": "runhouse.resources.module",
     "RunhouseError": "runhouse.errors",
+    "Table": "runhouse.resources.table",
     "WorkerCrashedError": "runhouse.errors",
+    "blob": "runhouse.resources.blob",
     "cluster": "runhouse.resources.cluster",
     "configs": "runhouse.config",
     "current_folder": "runhouse.rns.store",
     "exists": "runhouse.resources.resource",
+    "folder": "runhouse.resources.folder",
     "folder_contents": "runhouse.rns.store",
     "load": "runhouse.resources.resource",
     "login": "runhouse.rns.den_client",
     "logout": "runhouse.rns.den_client",
     "set_folder": "runhouse.rns.store",
+    "table": "runhouse.resources.table",
     "env": "runhouse.resources.env",
     "function": "runhouse.resources.function",
     "get": "runhouse.resources.remote",
@@ -50,12 +56,15 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from runhouse.config import configs
     from runhouse.errors import CallTimeoutError, MapError, RemoteError, RunhouseError, WorkerCrashedError
+    from runhouse.resources.blob import Blob, blob
     from runhouse.resources.cluster import Cluster, cluster
     from runhouse.resources.env import Env, env
+    from runhouse.resources.folder import Folder, folder
     from runhouse.resources.function import Function, function
     from runhouse.resources.module import Module, RemoteClass, RemoteInstance, module
     from runhouse.resources.remote import Ref, get
     from runhouse.resources.resource import Resource, exists, load
+    from runhouse.resources.table import Table, table
     from runhouse.rns.den_client import login, logout
     from runhouse.rns.store import current_folder, folder_contents, set_folder
 
@@ -80,9 +89,11 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Blob",
     "CallTimeoutError",
     "Cluster",
     "Env",
+    "Folder",
     "Function",
     "MapError",
     "Module",
@@ -92,13 +103,16 @@ __all__ = [
     "RemoteInstance",
     "Resource",
     "RunhouseError",
+    "Table",
     "WorkerCrashedError",
     "__version__",
+    "blob",
     "cluster",
     "configs",
     "current_folder",
     "env",
     "exists",
+    "folder",
     "folder_contents",
     "function",
     "get",
@@ -108,4 +122,5 @@ __all__ = [
     "logout",
     "module",
     "set_folder",
+    "table",
 ]

@@ -4,6 +4,7 @@
 
     RunhouseError
     ├── ConfigError                    bad local configuration or state
+    │   └── MissingCredentialsError    an object store (s3, gs) or secret provider found no credentials
     ├── InvalidNameError (ValueError)  a resource or object name that is not allowed
     ├── SerializationError (TypeError) an argument or result that cannot be pickled
     ├── DaemonError                    the daemon answered with an error (carries its HTTP status)
@@ -14,6 +15,7 @@
     │   ├── ConflictError                       name taken, or a concurrent change won (409, Den)
     │   └── PayloadTooLargeError                a config or body over the cap (413, Den)
     ├── ClusterUnreachableError (ConnectionError)   nothing answers at the cluster's address
+    ├── DataNotFoundError (FileNotFoundError)      nothing at a data resource's path
     ├── SSHError                       an SSH step failed (carries the host and the command's stderr)
     │   ├── SSHConnectionError (ConnectionError)   host down, port closed, name not found
     │   ├── SSHAuthenticationError     the key or password was refused
@@ -42,6 +44,11 @@ class RunhouseError(Exception):
 
 class ConfigError(RunhouseError):
     """Local configuration or state is missing or invalid."""
+
+
+class MissingCredentialsError(ConfigError):
+    """An object store or secret provider found no credentials (for s3: the AWS env vars, ``~/.aws`` files or
+    ``key``/``secret``)."""
 
 
 class InvalidNameError(RunhouseError, ValueError):
@@ -104,6 +111,18 @@ class PayloadTooLargeError(DaemonError):
 
 class ClusterUnreachableError(RunhouseError, ConnectionError):
     """Nothing answers at the cluster's address."""
+
+
+class DataNotFoundError(RunhouseError, FileNotFoundError):
+    """No file or folder at a data resource's path; ``system`` and ``path`` say where."""
+
+    def __init__(self, message: str, system: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.system = system
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class SSHError(RunhouseError):

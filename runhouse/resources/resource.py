@@ -19,6 +19,10 @@ _MODULES = {
     "Env": "runhouse.resources.env",
     "Function": "runhouse.resources.function",
     "RemoteClass": "runhouse.resources.module",
+    "Folder": "runhouse.resources.folder",
+    "Blob": "runhouse.resources.blob",
+    "Table": "runhouse.resources.table",
+    "Secret": "runhouse.resources.secret",
 }
 
 
