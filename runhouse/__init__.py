@@ -32,6 +32,8 @@ _EXPORTS = {
     "RemoteError": "runhouse.errors",
     "RemoteInstance": "runhouse.resources.module",
     "RunhouseError": "runhouse.errors",
+    "Secret": "runhouse.resources.secret",
+    "Secrets": "runhouse.resources.secret",
     "Table": "runhouse.resources.table",
     "WorkerCrashedError": "runhouse.errors",
     "blob": "runhouse.resources.blob",
@@ -44,6 +46,7 @@ _EXPORTS = {
     "load": "runhouse.resources.resource",
     "login": "runhouse.rns.den_client",
     "logout": "runhouse.rns.den_client",
+    "secret": "runhouse.resources.secret",
     "set_folder": "runhouse.rns.store",
     "table": "runhouse.resources.table",
     "env": "runhouse.resources.env",
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
     from runhouse.resources.module import Module, RemoteClass, RemoteInstance, module
     from runhouse.resources.remote import Ref, get
     from runhouse.resources.resource import Resource, exists, load
+    from runhouse.resources.secret import Secret, Secrets, secret
     from runhouse.resources.table import Table, table
     from runhouse.rns.den_client import login, logout
     from runhouse.rns.store import current_folder, folder_contents, set_folder
@@ -103,6 +107,8 @@ __all__ = [
     "RemoteInstance",
     "Resource",
     "RunhouseError",
+    "Secret",
+    "Secrets",
     "Table",
     "WorkerCrashedError",
     "__version__",
@@ -121,6 +127,7 @@ __all__ = [
     "login",
     "logout",
     "module",
+    "secret",
     "set_folder",
     "table",
 ]

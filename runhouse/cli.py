@@ -106,7 +106,7 @@ def login(
     token: str | None = typer.Option(None, help="Den token (asked for when missing)."),
     den_url: str | None = typer.Option(None, help="Den URL (default: the one in ~/.rh/config.yaml)."),
 ) -> None:
-    """Log in to Den; offers to upload or download config defaults."""
+    """Log in to Den; offers to upload or download config defaults and secrets."""
     from runhouse.rns.den_client import login as den_login
 
     try:
@@ -118,11 +118,16 @@ def login(
 
 
 @app.command("logout")
-def logout() -> None:
-    """Forget the Den token on this machine."""
+def logout(
+    remove_secrets: bool = typer.Option(None, "--remove-secrets/--keep-secrets",
+                                        help="Delete local credential files too (asked when not given)."),
+) -> None:
+    """Forget the Den token on this machine, and offer to delete local credential files."""
     from runhouse.rns.den_client import logout as den_logout
 
-    den_logout()
+    removed = den_logout(interactive=remove_secrets is None, remove_secrets=bool(remove_secrets))
+    for path in removed:
+        console.print(f"removed {path}")
     console.print("logged out")
 
 

@@ -79,6 +79,11 @@ class Settings(BaseModel):
     use_spot: bool = False
     default_ssh_key: str | None = None
     """Path of the private key used to reach clusters."""
+    secrets_backend: Literal["den", "vault"] = "den"
+    """Where rh.Secrets stores values: Den (after rh.login) or HashiCorp Vault (``vault_url``, ``VAULT_TOKEN``)."""
+    vault_url: str | None = None
+    vault_mount: str = "secret"
+    """Mount point of the KV version 2 engine in Vault."""
 
     @field_validator("den_url")
     @classmethod

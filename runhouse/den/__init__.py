@@ -1,10 +1,11 @@
-"""Den: the shared metadata service (users, orgs, resources with versions, sharing, audit, defaults).
+"""Den: the shared metadata service (users, orgs, resources with versions, sharing, audit, defaults, secrets).
 
 Modules, each with one concern:
 
 - :mod:`runhouse.den.db`       SQLAlchemy models, engine set-up and ordered schema migrations
 - :mod:`runhouse.den.auth`     tokens (only their SHA-256 is stored), users, orgs and membership
 - :mod:`runhouse.den.service`  the library the HTTP routes call: resources, ACL checks, sharing, audit, defaults
+- :mod:`runhouse.den.secret_store`  secrets per user or org, sealed by :mod:`runhouse.den.crypto` (the server key)
 - :mod:`runhouse.den.app`      the FastAPI app: thin routes, typed JSON errors, ``serve()``
 - :mod:`runhouse.den.cli`      ``runhouse den serve | user add | org add``
 

@@ -27,8 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runhouse import __version__
-from runhouse.den import DEFAULT_HOST, DEFAULT_PORT, auth, service
+from runhouse.den import DEFAULT_HOST, DEFAULT_PORT, auth, secret_store, service
 from runhouse.den.auth import Caller
+from runhouse.den.crypto import SecretBox
 from runhouse.den.db import Database
 from runhouse.den.service import MAX_CONFIG_BYTES, MAX_SHARE_USERS
 from runhouse.errors import RunhouseError
@@ -200,6 +201,28 @@ class AuditLog(BaseModel):
 
 class Defaults(_Body):
     defaults: dict[str, Any]
+
+
+class SecretPut(_Body):
+    provider: str = Field(description="aws, gcp, huggingface, ... or any custom name")
+    values: dict[str, Any] = Field(description="The credentials; stored encrypted with Den's server key")
+
+
+class SecretSummary(BaseModel):
+    owner: str
+    name: str
+    provider: str
+    updated_by: str
+    updated_at: datetime
+
+
+class SecretOut(SecretSummary):
+    values: dict[str, Any]
+
+
+class SecretList(BaseModel):
+    owner: str
+    secrets: list[SecretSummary]
 
 
 # ------------------------------------------------------------------------------------ dependencies
@@ -394,6 +417,33 @@ async def put_defaults(body: Defaults, request: Request) -> Any:
     return await _call(request, lambda caller: service.put_defaults(caller, body.defaults))
 
 
+@router.get("/secrets/{owner}", response_model=SecretList, tags=["secrets"])
+async def list_secrets(owner: str, request: Request) -> Any:
+    """The names and providers of an owner's secrets (a user's own, or an org's for its members); no values."""
+    return await _call(request, lambda caller: secret_store.list_secrets(caller, owner), read_only=True)
+
+
+@router.get("/secrets/{owner}/{name}", response_model=SecretOut, tags=["secrets"])
+async def get_secret(owner: str, name: str, request: Request) -> Any:
+    """A secret with its values."""
+    box = request.app.state.secret_box
+    return await _call(request, lambda caller: secret_store.get_secret(caller, box, owner, name), read_only=True)
+
+
+@router.put("/secrets/{owner}/{name}", response_model=SecretSummary, tags=["secrets"])
+async def put_secret(owner: str, name: str, body: SecretPut, request: Request) -> Any:
+    """Store or replace a secret; the values are encrypted before they reach the database."""
+    box = request.app.state.secret_box
+    return await _call(request, lambda caller: secret_store.put_secret(caller, box, owner, name, body.provider,
+                                                                  body.values))
+
+
+@router.delete("/secrets/{owner}/{name}", response_model=SecretSummary, tags=["secrets"])
+async def delete_secret(owner: str, name: str, request: Request) -> Any:
+    """Delete a secret."""
+    return await _call(request, lambda caller: secret_store.delete_secret(caller, owner, name))
+
+
 # ------------------------------------------------------------------------------------------- errors
 
 
@@ -476,8 +526,9 @@ class _BodyLimit:
 # ----------------------------------------------------------------------------------------- the app
 
 
-def create_app(database: Database) -> FastAPI:
-    """The Den ASGI app over ``database`` (already migrated).
+def create_app(database: Database, secret_box: SecretBox | None = None) -> FastAPI:
+    """The Den ASGI app over ``database`` (already migrated); secrets are sealed with ``secret_box``
+    (default: :meth:`SecretBox.load`, the key from the environment or the key file).
 
     Example::
 
@@ -492,6 +543,7 @@ def create_app(database: Database) -> FastAPI:
         "defaults. Send `Authorization: Bearer <token>`; errors are `{\"error\": {\"type\", \"message\"}}`.",
     )
     app.state.database = database
+    app.state.secret_box = secret_box or SecretBox.load()
     app.include_router(router)
 
     def openapi_with_bearer() -> dict[str, Any]:
@@ -521,10 +573,11 @@ def create_app(database: Database) -> FastAPI:
 
 
 def serve(database: Database, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "info",
-          access_log: bool = False) -> None:
+          access_log: bool = False, secret_box: SecretBox | None = None) -> None:
     """Serve Den over ``database`` (migrated first) until interrupted.
 
     ``access_log`` logs every request (about 0.2 ms each); the audit log records who did what either way.
     """
     database.migrate()
-    uvicorn.run(create_app(database), host=host, port=port, log_level=log_level, access_log=access_log)
+    uvicorn.run(create_app(database, secret_box), host=host, port=port, log_level=log_level,
+                access_log=access_log)

@@ -10,6 +10,8 @@ Example::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 
@@ -39,16 +41,21 @@ def serve(
     port: int = typer.Option(DEFAULT_PORT, help="Port to listen on."),
     db: str | None = DbOption,
     access_log: bool = typer.Option(False, help="Log every request (the audit log records changes either way)."),
+    secret_key_file: Path | None = typer.Option(
+        None, help="Key that encrypts stored secrets (default ~/.rh/den/secret.key, made on first start; "
+        "RH_DEN_SECRET_KEY overrides it)."),
 ) -> None:
     """Run Den in the foreground; the schema is created or migrated first."""
     from runhouse.den.app import serve as run
+    from runhouse.den.crypto import SecretBox
     from runhouse.den.db import Database
 
     try:
+        box = SecretBox.load(secret_key_file)
         with Database(db) as database:
             version = database.migrate()
             console.print(f"Den on http://{host}:{port}, database {database.display_url} (schema version {version})")
-            run(database, host=host, port=port, access_log=access_log)
+            run(database, host=host, port=port, access_log=access_log, secret_box=box)
     except RunhouseError as exc:
         raise _fail(exc) from None
 

@@ -15,6 +15,8 @@ Tables::
                      granted_by, created_at; unique (address, user_id)
     audit_log        id, time, user, action, address, detail (JSON)
     user_defaults    user_id (PK) -> users, defaults (JSON), updated_at
+    secrets          id, owner (a user or org), name, provider, ciphertext (Fernet, see crypto.py),
+                     updated_by, created_at, updated_at; unique (owner, name)
 
 Times are naive UTC. Users and orgs share one namespace of owners (``/<owner>/...``).
 
@@ -46,6 +48,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -177,6 +180,19 @@ class UserDefaults(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class StoredSecret(Base):
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    provider: Mapped[str] = mapped_column(String(64))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    updated_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: ``apply`` brings version ``version - 1`` to ``version``."""
@@ -186,15 +202,22 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
-def _create_initial_tables(conn: Connection) -> None:
-    # The models describe the newest schema. When a later migration alters a table, freeze this step as
-    # explicit DDL first, so that old databases still get exactly the version-1 tables before migrating.
-    tables = [table for name, table in Base.metadata.tables.items() if name != SchemaVersion.__tablename__]
-    Base.metadata.create_all(conn, tables=tables)
+def _create_tables(*names: str) -> Callable[[Connection], None]:
+    # Each migration creates the tables it introduced, from the models. When a later migration alters one of
+    # them, the earlier step must be frozen as explicit DDL first, so that old databases still get exactly
+    # the tables of that version before migrating.
+    def apply(conn: Connection) -> None:
+        Base.metadata.create_all(conn, tables=[Base.metadata.tables[name] for name in names])
+
+    return apply
 
 
-MIGRATIONS: list[Migration] = [Migration(1, "users, tokens, orgs, resources, shares, audit log, defaults",
-                                         _create_initial_tables)]
+MIGRATIONS: list[Migration] = [
+    Migration(1, "users, tokens, orgs, resources, shares, audit log, defaults",
+              _create_tables("users", "tokens", "orgs", "memberships", "resources", "resource_versions", "shares",
+                             "audit_log", "user_defaults")),
+    Migration(2, "secrets, encrypted with the server key", _create_tables("secrets")),
+]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -35,7 +35,8 @@ MAX_RESOURCE_TYPE_LENGTH = 255
 MAX_SHARE_USERS = 100
 MAX_AUDIT_LIMIT = 1000
 ACCESS_LEVELS = ("read", "write")
-ACTIONS = ("create", "update", "rollback", "read", "delete", "share", "unshare", "visibility")
+ACTIONS = ("create", "update", "rollback", "read", "delete", "share", "unshare", "visibility", "secret_put",
+           "secret_read", "secret_delete")
 _AUDIT_PAGE = 500
 
 # ---------------------------------------------------------------------------------------------- input
@@ -88,7 +89,8 @@ def _naive_utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
+    """A stored (naive UTC) time as ISO 8601 with its zone."""
     return moment.replace(tzinfo=timezone.utc).isoformat()
 
 
@@ -151,7 +153,8 @@ def _existing(resource: Resource | None, address: Address) -> Resource:
     return resource
 
 
-def _audit(caller: Caller, action: str, address: Address | str, **detail: Any) -> None:
+def audit(caller: Caller, action: str, address: Address | str, **detail: Any) -> None:
+    """Record who did ``action`` at ``address``: now, or after the request when it is read-only."""
     entry = {"time": utcnow(), "user": caller.name, "action": action, "address": str(address), "detail": detail}
     if caller.read_only:
         caller.queued_audit.append(entry)
@@ -169,8 +172,8 @@ def _summary(resource: Resource | Row[Any]) -> dict[str, Any]:
         "resource_type": resource.resource_type,
         "public": resource.public,
         "current_version": resource.current_version,
-        "created_at": _iso(resource.created_at),
-        "updated_at": _iso(resource.updated_at),
+        "created_at": iso(resource.created_at),
+        "updated_at": iso(resource.updated_at),
     }
 
 
@@ -179,7 +182,7 @@ def _with_version(resource: Resource, version: ResourceVersion) -> dict[str, Any
         **_summary(resource),
         "version": version.version,
         "author": version.author,
-        "saved_at": _iso(version.created_at),
+        "saved_at": iso(version.created_at),
         "config": version.config,
     }
 
@@ -211,7 +214,7 @@ def put_resource(caller: Caller, text: str, config: dict[str, Any]) -> dict[str,
     check_json_size(config, "config")
     existing = _find(caller.session, address, lock=True)
     resource, version = _add_version(caller, address, existing, config)
-    _audit(caller, "create" if existing is None else "update", address, version=version.version)
+    audit(caller, "create" if existing is None else "update", address, version=version.version)
     return _with_version(resource, version)
 
 
@@ -253,8 +256,8 @@ def get_resource(caller: Caller, text: str, version: int | None = None) -> dict[
             raise _denied(caller, address, "read", _READ_NEEDS)
     if row is None:
         raise _no_version(_existing(_find(caller.session, address), address), version)
-    _audit(caller, "read", address, version=row.version)
-    return {**_summary(row), "version": row.version, "author": row.author, "saved_at": _iso(row.saved_at),
+    audit(caller, "read", address, version=row.version)
+    return {**_summary(row), "version": row.version, "author": row.author, "saved_at": iso(row.saved_at),
             "config": row.config}
 
 
@@ -267,8 +270,8 @@ def list_versions(caller: Caller, text: str) -> dict[str, Any]:
         .where(ResourceVersion.resource_id == resource.id)
         .order_by(ResourceVersion.version)
     )
-    _audit(caller, "read", address, history=True)
-    versions = [{"version": number, "author": author, "saved_at": _iso(saved)} for number, author, saved in rows]
+    audit(caller, "read", address, history=True)
+    versions = [{"version": number, "author": author, "saved_at": iso(saved)} for number, author, saved in rows]
     return {**_summary(resource), "versions": versions}
 
 
@@ -279,7 +282,7 @@ def rollback(caller: Caller, text: str, version: int) -> dict[str, Any]:
     resource = _existing(_find(caller.session, address, lock=True), address)
     old = _version(caller.session, resource, version)
     resource, new = _add_version(caller, address, resource, old.config)
-    _audit(caller, "rollback", address, version=new.version, from_version=version)
+    audit(caller, "rollback", address, version=new.version, from_version=version)
     return _with_version(resource, new)
 
 
@@ -290,7 +293,7 @@ def set_public(caller: Caller, text: str, public: bool) -> dict[str, Any]:
     resource = _existing(_find(caller.session, address, lock=True), address)
     resource.public = public
     resource.updated_at = utcnow()
-    _audit(caller, "visibility", address, public=public)
+    audit(caller, "visibility", address, public=public)
     return _summary(resource)
 
 
@@ -307,7 +310,7 @@ def delete_resource(caller: Caller, text: str) -> dict[str, Any]:
     below = select(Resource.id).where(Resource.address.startswith(f"{address}/", autoescape=True)).limit(1)
     if session.scalar(below) is None:  # not a folder either: a later resource here starts unshared
         session.execute(delete(Share).where(Share.address == str(address)))
-    _audit(caller, "delete", address, versions=summary["current_version"])
+    audit(caller, "delete", address, versions=summary["current_version"])
     return summary
 
 
@@ -337,7 +340,7 @@ def list_folder(caller: Caller, text: str) -> dict[str, Any]:
             "resource_type": "folder" if below else resource_type,
             "updated_at": updated_at,
         }
-    listing = [{**entry, "updated_at": _iso(entry["updated_at"])} for _, entry in sorted(entries.items())]
+    listing = [{**entry, "updated_at": iso(entry["updated_at"])} for _, entry in sorted(entries.items())]
     return {"folder": str(folder), "entries": listing}
 
 
@@ -350,7 +353,7 @@ def _share_rows(session: Session, addresses: list[str]) -> list[dict[str, Any]]:
     )
     return [
         {"address": share.address, "user": name, "access_level": share.access_level,
-         "granted_by": share.granted_by, "created_at": _iso(share.created_at)}
+         "granted_by": share.granted_by, "created_at": iso(share.created_at)}
         for share, name in rows
     ]
 
@@ -376,7 +379,7 @@ def share(caller: Caller, text: str, users: list[str], access_level: str) -> dic
         else:
             row.access_level, row.granted_by = access_level, caller.name
     caller.session.flush()
-    _audit(caller, "share", address, users=[user.name for user in targets], access_level=access_level)
+    audit(caller, "share", address, users=[user.name for user in targets], access_level=access_level)
     return {"address": str(address), "shares": _share_rows(caller.session, [str(address)])}
 
 
@@ -393,7 +396,7 @@ def unshare(caller: Caller, text: str, users: list[str]) -> dict[str, Any]:
             )
         caller.session.delete(row)
     caller.session.flush()
-    _audit(caller, "unshare", address, users=[user.name for user in targets])
+    audit(caller, "unshare", address, users=[user.name for user in targets])
     return {"address": str(address), "shares": _share_rows(caller.session, [str(address)])}
 
 
@@ -437,7 +440,7 @@ def audit_log(
         query = query.where(AuditEntry.action == action)
     since, until = _naive_utc(since), _naive_utc(until)
     if since is not None and until is not None and since >= until:
-        raise BadRequestError(f"since ({_iso(since)}) must be before until ({_iso(until)})")
+        raise BadRequestError(f"since ({iso(since)}) must be before until ({iso(until)})")
     if since is not None:
         query = query.where(AuditEntry.time >= since)
     if until is not None:
@@ -464,7 +467,7 @@ def audit_log(
         entries = list(caller.session.scalars(page.limit(_AUDIT_PAGE)))
         for entry in entries:
             if can_see(entry):
-                found.append({"id": entry.id, "time": _iso(entry.time), "user": entry.user, "action": entry.action,
+                found.append({"id": entry.id, "time": iso(entry.time), "user": entry.user, "action": entry.action,
                               "address": entry.address, "detail": entry.detail})
                 if len(found) == limit:
                     break

@@ -81,6 +81,19 @@ class DenClient:
     def unshare(self, address: str, users: list[str]) -> dict[str, Any]:
         return self._request("DELETE", f"/v1/shares{address}", params={"users": users})
 
+    # --- secrets (values are sent and received only here, over the token-authenticated API) -----------
+    def put_secret(self, owner: str, name: str, provider: str, values: dict[str, Any]) -> dict[str, Any]:
+        return self._request("PUT", f"/v1/secrets/{owner}/{name}", json={"provider": provider, "values": values})
+
+    def get_secret(self, owner: str, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/secrets/{owner}/{name}")
+
+    def list_secrets(self, owner: str) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"/v1/secrets/{owner}")["secrets"])
+
+    def delete_secret(self, owner: str, name: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/secrets/{owner}/{name}")
+
 
 def _den_error(type_name: str) -> type[RunhouseError]:
     return BY_NAME.get(type_name, DaemonError)
@@ -117,11 +130,14 @@ def login(
     interactive: bool = False,
     upload_defaults: bool = False,
     download_defaults: bool = False,
+    upload_secrets: bool = False,
+    download_secrets: bool = False,
 ) -> str:
     """Log in to Den: check the token, save it with Den's URL and the user name in ``~/.rh/config.yaml``.
 
     Afterwards bare names save to the user's Den folder (``@/...``); ``~/...`` still saves locally.
-    ``interactive`` asks for what is missing and offers to upload or download config defaults.
+    ``interactive`` asks for what is missing and offers to upload or download config defaults and secrets
+    (upload: the credentials found on this machine; download: stored ones, never replacing local files).
 
     Returns:
         The user name.
@@ -147,17 +163,47 @@ def login(
     if interactive:
         upload_defaults = upload_defaults or ask_yes_no("Upload your local config defaults to Den? [y/N] ")
         download_defaults = download_defaults or ask_yes_no("Download your config defaults from Den? [y/N] ")
+    if interactive:
+        from runhouse.resources.secret import Secrets
+
+        found = Secrets.configured_providers()
+        if found:
+            upload_secrets = upload_secrets or ask_yes_no(
+                f"Upload the credentials found here ({', '.join(found)}) to Den, encrypted? [y/N] ")
+        download_secrets = download_secrets or ask_yes_no("Download your secrets from Den into this machine? [y/N] ")
     if download_defaults:
         configs.download_defaults()
     if upload_defaults:
         configs.upload_defaults()
+    _sync_secrets(upload_secrets, download_secrets)
     return user
 
 
-def logout() -> None:
-    """Forget the Den token and user name (Den's URL is kept for the next login)."""
+def _sync_secrets(upload: bool, download: bool) -> None:
+    if not (upload or download):
+        return
+    from runhouse.resources.secret import Secrets
+
+    if upload:
+        Secrets.extract_and_upload()
+    if download:
+        Secrets.download_into_env()
+
+
+def logout(interactive: bool = False, remove_secrets: bool = False) -> list[str]:
+    """Forget the Den token and user name (Den's URL is kept for the next login).
+
+    ``remove_secrets`` (or a yes at the ``interactive`` prompt) also deletes the providers' credential files
+    from this machine. Returns the files removed.
+    """
     from runhouse.config import configs
+    from runhouse.prompts import ask_yes_no
+    from runhouse.resources.secret import Secrets
 
     configs.set("token", None)
     configs.set("username", None)
+    found = Secrets.configured_providers()
+    if interactive and found and not remove_secrets:
+        remove_secrets = ask_yes_no(f"Also delete the local credential files of {', '.join(found)}? [y/N] ")
+    return Secrets.remove_local() if remove_secrets else []
 

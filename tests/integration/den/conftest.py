@@ -8,10 +8,12 @@ As root, PostgreSQL runs as the ``postgres`` user (it refuses to run as root).
 from __future__ import annotations
 
 import itertools
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +21,8 @@ import pytest
 import uvicorn
 from sqlalchemy import func, select
 
+import runhouse as rh
+from runhouse.config import configs
 from runhouse.den import auth
 from runhouse.den.app import create_app
 from runhouse.den.db import Base, Database
@@ -149,3 +153,26 @@ def put(user: DenUser, address: str, config: dict[str, Any] | None = None) -> ht
     """Save ``config`` (a small function config by default) at ``address`` as ``user``."""
     body = {"config": config if config is not None else {"resource_type": "function", "name": address}}
     return user.http.put(f"/v1/resources{address}", json=body)
+
+
+# ------------------------------------------------------------------------------------- logged-in clients
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current folder: a new git repository (the local RNS folder lives in it)."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def alice(den: DenServer, config_dir: Path, project: Path) -> Iterator[DenUser]:
+    """Logged in to Den as a new user for the test; logged out (and folder reset) afterwards."""
+    user = den.user("alice")
+    assert rh.login(token=user.token, den_url=den.url) == user.name
+    rh.set_folder("@")
+    yield user
+    rh.logout()
+    configs.set("den_url", None)
+    rh.set_folder("~")

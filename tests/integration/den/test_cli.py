@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runhouse.cli import app
+from runhouse.den.db import SCHEMA_VERSION
 from tests.conftest import free_port
 from tests.integration.den.conftest import DenServer, PostgresServer, assert_error
 
@@ -100,7 +101,9 @@ def test_serve_creates_the_schema_and_answers_until_stopped(tmp_path: Path, serv
                 assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
                 assert time.monotonic() < deadline, "den serve did not answer in 20 s"
                 time.sleep(0.1)
-        assert health.json()["schema_version"] == 1
+        assert health.json()["schema_version"] == SCHEMA_VERSION
+        key = tmp_path / "rh" / "den" / "secret.key"  # made on first start, for secrets at rest
+        assert key.exists() and key.stat().st_mode & 0o777 == 0o600
         if not serve_db:
             database = tmp_path / "rh" / "den" / "den.sqlite"
             assert database.exists() and database.stat().st_mode & 0o777 == 0o600

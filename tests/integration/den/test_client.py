@@ -16,25 +16,6 @@ from runhouse.rns.den_client import DenClient, DenUnreachableError
 from tests.integration import funcs
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture
-def alice(den, config_dir, project):
-    """Logged in to Den as a new user for the test; logged out (and folder reset) afterwards."""
-    user = den.user("alice")
-    assert rh.login(token=user.token, den_url=den.url) == user.name
-    rh.set_folder("@")
-    yield user
-    rh.logout()
-    configs.set("den_url", None)
-    rh.set_folder("~")
-
-
 def test_login_saves_who_and_where(alice, den):
     assert configs.get("username") == alice.name
     assert configs.get("den_url") == den.url
