@@ -15,6 +15,7 @@ import pytest
 import runhouse as rh
 from runhouse.config import configs
 from runhouse.errors import ObjectNotFoundError
+from runhouse.paths import daemon_dir
 from runhouse.resources._secret_providers import BUILTIN
 from tests.conftest import running_daemon
 from tests.integration.den.conftest import DenServer, DenUser
@@ -97,6 +98,8 @@ def test_secrets_are_installed_on_a_cluster_through_its_daemon(alice: DenUser, h
         assert sorted(report["written"]) == ["~/.aws/credentials", "~/.cache/huggingface/token"]
         assert rh.Secrets.to(box, providers=["aws"])["skipped"] == ["~/.aws/credentials"]
         rh.secret(name="huggingface").to(box, overwrite=True)
+        log = (daemon_dir(box.server_port) / "daemon.log").read_text()
+    assert "hf_on_cluster" not in log and "client-secret-value" not in log
     token = cluster_home / ".cache" / "huggingface" / "token"
     assert token.read_text() == "hf_on_cluster" and stat.S_IMODE(token.stat().st_mode) == 0o600
     assert "AKIACLIENTTEST" in (cluster_home / ".aws" / "credentials").read_text()
