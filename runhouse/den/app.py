@@ -252,7 +252,7 @@ async def _call(request: Request, action: Callable[[Caller], Any], read_only: bo
     token = _bearer_token(request)
 
     def work(session: Session) -> tuple[Any, list[dict[str, Any]]]:
-        caller = auth.authenticate(session, token, read_only)
+        caller = auth.authenticate(session, token, read_only, request.app.state.token_cache)
         return action(caller), caller.queued_audit
 
     def run() -> Any:
@@ -544,6 +544,7 @@ def create_app(database: Database, secret_box: SecretBox | None = None) -> FastA
     )
     app.state.database = database
     app.state.secret_box = secret_box or SecretBox.load()
+    app.state.token_cache = auth.TokenCache()
     app.include_router(router)
 
     def openapi_with_bearer() -> dict[str, Any]:

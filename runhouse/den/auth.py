@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,9 @@ from runhouse.rns.names import DEN, Address
 TOKEN_PREFIX = "rh_"
 TOKEN_BYTES = 32
 MAX_TOKEN_LENGTH = 256
+# How long a token seen once is trusted without asking the database again, and how many are remembered.
+TOKEN_CACHE_TTL_S = 5.0
+TOKEN_CACHE_ENTRIES = 10_000
 MAX_EMAIL_LENGTH = 320
 ROLES = ("admin", "member")
 
@@ -55,6 +60,49 @@ _BY_TOKEN = (
 )
 
 
+class TokenCache:
+    """Recently seen tokens (by hash) and their accounts, so most requests skip the token query (a round trip
+    on PostgreSQL).
+
+    Entries live :data:`TOKEN_CACHE_TTL_S`. Revoking a token through this Den drops it at once; a token
+    deleted straight from the database, or through another Den process on the same database, still works
+    here for at most that long.
+    """
+
+    def __init__(self, ttl_s: float = TOKEN_CACHE_TTL_S, max_entries: int = TOKEN_CACHE_ENTRIES) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[float, Account, int]] = {}
+        self._revoked: dict[str, float] = {}  # digest -> until when it may not be cached again
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> tuple[Account, int] | None:
+        """The account and token id of ``digest`` if seen within the TTL."""
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1], entry[2]
+
+    def put(self, digest: str, account: Account, token_id: int) -> None:
+        """Remember ``digest`` for the TTL, unless it was revoked within the TTL."""
+        now = time.monotonic()
+        with self._lock:
+            if self._revoked.get(digest, 0.0) >= now:
+                return
+            if len(self._entries) >= self.max_entries:
+                self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+                self._revoked = {k: until for k, until in self._revoked.items() if until >= now}
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+            self._entries[digest] = (now + self.ttl_s, account, token_id)
+
+    def discard(self, digest: str) -> None:
+        """Forget ``digest`` now, and refuse to remember it for the TTL (a request that read the token
+        before its revocation committed cannot put it back)."""
+        with self._lock:
+            self._entries.pop(digest, None)
+            self._revoked[digest] = time.monotonic() + self.ttl_s
+
+
 @dataclass
 class Caller:
     """The authenticated user of one request, with the session of its transaction."""
@@ -62,6 +110,8 @@ class Caller:
     session: Session
     user: Account
     token_id: int
+    token_hash: str = field(default="", repr=False)
+    token_cache: TokenCache | None = field(default=None, repr=False)
     read_only: bool = False
     queued_audit: list[dict[str, Any]] = field(default_factory=list, repr=False)
     """Audit entries of a read-only request, written after it by :class:`~runhouse.den.db.AuditWriter`."""
@@ -93,20 +143,27 @@ class Caller:
         return self._shares
 
 
-def authenticate(session: Session, token: str | None, read_only: bool = False) -> Caller:
+def authenticate(session: Session, token: str | None, read_only: bool = False,
+                 cache: TokenCache | None = None) -> Caller:
     """The caller whose token this is; :class:`AuthenticationError` (401) for a missing or unknown one.
 
     ``read_only``: the request's transaction may not write, so its audit entries are queued instead.
+    ``cache``: tokens seen recently are taken from it, and found ones added.
     """
     if not token:
         raise AuthenticationError("missing token: send the header 'Authorization: Bearer <token>'")
     if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
         raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
     digest = hash_token(token)
-    row = session.connection().execute(_BY_TOKEN, {"digest": digest}).first()
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
-        raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
-    return Caller(session=session, user=Account(row.id, row.name, row.email), token_id=row.token_id,
+    cached = cache.get(digest) if cache is not None else None
+    if cached is None:
+        row = session.connection().execute(_BY_TOKEN, {"digest": digest}).first()
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
+        cached = Account(row.id, row.name, row.email), row.token_id
+        if cache is not None:
+            cache.put(digest, *cached)
+    return Caller(session=session, user=cached[0], token_id=cached[1], token_hash=digest, token_cache=cache,
                   read_only=read_only)
 
 
@@ -164,6 +221,8 @@ def create_token(caller: Caller) -> str:
 def revoke_token(caller: Caller) -> bool:
     """Revoke the token this request was made with (log out); whether it was still there to revoke."""
     result = caller.session.execute(delete(Token).where(Token.id == caller.token_id))
+    if caller.token_cache is not None:
+        caller.token_cache.discard(caller.token_hash)
     return bool(getattr(result, "rowcount", 0))
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 from sqlalchemy import text
 
+from runhouse.den.auth import TOKEN_CACHE_TTL_S, Account, TokenCache
 from tests.integration.den.conftest import DenServer, assert_error, unique
 
 
@@ -75,3 +77,26 @@ def test_an_org_admin_manages_members_and_others_cannot(den: DenServer) -> None:
     removed = alice.http.delete(f"/v1/orgs/{name}/members/{bob.name}")
     assert [m["user"] for m in removed.json()["members"]] == [alice.name]
     assert_error(alice.http.get(f"/v1/orgs/{unique('none')}"), 404, "ObjectNotFoundError")
+
+
+def test_a_token_deleted_behind_dens_back_stops_working_within_the_cache_ttl(den: DenServer) -> None:
+    alice = den.user("alice")
+    assert alice.http.get("/v1/me").status_code == 200  # now cached
+    digest = hashlib.sha256(alice.token.encode()).hexdigest()
+    with den.database.engine.begin() as conn:  # as another Den process on the same database would
+        conn.execute(text("DELETE FROM tokens WHERE token_hash = :digest"), {"digest": digest})
+    deadline = time.monotonic() + TOKEN_CACHE_TTL_S + 5
+    while alice.http.get("/v1/me").status_code == 200:
+        assert time.monotonic() < deadline, "a deleted token kept working past the cache TTL"
+        time.sleep(0.2)
+    assert_error(alice.http.get("/v1/me"), 401, "AuthenticationError")
+
+
+def test_a_revoked_token_is_not_cached_again_by_a_request_that_raced_the_revocation() -> None:
+    cache = TokenCache(ttl_s=60)
+    account = Account(1, "alice", None)
+    cache.put("digest", account, 7)
+    assert cache.get("digest") == (account, 7)
+    cache.discard("digest")
+    cache.put("digest", account, 7)  # a request that read the token row before the revocation committed
+    assert cache.get("digest") is None
