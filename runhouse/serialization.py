@@ -1,11 +1,14 @@
 """How values cross process and machine boundaries.
 
-Values travel as pickle protocol 5 with out-of-band buffers, so numpy arrays, Arrow buffers and bytes are
-never copied into the pickle stream: they ride beside it and are rebuilt zero-copy from the receiving
-buffer (writable when the receiver reads into a ``bytearray``). Plain ``pickle`` is tried first because it
-is fastest; code and objects it cannot handle (lambdas, classes defined in ``__main__``) fall back to
-cloudpickle. Refs to results kept on a cluster travel as pickle persistent ids, so the cluster can resolve
-them without the value ever crossing the network.
+Values travel as pickle protocol 5 with out-of-band buffers, so numpy arrays and Arrow buffers are never
+copied into the pickle stream: they ride beside it and are rebuilt zero-copy from the receiving buffer
+(writable when the receiver reads into a ``bytearray``). Pickle writes ``bytes`` and ``bytearray`` in-band
+without asking any hook, so a value holding one of ``OUT_OF_BAND_MIN`` bytes or more near its top (see
+:func:`_holds_large_bytes`) is pickled with a persistent-id hook that sends every such one out of band too;
+it arrives as a copy of its own type. Plain ``pickle`` is tried first because it is fastest; code and
+objects it cannot handle (lambdas, classes defined in ``__main__``) fall back to cloudpickle. Refs to
+results kept on a cluster travel as pickle persistent ids, so the cluster can resolve them without the
+value ever crossing the network.
 
 Between processes on one machine, large buffers do not travel through sockets at all: the sender writes
 each into its own file in shared memory (``/dev/shm``) and sends the file's name; the receiver maps the
@@ -22,6 +25,7 @@ Wire layout of one serialized value::
 from __future__ import annotations
 
 import io
+import itertools
 import mmap
 import os
 import pickle
@@ -47,6 +51,12 @@ SHM_PREFIX = "rh-buf-"
 SHM_THRESHOLD = int(os.environ.get("RH_SHM_THRESHOLD", str(1 << 20)))
 # Shared-memory files nobody picked up (their receiver died) are removed after this long.
 SHM_MAX_AGE_S = 600.0
+# bytes and bytearray values this large travel out of band (pickle's own frame size).
+OUT_OF_BAND_MIN = 64 * 1024
+# How far _holds_large_bytes looks into a value: container levels, and items of each container.
+_SCAN_DEPTH = 3
+_SCAN_ITEMS = 1000
+_BYTES_ID = "rh-bytes"  # first item of the persistent id of an out-of-band bytes or bytearray
 
 
 def shm_available() -> bool:
@@ -107,8 +117,55 @@ PersistentId = Callable[[Any], Any]
 PersistentLoad = Callable[[Any], Any]
 
 
+def _holds_large_bytes(obj: Any, depth: int = _SCAN_DEPTH) -> bool:
+    """Whether ``obj`` is, or holds within ``depth`` levels of tuples, lists and dict values (looking at the
+    first ``_SCAN_ITEMS`` of each), a ``bytes`` or ``bytearray`` of :data:`OUT_OF_BAND_MIN` bytes or more.
+
+    A bounded look, so values of many small objects keep the all-C pickling path.
+    """
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return len(obj) >= OUT_OF_BAND_MIN
+    if depth == 0:
+        return False
+    if kind is tuple or kind is list:
+        items = obj[:_SCAN_ITEMS]
+    elif kind is dict:
+        items = itertools.islice(obj.values(), _SCAN_ITEMS)
+    else:
+        return False
+    return any(_holds_large_bytes(item, depth - 1) for item in items)
+
+
+def _bytes_out_of_band(persistent_id: PersistentId | None) -> PersistentId:
+    """A persistent-id hook sending large ``bytes``/``bytearray`` out of band, else asking ``persistent_id``."""
+
+    def hook(obj: Any) -> Any:
+        kind = type(obj)
+        if (kind is bytes or kind is bytearray) and len(obj) >= OUT_OF_BAND_MIN:
+            return (_BYTES_ID, kind is bytearray, pickle.PickleBuffer(obj))
+        return None if persistent_id is None else persistent_id(obj)
+
+    return hook
+
+
+def _bytes_from_buffers(persistent_load: PersistentLoad | None) -> PersistentLoad:
+    """The loading side of :func:`_bytes_out_of_band`: other persistent ids go to ``persistent_load``."""
+
+    def load(pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 3 and pid[0] == _BYTES_ID:
+            return bytearray(pid[2]) if pid[1] else bytes(pid[2])
+        if persistent_load is None:
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        return persistent_load(pid)
+
+    return load
+
+
 def _pickle(obj: Any, pickler_cls: type[pickle.Pickler], persistent_id: PersistentId | None) -> tuple:
     buffers: list[pickle.PickleBuffer] = []
+    if _holds_large_bytes(obj):
+        persistent_id = _bytes_out_of_band(persistent_id)
     if persistent_id is None and pickler_cls is pickle.Pickler:  # the all-C fast path
         return pickle.dumps(obj, protocol=5, buffer_callback=buffers.append), buffers
     stream = io.BytesIO()
@@ -205,14 +262,13 @@ def deserialize(data: Buffer, persistent_load: PersistentLoad | None = None) -> 
     for i, is_shared in enumerate(shared):
         if is_shared:
             buffers[i] = _from_shm(bytes(buffers[i]))
-    if persistent_load is None:  # the all-C fast path
+    if persistent_load is None and not buffers:  # the all-C fast path (no out-of-band bytes without buffers)
         try:
-            return pickle.loads(main, buffers=buffers)
+            return pickle.loads(main)
         except Exception as exc:
             raise SerializationError(f"cannot deserialize value: {type(exc).__name__}: {exc}") from exc
     unpickler = pickle.Unpickler(io.BytesIO(main), buffers=buffers)
-    if persistent_load is not None:
-        unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+    unpickler.persistent_load = _bytes_from_buffers(persistent_load)  # type: ignore[method-assign]
     try:
         return unpickler.load()
     except SerializationError:

@@ -129,6 +129,16 @@ def replace(source: str, destination: str) -> None:
         os.replace(src, dst)
 
 
+def swap(stage: str, destination: str, name: str | None = None) -> None:
+    """Put a finished transfer in place: the folder ``stage``, or with ``name`` its one file (the stage is then
+    removed), replaces ``destination``."""
+    if name is None:
+        replace(stage, destination)
+        return
+    replace(os.path.join(stage, name), destination)
+    rm(stage)
+
+
 def copy(root: str, names: list[str], destination: str) -> None:
     """Copy each file ``root/name`` to ``destination/name`` (parents created, metadata kept)."""
     src_root, dst_root = resolve(root), resolve(destination)
@@ -140,7 +150,7 @@ def copy(root: str, names: list[str], destination: str) -> None:
 
 OPS: dict[str, Callable[..., Any]] = {
     fn.__name__: fn
-    for fn in (resolve, exists, walk, ls, size, read, read_many, write, write_many, mkdir, rm, replace, copy)
+    for fn in (resolve, exists, walk, ls, size, read, read_many, write, write_many, mkdir, rm, replace, swap, copy)
 }
 
 

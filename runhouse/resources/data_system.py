@@ -10,7 +10,8 @@ implementation per kind, and :func:`transfer`, the one way files move between an
     │   │                      a daemon on this machine shares its disk, so files are used directly)
     │   └── SSHSystem          a cluster reached over SSH (operations as a script over the connection,
     │                          bulk moves by rsync)
-    └── ObjectStoreSystem      "s3" / "gs" through fsspec (s3fs / gcsfs, optional extras)
+    └── ObjectStoreSystem      "s3" / "gs" through fsspec (s3fs / gcsfs, optional extras), in
+                               runhouse.resources._object_store (imported when a bucket is named)
 
 Paths are strings. On this machine they are made absolute; on a cluster they are relative to its home
 folder unless absolute; in a bucket they are ``bucket/key`` (an ``s3://`` prefix is dropped).
@@ -36,11 +37,12 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
-from runhouse.errors import ConfigError, DataNotFoundError, MissingCredentialsError, RunhouseError
+from runhouse.errors import ConfigError, DataNotFoundError, RunhouseError
 from runhouse.resources import _data_ops
 
 if TYPE_CHECKING:
@@ -52,6 +54,11 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 DATA_ROOT = "~/.cache/runhouse"  # on this machine and on clusters; in a bucket: "BUCKET/runhouse"
 CHUNK_BYTES = 64 * MIB  # the most one call or one batch carries
+# A file larger than CHUNK_BYTES moves in calls of FILE_CHUNK_BYTES, CHUNKS_IN_FLIGHT at once. Under glibc's
+# 32 MiB mmap threshold, the buffers of a chunk reuse freed memory instead of faulting in new pages (which
+# halves the throughput of a through-the-daemon transfer, measured with bench/data.py).
+FILE_CHUNK_BYTES = 16 * MIB
+CHUNKS_IN_FLIGHT = 2
 PROGRESS_MIN_BYTES = 64 * MIB  # transfers this large show a progress bar unless told otherwise
 OPERATION_TIMEOUT_S = 600.0  # one data operation (call, ssh command) on a cluster
 TRANSFER_TIMEOUT_S = 6 * 3600.0  # one rsync run
@@ -59,9 +66,6 @@ _PROGRESS_POLL_S = 0.5
 _STAGE_SUFFIX = ".rh-partial"
 _OPS_NAME = "rh_data_ops"
 _OPS_SCRIPT_DIR = ".cache/runhouse/ops"
-# Options that hold credentials: used, never written into a resource's config.
-_SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "client_secret", "access_token", "credentials"})
-_MISSING_EXTRA = {"s3": 'pip install "runhouse[s3]"', "gs": 'pip install "runhouse[gs]"'}
 
 
 Advance = Callable[[int], None]
@@ -101,6 +105,10 @@ class DataSystem(abc.ABC):
     def same_storage(self, other: DataSystem) -> bool:
         """Whether ``other`` reaches the same files under the same paths, so copies stay inside the system."""
         return self.is_local and other.is_local
+
+    def config_fields(self) -> dict[str, Any]:
+        """The fields naming this system in a resource's config: ``system`` (object stores add options)."""
+        return {"system": self.describe()}
 
     @abc.abstractmethod
     def exists(self, path: str) -> bool:
@@ -142,6 +150,15 @@ class DataSystem(abc.ABC):
     def replace(self, source: str, destination: str) -> None:
         """Move ``source`` to ``destination``, replacing what is there, never leaving a mix of the two."""
 
+    def swap(self, stage: str, destination: str, name: str | None = None) -> None:
+        """Put a finished transfer in place: the folder ``stage``, or with ``name`` its one file (the stage is
+        then removed), replaces ``destination`` (see :meth:`replace`)."""
+        if name is None:
+            self.replace(stage, destination)
+            return
+        self.replace(posixpath.join(stage, name), destination)
+        self.rm(stage)
+
     @abc.abstractmethod
     def copy(self, root: str, names: list[str], destination: str) -> None:
         """Copy files ``root/name`` to ``destination/name`` inside this system (see :meth:`same_storage`)."""
@@ -182,7 +199,7 @@ def stage_path(path: str) -> str:
     return posixpath.join(parent, f".{name}{_STAGE_SUFFIX}")
 
 
-def _not_found(system: DataSystem, path: str, exc: BaseException | None = None) -> DataNotFoundError:
+def not_found_error(system: DataSystem, path: str, exc: BaseException | None = None) -> DataNotFoundError:
     where = system.describe()
     label = where if isinstance(where, str) else where.get("name") or "cluster"
     detail = f" ({exc})" if exc and str(exc) and path not in str(exc) else ""
@@ -204,7 +221,7 @@ class _PosixSystem(DataSystem):
         try:
             return self._op(name, *args)
         except FileNotFoundError as exc:
-            raise _not_found(self, path, exc) from None
+            raise not_found_error(self, path, exc) from None
 
     def exists(self, path: str) -> bool:
         return bool(self._op("exists", path))
@@ -237,6 +254,9 @@ class _PosixSystem(DataSystem):
     def replace(self, source: str, destination: str) -> None:
         self._checked(source, "replace", source, destination)
 
+    def swap(self, stage: str, destination: str, name: str | None = None) -> None:
+        self._checked(stage, "swap", stage, destination, name)  # one operation where the files are
+
     def copy(self, root: str, names: list[str], destination: str) -> None:
         self._checked(root, "copy", root, names, destination)
 
@@ -244,39 +264,49 @@ class _PosixSystem(DataSystem):
         if self.is_local:
             _data_ops.copy(root, list(files), local_root)
             return
-        for batch in _batches(files):
-            if len(batch) == 1 and files[batch[0]] > CHUNK_BYTES:
-                self._download_large(posixpath.join(root, batch[0]), os.path.join(local_root, batch[0]), advance)
+        for batch in batches_by_size(files):
+            name = batch[0]
+            if len(batch) == 1 and files[name] > CHUNK_BYTES:
+                self._download_large(posixpath.join(root, name), files[name], os.path.join(local_root, name), advance)
                 continue
             for name, data in zip(batch, self._checked(root, "read_many", root, batch), strict=True):
                 _data_ops.write(os.path.join(local_root, name), data)
                 advance(len(data))
 
-    def _download_large(self, path: str, local_path: str, advance: Advance) -> None:
+    def _download_large(self, path: str, size: int, local_path: str, advance: Advance) -> None:
         os.makedirs(os.path.dirname(local_path), exist_ok=True)
         with open(local_path, "wb") as f:
-            offset = 0
-            while chunk := self.read(path, offset, CHUNK_BYTES):
-                f.write(chunk)
-                offset += len(chunk)
-                advance(len(chunk))
+
+            def move(offset: int) -> int:
+                chunk = self.read(path, offset, FILE_CHUNK_BYTES)
+                os.pwrite(f.fileno(), chunk, offset)
+                return len(chunk)
+
+            _in_chunks(move, range(0, size, FILE_CHUNK_BYTES), advance)
 
     def upload(self, local_root: str, files: Mapping[str, int], root: str, advance: Advance) -> None:
         if self.is_local:
             _data_ops.copy(local_root, list(files), root)
             return
-        for batch in _batches(files):
-            if len(batch) == 1 and files[batch[0]] > CHUNK_BYTES:
-                with open(os.path.join(local_root, batch[0]), "rb") as f:
-                    offset = 0
-                    while chunk := f.read(CHUNK_BYTES):
-                        self.write_at(posixpath.join(root, batch[0]), chunk, offset)
-                        offset += len(chunk)
-                        advance(len(chunk))
+        for batch in batches_by_size(files):
+            name = batch[0]
+            if len(batch) == 1 and files[name] > CHUNK_BYTES:
+                self._upload_large(os.path.join(local_root, name), files[name], posixpath.join(root, name), advance)
                 continue
             contents = {name: Path(local_root, name).read_bytes() for name in batch}
             self._op("write_many", root, contents)
             advance(sum(len(data) for data in contents.values()))
+
+    def _upload_large(self, local_path: str, size: int, path: str, advance: Advance) -> None:
+        with open(local_path, "rb") as f:
+
+            def move(offset: int) -> int:
+                chunk = os.pread(f.fileno(), FILE_CHUNK_BYTES, offset)
+                self.write_at(path, chunk, offset)
+                return len(chunk)
+
+            advance(move(0))  # the first chunk creates (or truncates) the file; the others write into it
+            _in_chunks(move, range(FILE_CHUNK_BYTES, size, FILE_CHUNK_BYTES), advance)
 
     def open(self, path: str, mode: str = "rb") -> IO[Any]:
         """On this machine, the file itself; elsewhere a local copy, sent back (atomically) when closed."""
@@ -286,7 +316,7 @@ class _PosixSystem(DataSystem):
             if kind != "r":
                 os.makedirs(os.path.dirname(full), exist_ok=True)
             elif not os.path.isfile(full):
-                raise _not_found(self, path)
+                raise not_found_error(self, path)
             return open(full, mode)  # noqa: SIM115 - the caller closes it
         here = tempfile.mkdtemp(prefix="rh-open-")
         local = os.path.join(here, "file")
@@ -404,7 +434,8 @@ class SSHSystem(_PosixSystem):
         return _SCRIPTS[host]
 
     def _op(self, name: str, *args: Any) -> Any:
-        command = f"python3 {self._script_path()} {name} {shlex.quote(json.dumps(list(args)))}"
+        # -I -S: no site-packages or user environment to import, which halves the interpreter's start.
+        command = f"python3 -I -S {self._script_path()} {name} {shlex.quote(json.dumps(list(args)))}"
         result = self.cluster.ssh_connection.run(command, timeout=OPERATION_TIMEOUT_S)
         try:
             answer = json.loads(result.stdout)
@@ -446,7 +477,9 @@ class SSHSystem(_PosixSystem):
             )
 
     def upload(self, local_root: str, files: Mapping[str, int], root: str, advance: Advance) -> None:
-        self.mkdir(root)
+        # rsync makes only the last folder of its destination; the shell makes the rest without starting python.
+        command = f"mkdir -p {shlex.quote(_rsync_path(root))}"
+        self.cluster.ssh_connection.run(command, timeout=OPERATION_TIMEOUT_S, check=True)
         measure = functools.partial(self._tree_size, root)
         with _polled(measure, advance):
             self.cluster.ssh_connection.rsync(
@@ -518,7 +551,7 @@ def _polled(measure: Callable[[], int], advance: Advance) -> Iterator[None]:
 
 
 class _UploadOnClose(io.FileIO):
-    """A local file whose content is sent to its system when it is closed (see :meth:`SSHSystem.open`)."""
+    """A local file whose content is sent to its system when it is closed (see :meth:`_PosixSystem.open`)."""
 
     def __init__(self, path: str, mode: str, on_close: Callable[[], None]) -> None:
         super().__init__(path, mode)
@@ -538,173 +571,15 @@ def _mode_kind(mode: str) -> str:
     return kind
 
 
-# --- object stores ------------------------------------------------------------------------------------------
-class ObjectStoreSystem(DataSystem):
-    """A bucket in s3 or gs through fsspec (``s3fs`` / ``gcsfs``, installed with ``runhouse[s3]`` / ``[gs]``).
-
-    Credentials: for s3, what s3fs finds by itself (the ``AWS_*`` env vars, ``~/.aws`` files, instance
-    roles), or ``key``/``secret``/``token`` in ``storage_options``; for gs, gcsfs's defaults. Credentials
-    handed in ``credentials`` (the seam where ``rh.Secrets`` plugs in: a provider's secret as fsspec
-    options) are used like storage options but never written into a config. ``bucket`` is where default
-    locations go (``BUCKET/runhouse/...``); without it the ``default_bucket`` setting of ``rh.configs``.
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        storage_options: Mapping[str, Any] | None = None,
-        bucket: str | None = None,
-        credentials: Mapping[str, Any] | None = None,
-    ) -> None:
-        if kind not in _MISSING_EXTRA:
-            raise ConfigError(f"unknown object store {kind!r}: use 's3' or 'gs'")
-        self.kind = kind
-        self.storage_options = dict(storage_options or {})
-        self.bucket = bucket
-        self._credentials = dict(credentials or {})
-
-    def describe(self) -> str:
-        return self.kind
-
-    def public_options(self) -> dict[str, Any]:
-        """The storage options safe to write into a config (credentials left out)."""
-        return {k: v for k, v in self.storage_options.items() if k not in _SECRET_OPTIONS}
-
-    @functools.cached_property
-    def fs(self) -> Any:
-        """The fsspec filesystem (imported on first use)."""
-        import fsspec
-
-        try:
-            # Not fsspec's shared instance: credentials are read when it is made, and must be re-read here.
-            options = {**self.storage_options, **self._credentials, "skip_instance_cache": True}
-            return fsspec.filesystem(self.kind, **options)
-        except ImportError as exc:
-            raise ImportError(
-                f"{self.kind!r} data needs {'s3fs' if self.kind == 's3' else 'gcsfs'}: {_MISSING_EXTRA[self.kind]}"
-            ) from exc
-
-    def normalize(self, path: str) -> str:
-        prefix = f"{self.kind}://"
-        return (path[len(prefix) :] if path.startswith(prefix) else path).rstrip("/")
-
-    def data_root(self) -> str:
-        from runhouse.config import configs
-
-        bucket = self.bucket or configs.get("default_bucket")
-        if not bucket:
-            raise ConfigError(
-                f"no bucket for the default location on {self.kind!r}: pass path='BUCKET/...', "
-                f"system='{self.kind}://BUCKET', or set one with rh.configs.set('default_bucket', 'BUCKET')"
-            )
-        return f"{bucket}/runhouse"
-
-    def same_storage(self, other: DataSystem) -> bool:
-        return (
-            isinstance(other, ObjectStoreSystem)
-            and other.kind == self.kind
-            and other.storage_options == self.storage_options
-        )
-
-    @contextlib.contextmanager
-    def _errors(self, path: str) -> Iterator[None]:
-        """Turn fsspec's errors for missing paths and missing credentials into runhouse's."""
-        try:
-            yield
-        except FileNotFoundError as exc:
-            raise _not_found(self, path, exc) from None
-        except Exception as exc:
-            if "credential" in type(exc).__name__.lower() or "credentials" in str(exc).lower():
-                raise MissingCredentialsError(
-                    f"no credentials for {self.kind!r} ({exc}). For s3 set AWS_ACCESS_KEY_ID and "
-                    "AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials), or pass storage_options={'key': ..., "
-                    "'secret': ...}."
-                ) from exc
-            raise
-
-    def exists(self, path: str) -> bool:
-        with self._errors(path):
-            return bool(self.fs.exists(path))
-
-    def walk(self, path: str) -> dict[str, int]:
-        with self._errors(path):
-            found = self.fs.find(path, detail=True)
-            if not found and not self.fs.isdir(path):
-                raise _not_found(self, path)
-        base = path.rstrip("/") + "/"
-        return {key[len(base) :]: int(info["size"]) for key, info in found.items() if key.startswith(base)}
-
-    def ls(self, path: str) -> list[str]:
-        with self._errors(path):
-            if not self.fs.isdir(path):
-                raise _not_found(self, path)
-            return sorted(posixpath.basename(entry.rstrip("/")) for entry in self.fs.ls(path, detail=False))
-
-    def size(self, path: str) -> int:
-        with self._errors(path):
-            if not self.fs.isfile(path):
-                raise _not_found(self, path)
-            return int(self.fs.size(path))
-
-    def read(self, path: str, offset: int = 0, length: int = -1) -> bytes:
-        with self._errors(path):
-            end = None if length < 0 else offset + length
-            return bytes(self.fs.cat_file(path, start=offset or None, end=end))
-
-    def write(self, path: str, data: bytes) -> None:
-        with self._errors(path):
-            self.fs.pipe_file(path, bytes(data))
-
-    def mkdir(self, path: str) -> None:
-        with self._errors(path):
-            self.fs.makedirs(path, exist_ok=True)
-
-    def rm(self, path: str) -> bool:
-        with self._errors(path):
-            if not self.fs.exists(path):
-                return False
-            self.fs.rm(path, recursive=True)
-            self.fs.invalidate_cache()
-            return True
-
-    def replace(self, source: str, destination: str) -> None:
-        with self._errors(source):
-            self.rm(destination)
-            if self.fs.isdir(source):
-                names = list(self.walk(source))
-                self.fs.copy([f"{source}/{n}" for n in names], [f"{destination}/{n}" for n in names])
-            else:
-                self.fs.copy(source, destination)
-            self.rm(source)
-
-    def copy(self, root: str, names: list[str], destination: str) -> None:
-        with self._errors(root):
-            self.fs.copy([f"{root}/{n}" for n in names], [f"{destination}/{n}" for n in names])
-            self.fs.invalidate_cache()
-
-    def download(self, root: str, files: Mapping[str, int], local_root: str, advance: Advance) -> None:
-        with self._errors(root):
-            for batch in _batches(files):
-                for name in batch:
-                    os.makedirs(os.path.dirname(os.path.join(local_root, name)), exist_ok=True)
-                self.fs.get([f"{root}/{n}" for n in batch], [os.path.join(local_root, n) for n in batch])
-                advance(sum(files[n] for n in batch))
-
-    def upload(self, local_root: str, files: Mapping[str, int], root: str, advance: Advance) -> None:
-        with self._errors(root):
-            for batch in _batches(files):
-                self.fs.put([os.path.join(local_root, n) for n in batch], [f"{root}/{n}" for n in batch])
-                advance(sum(files[n] for n in batch))
-            self.fs.invalidate_cache()
-
-    def open(self, path: str, mode: str = "rb") -> IO[Any]:
-        with self._errors(path):
-            if mode[0] == "r" and not self.fs.isfile(path):
-                raise _not_found(self, path)
-            return self.fs.open(path, mode)  # type: ignore[no-any-return]
+def _in_chunks(move: Callable[[int], int], offsets: Iterable[int], advance: Advance) -> None:
+    """Run ``move(offset)`` (which returns the bytes it moved) for every offset, :data:`CHUNKS_IN_FLIGHT` at
+    a time, so that one side's reading and copying overlaps the other's."""
+    with ThreadPoolExecutor(CHUNKS_IN_FLIGHT, thread_name_prefix="rh-chunk") as pool:
+        for moved in pool.map(move, offsets):
+            advance(moved)
 
 
-def _batches(sizes: Mapping[str, int]) -> Iterator[list[str]]:
+def batches_by_size(sizes: Mapping[str, int]) -> Iterator[list[str]]:
     """The names of ``sizes`` in groups of about :data:`CHUNK_BYTES`; a larger file is a group of its own."""
     batch: list[str] = []
     batch_bytes = 0
@@ -740,8 +615,10 @@ def data_system(system: Any = None, storage_options: Mapping[str, Any] | None = 
     if system is None or system in ("file", "here", "local"):
         return FileSystem()
     if isinstance(system, str):
+        from runhouse.resources._object_store import FSSPEC_PACKAGES, ObjectStoreSystem
+
         kind, _, bucket = system.partition("://")
-        if kind in _MISSING_EXTRA:
+        if kind in FSSPEC_PACKAGES:
             return ObjectStoreSystem(kind, storage_options, bucket=bucket or None)
         from runhouse.resources.resource import load_typed
 
@@ -753,13 +630,6 @@ def data_system(system: Any = None, storage_options: Mapping[str, Any] | None = 
     if isinstance(system, Cluster):
         return DaemonSystem(system)
     raise ConfigError(f"system={system!r}: use 'file', 's3', 'gs', a cluster or a cluster's name")
-
-
-def system_config(system: DataSystem) -> dict[str, Any]:
-    """The config fields naming ``system``: ``system`` and, for object stores, ``storage_options``."""
-    if isinstance(system, ObjectStoreSystem):
-        return {"system": system.describe(), "storage_options": system.public_options()}
-    return {"system": system.describe()}
 
 
 def transfer(
@@ -804,11 +674,7 @@ def transfer(
                 destination.upload(here, files, stage, advance)
         if not files:
             destination.mkdir(stage)
-    if single_file:
-        destination.replace(posixpath.join(stage, name), destination_path)
-        destination.rm(stage)
-    else:
-        destination.replace(stage, destination_path)
+    destination.swap(stage, destination_path, name if single_file else None)
 
 
 @contextlib.contextmanager

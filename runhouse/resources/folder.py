@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import IO, Any, ClassVar, TypeVar
 
 from runhouse.errors import InvalidNameError
-from runhouse.resources.data_system import DataSystem, data_system, system_config, transfer
+from runhouse.resources.data_system import DataSystem, data_system, transfer
 from runhouse.resources.resource import Resource
 
 D = TypeVar("D", bound="DataResource")
@@ -84,7 +84,7 @@ class DataResource(Resource):
         return False
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "path": self.path, **system_config(self.system)}
+        return {**super().config(), "path": self.path, **self.system.config_fields()}
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> DataResource:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -26,6 +27,50 @@ def test_numpy_arrays_travel_out_of_band_and_arrive_writable():
     back = roundtrip(array)
     assert np.array_equal(back, array)
     back[0] = 42.0  # received into a bytearray: writable
+
+
+LARGE = serialization.OUT_OF_BAND_MIN
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_large_bytes_travel_out_of_band_and_keep_their_type(kind):
+    value = kind(os.urandom(4 * LARGE))
+    parts = serialization.serialize(value)
+    assert len(parts) == 3, "header, pickle stream, one out-of-band buffer"
+    assert memoryview(parts[1]).nbytes < 200, "the bytes are not inside the pickle stream"
+    back = roundtrip(value)
+    assert type(back) is kind and back == value
+
+
+def test_large_bytes_inside_call_arguments_travel_out_of_band():
+    data = os.urandom(LARGE)
+    arguments = (("root", {"a.bin": data, "b.bin": data[:10]}), {"offset": 0})
+    parts = serialization.serialize(arguments)
+    assert len(parts) == 3 and memoryview(parts[1]).nbytes < 300
+    assert roundtrip(arguments) == arguments
+
+
+def test_small_bytes_stay_in_the_pickle_stream():
+    parts = serialization.serialize([b"x" * (LARGE - 1), bytearray(10)])
+    assert len(parts) == 2, "header and pickle stream only"
+
+
+def test_large_bytes_between_processes_go_through_shared_memory():
+    value = os.urandom(2 * serialization.SHM_THRESHOLD)
+    parts = serialization.serialize(value, shm=True)
+    assert parts[2].startswith(serialization.SHM_PREFIX.encode()), "only the file's name is sent"
+    back = serialization.deserialize(serialization.join(parts))
+    assert type(back) is bytes and back == value
+
+
+def test_out_of_band_bytes_and_persistent_ids_travel_together():
+    class Handle:
+        key = "k1"
+
+    data = os.urandom(LARGE)
+    parts = serialization.serialize([Handle(), data], lambda o: ("ref", o.key) if isinstance(o, Handle) else None)
+    back = serialization.deserialize(serialization.join(parts), lambda pid: f"resolved {pid[1]}")
+    assert back == ["resolved k1", data]
 
 
 def test_buffers_are_views_not_copies():

@@ -1,0 +1,185 @@
+"""Buckets in s3 and gs as a :class:`~runhouse.resources.data_system.DataSystem`, through fsspec (``s3fs`` /
+``gcsfs``, the optional extras ``runhouse[s3]`` / ``runhouse[gs]``). Imported only when a bucket is named."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import posixpath
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+from runhouse.errors import ConfigError, MissingCredentialsError
+from runhouse.resources.data_system import Advance, DataSystem, batches_by_size, not_found_error
+
+# The fsspec package each store needs (and the extra that installs it).
+FSSPEC_PACKAGES = {"s3": "s3fs", "gs": "gcsfs"}
+# Options that hold credentials: used, never written into a resource's config.
+_SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "client_secret", "access_token", "credentials"})
+
+
+class ObjectStoreSystem(DataSystem):
+    """A bucket in s3 or gs through fsspec (``s3fs`` / ``gcsfs``, installed with ``runhouse[s3]`` / ``[gs]``).
+
+    Credentials: for s3, what s3fs finds by itself (the ``AWS_*`` env vars, ``~/.aws`` files, instance
+    roles), or ``key``/``secret``/``token`` in ``storage_options``; for gs, gcsfs's defaults. Credentials
+    handed in ``credentials`` (the seam where ``rh.Secrets`` plugs in: a provider's secret as fsspec
+    options) are used like storage options but never written into a config. ``bucket`` is where default
+    locations go (``BUCKET/runhouse/...``); without it the ``default_bucket`` setting of ``rh.configs``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        storage_options: Mapping[str, Any] | None = None,
+        bucket: str | None = None,
+        credentials: Mapping[str, Any] | None = None,
+    ) -> None:
+        if kind not in FSSPEC_PACKAGES:
+            raise ConfigError(f"unknown object store {kind!r}: use 's3' or 'gs'")
+        self.kind = kind
+        self.storage_options = dict(storage_options or {})
+        self.bucket = bucket
+        self._credentials = dict(credentials or {})
+
+    def describe(self) -> str:
+        return self.kind
+
+    def config_fields(self) -> dict[str, Any]:
+        """``system`` and the storage options safe to write into a config (credentials left out)."""
+        public = {k: v for k, v in self.storage_options.items() if k not in _SECRET_OPTIONS}
+        return {"system": self.kind, "storage_options": public}
+
+    @functools.cached_property
+    def fs(self) -> Any:
+        """The fsspec filesystem (imported on first use)."""
+        import fsspec
+
+        try:
+            # Not fsspec's shared instance: credentials are read when it is made, and must be re-read here.
+            options = {**self.storage_options, **self._credentials, "skip_instance_cache": True}
+            return fsspec.filesystem(self.kind, **options)
+        except ImportError as exc:
+            raise ImportError(
+                f'{self.kind!r} data needs {FSSPEC_PACKAGES[self.kind]}: pip install "runhouse[{self.kind}]"'
+            ) from exc
+
+    def normalize(self, path: str) -> str:
+        prefix = f"{self.kind}://"
+        return (path[len(prefix) :] if path.startswith(prefix) else path).rstrip("/")
+
+    def data_root(self) -> str:
+        from runhouse.config import configs
+
+        bucket = self.bucket or configs.get("default_bucket")
+        if not bucket:
+            raise ConfigError(
+                f"no bucket for the default location on {self.kind!r}: pass path='BUCKET/...', "
+                f"system='{self.kind}://BUCKET', or set one with rh.configs.set('default_bucket', 'BUCKET')"
+            )
+        return f"{bucket}/runhouse"
+
+    def same_storage(self, other: DataSystem) -> bool:
+        return (
+            isinstance(other, ObjectStoreSystem)
+            and other.kind == self.kind
+            and other.storage_options == self.storage_options
+        )
+
+    @contextlib.contextmanager
+    def _errors(self, path: str) -> Iterator[None]:
+        """Turn fsspec's errors for missing paths and missing credentials into runhouse's."""
+        try:
+            yield
+        except FileNotFoundError as exc:
+            raise not_found_error(self, path, exc) from None
+        except Exception as exc:
+            if "credential" in type(exc).__name__.lower() or "credentials" in str(exc).lower():
+                raise MissingCredentialsError(
+                    f"no credentials for {self.kind!r} ({exc}). For s3 set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials), or pass storage_options={'key': ..., "
+                    "'secret': ...}."
+                ) from exc
+            raise
+
+    def exists(self, path: str) -> bool:
+        with self._errors(path):
+            return bool(self.fs.exists(path))
+
+    def walk(self, path: str) -> dict[str, int]:
+        with self._errors(path):
+            found = self.fs.find(path, detail=True)
+            if not found and not self.fs.isdir(path):
+                raise not_found_error(self, path)
+        base = path.rstrip("/") + "/"
+        return {key[len(base) :]: int(info["size"]) for key, info in found.items() if key.startswith(base)}
+
+    def ls(self, path: str) -> list[str]:
+        with self._errors(path):
+            if not self.fs.isdir(path):
+                raise not_found_error(self, path)
+            return sorted(posixpath.basename(entry.rstrip("/")) for entry in self.fs.ls(path, detail=False))
+
+    def size(self, path: str) -> int:
+        with self._errors(path):
+            if not self.fs.isfile(path):
+                raise not_found_error(self, path)
+            return int(self.fs.size(path))
+
+    def read(self, path: str, offset: int = 0, length: int = -1) -> bytes:
+        with self._errors(path):
+            end = None if length < 0 else offset + length
+            return bytes(self.fs.cat_file(path, start=offset or None, end=end))
+
+    def write(self, path: str, data: bytes) -> None:
+        with self._errors(path):
+            self.fs.pipe_file(path, bytes(data))
+
+    def mkdir(self, path: str) -> None:
+        with self._errors(path):
+            self.fs.makedirs(path, exist_ok=True)
+
+    def rm(self, path: str) -> bool:
+        with self._errors(path):
+            if not self.fs.exists(path):
+                return False
+            self.fs.rm(path, recursive=True)
+            self.fs.invalidate_cache()
+            return True
+
+    def replace(self, source: str, destination: str) -> None:
+        with self._errors(source):
+            self.rm(destination)
+            if self.fs.isdir(source):
+                names = list(self.walk(source))
+                self.fs.copy([f"{source}/{n}" for n in names], [f"{destination}/{n}" for n in names])
+            else:
+                self.fs.copy(source, destination)
+            self.rm(source)
+
+    def copy(self, root: str, names: list[str], destination: str) -> None:
+        with self._errors(root):
+            self.fs.copy([f"{root}/{n}" for n in names], [f"{destination}/{n}" for n in names])
+            self.fs.invalidate_cache()
+
+    def download(self, root: str, files: Mapping[str, int], local_root: str, advance: Advance) -> None:
+        with self._errors(root):
+            for batch in batches_by_size(files):
+                for name in batch:
+                    os.makedirs(os.path.dirname(os.path.join(local_root, name)), exist_ok=True)
+                self.fs.get([f"{root}/{n}" for n in batch], [os.path.join(local_root, n) for n in batch])
+                advance(sum(files[n] for n in batch))
+
+    def upload(self, local_root: str, files: Mapping[str, int], root: str, advance: Advance) -> None:
+        with self._errors(root):
+            for batch in batches_by_size(files):
+                self.fs.put([os.path.join(local_root, n) for n in batch], [f"{root}/{n}" for n in batch])
+                advance(sum(files[n] for n in batch))
+            self.fs.invalidate_cache()
+
+    def open(self, path: str, mode: str = "rb") -> IO[Any]:
+        with self._errors(path):
+            if mode[0] == "r" and not self.fs.isfile(path):
+                raise not_found_error(self, path)
+            return self.fs.open(path, mode)  # type: ignore[no-any-return]
