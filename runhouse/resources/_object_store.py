@@ -10,23 +10,42 @@ import posixpath
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-from runhouse.errors import ConfigError, MissingCredentialsError
+from runhouse.errors import ConfigError, MissingCredentialsError, ObjectNotFoundError
 from runhouse.resources.data_system import Advance, DataSystem, batches_by_size, not_found_error
 
 # The fsspec package each store needs (and the extra that installs it).
 FSSPEC_PACKAGES = {"s3": "s3fs", "gs": "gcsfs"}
+# The rh.Secrets secret each store takes its credentials from.
+_SECRET_NAMES = {"s3": "aws", "gs": "gcp"}
 # Options that hold credentials: used, never written into a resource's config.
 _SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "client_secret", "access_token", "credentials"})
+
+
+def stored_credentials(kind: str) -> dict[str, Any]:
+    """The store's ``aws`` (s3) or ``gcp`` (gs) secret as fsspec options; empty when there is none, or no store."""
+    from runhouse.resources.secret import secret_store
+
+    store = secret_store(required=False)
+    if store is None:
+        return {}
+    try:
+        _, values = store.get(_SECRET_NAMES[kind])
+    except ObjectNotFoundError:
+        return {}
+    if kind == "s3":
+        return {"key": values.get("access_key"), "secret": values.get("secret_key")}
+    return {"token": values.get("credentials")}
 
 
 class ObjectStoreSystem(DataSystem):
     """A bucket in s3 or gs through fsspec (``s3fs`` / ``gcsfs``, installed with ``runhouse[s3]`` / ``[gs]``).
 
-    Credentials: for s3, what s3fs finds by itself (the ``AWS_*`` env vars, ``~/.aws`` files, instance
-    roles), or ``key``/``secret``/``token`` in ``storage_options``; for gs, gcsfs's defaults. Credentials
-    handed in ``credentials`` (the seam where ``rh.Secrets`` plugs in: a provider's secret as fsspec
-    options) are used like storage options but never written into a config. ``bucket`` is where default
-    locations go (``BUCKET/runhouse/...``); without it the ``default_bucket`` setting of ``rh.configs``.
+    Credentials, first found wins: ``credentials`` or ``key``/``secret``/``token`` in ``storage_options``;
+    the ``aws`` (for s3) or ``gcp`` (for gs) secret in ``rh.Secrets``' store, when one is set up (Den after
+    ``rh.login``, or Vault); then what s3fs or gcsfs find by themselves (the ``AWS_*`` env vars, ``~/.aws``
+    files, instance roles; gcloud's defaults). They are used like storage options but never written into a
+    config. ``bucket`` is where default locations go (``BUCKET/runhouse/...``); without it the
+    ``default_bucket`` setting of ``rh.configs``.
     """
 
     def __init__(
@@ -58,7 +77,10 @@ class ObjectStoreSystem(DataSystem):
 
         try:
             # Not fsspec's shared instance: credentials are read when it is made, and must be re-read here.
-            options = {**self.storage_options, **self._credentials, "skip_instance_cache": True}
+            credentials = self._credentials
+            if not credentials and not _SECRET_OPTIONS & set(self.storage_options):
+                credentials = stored_credentials(self.kind)
+            options = {**self.storage_options, **credentials, "skip_instance_cache": True}
             return fsspec.filesystem(self.kind, **options)
         except ImportError as exc:
             raise ImportError(

@@ -20,9 +20,11 @@ import pyarrow as pa
 import pytest
 
 import runhouse as rh
+from runhouse.config import configs
 from runhouse.errors import MissingCredentialsError
 from runhouse.resources.ssh_cluster import SSHCluster
 from tests.integration.data.conftest import BUCKET, SSHServer, Target, digest, local_tree, tree_digest
+from tests.integration.den.conftest import DenServer
 
 MIB = 1 << 20
 
@@ -200,3 +202,27 @@ def test_a_table_larger_than_its_batches_writes_and_streams_in_bounded_memory(
     growth = peak_rss["peak"] - peak_rss["start"]
     print(f"wrote and streamed {total / MIB:.0f} MiB; peak RSS growth {growth / MIB:.0f} MiB")
     assert growth < 150 * MIB
+
+
+def test_s3_takes_its_credentials_from_rh_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_target: Target, config_dir: Path
+) -> None:
+    fake = {"access_key": os.environ["AWS_ACCESS_KEY_ID"], "secret_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    den = DenServer(f"sqlite:///{tmp_path / 'den.sqlite'}").start()
+    try:
+        rh.login(token=den.user("s3").token, den_url=den.url)
+        rh.Secrets.put("aws", secret=fake)
+        blob = rh.blob(data=b"from secrets", path=s3_target.path("via-secrets"), system="s3",
+                       storage_options=s3_target.storage_options)
+        blob.write()
+        assert blob.fetch() == b"from secrets"
+        assert fake["secret_key"] not in json.dumps(blob.config())
+    finally:
+        rh.logout()
+        configs.set("den_url", None)
+        den.stop()
