@@ -86,14 +86,15 @@ class DataResource(Resource):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "path": self.path, **self.system.config_fields()}
 
+    @staticmethod
+    def _location(config: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments every data resource's config holds."""
+        return {"path": config["path"], "system": config["system"], "name": config.get("name"),
+                "storage_options": config.get("storage_options")}
+
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> DataResource:
-        return cls(
-            path=config["path"],
-            system=config["system"],
-            name=config.get("name"),
-            storage_options=config.get("storage_options"),
-        )
+        return cls(**cls._location(config))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.rns_address or self.name!r} at {self.path!r} on {self.system!r}>"

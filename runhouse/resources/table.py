@@ -140,10 +140,7 @@ class Table(DataResource):
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Table:
         return cls(
-            path=config["path"],
-            system=config["system"],
-            name=config.get("name"),
-            storage_options=config.get("storage_options"),
+            **cls._location(config),
             num_rows=config.get("num_rows"),
             schema=config.get("schema"),
         )
