@@ -119,9 +119,9 @@ class ObjectStoreSystem(DataSystem):
         except Exception as exc:
             if "credential" in type(exc).__name__.lower() or "credentials" in str(exc).lower():
                 raise MissingCredentialsError(
-                    f"no credentials for {self.kind!r} ({exc}). For s3 set AWS_ACCESS_KEY_ID and "
-                    "AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials), or pass storage_options={'key': ..., "
-                    "'secret': ...}."
+                    f"no credentials for {self.kind!r} ({exc}). For s3 store them with rh.Secrets.put('aws', ...), "
+                    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials), or pass "
+                    "storage_options={'key': ..., 'secret': ...}."
                 ) from exc
             raise
 
