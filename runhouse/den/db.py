@@ -80,6 +80,7 @@ POOL_RECYCLE_S = 3600
 # Queued audit entries are written at least this often, and at once when this many are waiting.
 AUDIT_FLUSH_INTERVAL_S = 0.25
 AUDIT_BATCH = 500
+AUDIT_MAX_PENDING = 100_000  # beyond this (the database refusing writes), the oldest queued entries go
 _READ_ONLY = "rh_read_only"  # execution option of read-only connections
 
 
@@ -417,6 +418,10 @@ class AuditWriter:
             return
         with self._lock:
             self._pending.extend(entries)
+            overflow = len(self._pending) - AUDIT_MAX_PENDING
+            if overflow > 0:  # the database has been unwritable for a long while: keep the newest
+                del self._pending[:overflow]
+                logger.error("Den dropped %d audit entries of reads: its database has refused writes", overflow)
             full = len(self._pending) >= AUDIT_BATCH
         if full:
             self._wake.set()
