@@ -225,17 +225,17 @@ class SecretList(BaseModel):
     secrets: list[SecretSummary]
 
 
-# ------------------------------------------------------------------------------------ dependencies
+# ------------------------------------------------------------------------ authentication and transactions
 
 # The token is read straight from the header in _call (FastAPI's security dependency costs about 0.2 ms a
-# request); the scheme is added to the OpenAPI schema by _openapi.
+# request); create_app adds the scheme to the OpenAPI schema.
 _SECURITY_SCHEME = {"type": "http", "scheme": "bearer",
                     "description": "A token from `runhouse den user add` or POST /v1/tokens"}
 
 
 def _bearer_token(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 async def _call(request: Request, action: Callable[[Caller], Any], read_only: bool = False) -> JSONResponse:
