@@ -23,9 +23,9 @@ _SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "client_secre
 
 def stored_credentials(kind: str) -> dict[str, Any]:
     """The store's ``aws`` (s3) or ``gcp`` (gs) secret as fsspec options; empty when there is none, or no store."""
-    from runhouse.resources.secret import secret_store
+    from runhouse.resources.secret import configured_store
 
-    store = secret_store(required=False)
+    store = configured_store()
     if store is None:
         return {}
     try:

@@ -123,11 +123,11 @@ class VaultSecretStore(SecretStore):
         return {key: self.get(key)[0] for key in keys if not key.endswith("/")}
 
 
-def secret_store(required: bool = True, owner: str | None = None) -> SecretStore | None:
-    """The store ``rh.configs`` selects: Den when logged in, or Vault.
+def configured_store(owner: str | None = None) -> SecretStore | None:
+    """The store ``rh.configs`` selects: Vault when chosen, else Den when logged in, else None.
 
     Raises:
-        ConfigError: ``required`` and no store is set up (not logged in, or Vault without URL or token).
+        ConfigError: Vault is chosen without ``vault_url`` or ``VAULT_TOKEN``.
     """
     from runhouse.config import configs
 
@@ -138,10 +138,20 @@ def secret_store(required: bool = True, owner: str | None = None) -> SecretStore
         return VaultSecretStore(url, token, configs.get("vault_mount") or "secret")
     if configs.get("den_url") and configs.get("token"):
         return DenSecretStore(owner)
-    if required:
+    return None
+
+
+def secret_store(owner: str | None = None) -> SecretStore:
+    """The configured store (:func:`configured_store`).
+
+    Raises:
+        ConfigError: there is none: not logged in to Den, and Vault not chosen.
+    """
+    store = configured_store(owner)
+    if store is None:
         raise ConfigError("storing secrets needs Den: log in with rh.login(...) (or set secrets_backend to vault); "
                           "without an account, Secrets.save_provider_secrets writes local files")
-    return None
+    return store
 
 
 def _values_from(provider: Provider, from_env: bool, file_path: str | None,
@@ -194,7 +204,7 @@ class Secrets:
         """
         values = _values_from(find_provider(provider), from_env, file_path, secret)
         name = name or provider
-        secret_store(owner=owner).put(name, provider, values)  # type: ignore[union-attr]
+        secret_store(owner).put(name, provider, values)
         return name
 
     @staticmethod
@@ -205,7 +215,7 @@ class Secrets:
             ObjectNotFoundError: the store has no such secret.
             MissingCredentialsError: no store, and nothing on this machine.
         """
-        store = secret_store(required=False, owner=owner)
+        store = configured_store(owner)
         if store is None:
             return find_provider(provider).read_local()
         return store.get(provider)[1]
@@ -213,12 +223,12 @@ class Secrets:
     @staticmethod
     def delete(provider: str, owner: str | None = None) -> None:
         """Delete a stored secret."""
-        secret_store(owner=owner).delete(provider)  # type: ignore[union-attr]
+        secret_store(owner).delete(provider)
 
     @staticmethod
     def names(owner: str | None = None) -> dict[str, str]:
         """The stored secrets' names, to their providers (never values)."""
-        return secret_store(owner=owner).names()  # type: ignore[union-attr]
+        return secret_store(owner).names()
 
     @staticmethod
     def extract_and_upload(providers: Iterable[str] | str | None = None) -> list[str]:
@@ -233,9 +243,7 @@ class Secrets:
         Returns ``{"written": [...], "skipped": [...]}``; skipped files are also named on stderr.
         """
         store = secret_store()
-        assert store is not None
-        stored = store.names()
-        chosen = _chosen(providers, stored)
+        chosen = _chosen(providers, store.names())
         files: Files = {}
         for name in chosen:
             provider, values = store.get(name)
@@ -262,7 +270,7 @@ class Secrets:
 
         Values come from the secret store when one is set up, else from this machine.
         """
-        store = secret_store(required=False)
+        store = configured_store()
         default = store.names() if store is not None else Secrets.configured_providers()
         files: Files = {}
         for name in _chosen(providers, default):
@@ -341,7 +349,7 @@ def secret(name: str | None = None, provider: str | None = None, values: dict[st
         rh.secret(name="my-api", provider="my-api", values={"key": "..."}).save()
     """
     if values is None and provider is None and name is not None:  # load by name
-        store = secret_store(required=False)
+        store = configured_store()
         if store is None:
             return Secret(name, name)
         provider, values = store.get(name)
