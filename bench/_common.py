@@ -13,16 +13,20 @@ from __future__ import annotations
 import http.client
 import math
 import os
+import platform
+import shutil
 import socket
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 MIB = 1024 * 1024
@@ -386,6 +390,36 @@ def git_revision(repo: Path) -> str:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def new_state(prefix: str) -> Path:
+    """A new temporary folder for one bench run, with ``logs/`` in it, and ``RH_CONFIG_DIR`` pointed inside it
+    (call before runhouse is imported; the daemons and servers a bench starts inherit it)."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["RH_CONFIG_DIR"] = str(state / "rh")
+    (state / "logs").mkdir()
+    return state
+
+
+def drop_state(state: Path, keep: bool) -> None:
+    """Delete a run's folder, or say where it is kept."""
+    if keep:
+        print(f"kept {state}")
+    else:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def run_header(version: str, quick: bool) -> str:
+    """One line saying what ran where: runhouse version and revision, Python, CPUs, quick or full run."""
+    return (f"runhouse {version} at {git_revision(BENCH_DIR.parent)}; Python {platform.python_version()}; "
+            f"{cpu_count()} CPUs ({cpu_model()}); {'quick' if quick else 'full'} run")
+
+
+def finish(began: float, results: Any) -> int:
+    """Print the run's duration and ``results.table()``; the exit code: 1 if any section failed."""
+    print(f"\nbench took {time.perf_counter() - began:.1f} s\n")
+    results.table()
+    return 1 if results.failures else 0
 
 
 def section(failures: list[str], title: str, fn: Callable[[], object]) -> None:

@@ -27,10 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -414,16 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config()
 
-    state = Path(tempfile.mkdtemp(prefix="rh-bench-"))
-    os.environ["RH_CONFIG_DIR"] = str(state / "rh")  # before runhouse is imported, and inherited by daemons
-    (state / "logs").mkdir()
+    state = C.new_state("rh-bench-")  # before runhouse is imported
     import numpy as np
 
     import runhouse as rh
     from runhouse.server import daemon
 
-    print(f"runhouse {rh.__version__} at {C.git_revision(BENCH_DIR.parent)}; Python {platform.python_version()}; "
-          f"{C.cpu_count()} CPUs ({C.cpu_model()}); {'quick' if args.quick else 'full'} run")
+    print(C.run_header(rh.__version__, args.quick))
     print(f"state in {state}; a fresh 100 MiB buffer (allocate + first touch) costs "
           f"{C.fresh_buffer_ms(BIG):.0f} ms here")
     R = Results()
@@ -447,13 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001
                 print(f"could not stop the daemon on port {port}: {exc}")
         procs.stop_all()
-        if args.keep_state:
-            print(f"kept {state}")
-        else:
-            shutil.rmtree(state, ignore_errors=True)
-    print(f"\nbench took {time.perf_counter() - began:.1f} s\n")
-    R.table()
-    return 1 if R.failures else 0
+        C.drop_state(state, args.keep_state)
+    return C.finish(began, R)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -165,15 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller trees and tables (smoke run)")
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick or os.environ.get("RH_BENCH_QUICK") else Config()
-    state = Path(tempfile.mkdtemp(prefix="rh-bench-data-"))
-    os.environ["RH_CONFIG_DIR"] = str(state / "rh")
+    state = C.new_state("rh-bench-data-")  # before runhouse is imported
 
     import runhouse as rh
     from runhouse.resources.data_system import DaemonSystem
     from runhouse.server import daemon
 
-    print(f"runhouse {rh.__version__} at {C.git_revision(BENCH_DIR.parent)}; Python {platform.python_version()}; "
-          f"{C.cpu_count()} CPUs ({C.cpu_model()}); {'quick' if cfg != Config() else 'full'} run")
+    print(C.run_header(rh.__version__, cfg != Config()))
     R = Results()
     port = C.free_port()
     sshd = None
@@ -205,10 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         daemon.stop(port)
         if sshd is not None:
             sshd.kill()
-        shutil.rmtree(state, ignore_errors=True)
-    print(f"\nbench took {time.perf_counter() - began:.1f} s\n")
-    R.table()
-    return 1 if R.failures else 0
+        C.drop_state(state, keep=False)
+    return C.finish(began, R)
 
 
 def start_ssh_cluster(rh: Any, state: Path) -> tuple[Any, Any]:

@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -412,13 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config()
 
-    state = Path(tempfile.mkdtemp(prefix="rh-bench-den-"))
-    os.environ["RH_CONFIG_DIR"] = str(state / "rh")  # before runhouse is imported; inherited by Den servers
-    (state / "logs").mkdir()
+    state = C.new_state("rh-bench-den-")  # before runhouse is imported
     import runhouse as rh
 
-    print(f"runhouse {rh.__version__} at {C.git_revision(REPO)}; Python {platform.python_version()}; "
-          f"{C.cpu_count()} CPUs ({C.cpu_model()}); {'quick' if args.quick else 'full'} run")
+    print(C.run_header(rh.__version__, args.quick))
     print(f"state in {state}")
     R = Results(cfg)
     procs = C.Processes(state / "logs")
@@ -455,13 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
         if postgres is not None:
             postgres.stop()
-        if args.keep_state:
-            print(f"kept {state}")
-        else:
-            shutil.rmtree(state, ignore_errors=True)
-    print(f"\nbench took {time.perf_counter() - began:.1f} s\n")
-    R.table()
-    return 1 if R.failures else 0
+        C.drop_state(state, args.keep_state)
+    return C.finish(began, R)
 
 
 if __name__ == "__main__":
