@@ -6,6 +6,7 @@ errors Den raises. Den's URL and the user's token come from ``rh.configs`` (``rh
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import httpx
@@ -99,18 +100,30 @@ def _den_error(type_name: str) -> type[RunhouseError]:
     return BY_NAME.get(type_name, DaemonError)
 
 
+_shared: DenClient | None = None
+_shared_key: tuple[str, str] | None = None
+_shared_lock = threading.Lock()
+
+
 def den_client() -> DenClient:
-    """A client for the Den and user in ``rh.configs``.
+    """The client for the Den and user in ``rh.configs``: one per process, kept while they stay the same,
+    so its connections are reused (httpx clients are thread-safe).
 
     Raises:
         ConfigError: not logged in (no Den URL or token); ``rh.login`` first.
     """
+    global _shared, _shared_key
     from runhouse.config import configs
 
     url, token = configs.get("den_url"), configs.get("token")
     if not url or not token:
         raise ConfigError("Den addresses (@/..., /owner/...) need a Den: log in first with rh.login(...)")
-    return DenClient(url, token)
+    with _shared_lock:
+        if _shared is None or _shared_key != (url, token):
+            if _shared is not None:
+                _shared.close()
+            _shared, _shared_key = DenClient(url, token), (url, token)
+        return _shared
 
 
 def check_token(url: str, token: str) -> dict[str, Any]:
