@@ -209,10 +209,15 @@ class KeyPair(Provider):
 
     def render(self, values: dict[str, Any]) -> Files:
         (private,) = self._require(values, "private_key")
-        files = {self.paths[0]: private}
+        private_path, public_path = self.key_paths(values)
+        files = {private_path: private}
         if values.get("public_key"):
-            files[self.paths[1]] = values["public_key"]
+            files[public_path] = values["public_key"]
         return files
+
+    def key_paths(self, values: dict[str, Any]) -> tuple[str, ...]:
+        """Where ``values`` are written: the private key's path and its ``.pub``."""
+        return self.paths
 
 
 class Sky(KeyPair):
@@ -235,15 +240,11 @@ class SSH(KeyPair):
         values = super().from_files(file_path)
         return {**values, "key_name": Path(file_path or self.paths[0]).name}
 
-    def render(self, values: dict[str, Any]) -> Files:
+    def key_paths(self, values: dict[str, Any]) -> tuple[str, ...]:
         key = values.get("key_name") or self.KEY_NAMES[0]
         if "/" in key or key.startswith("."):
             raise ConfigError(f"ssh key_name must be a plain file name in ~/.ssh, not {key!r}")
-        private, public = f"~/.ssh/{key}", f"~/.ssh/{key}.pub"
-        files = {private: self._require(values, "private_key")[0]}
-        if values.get("public_key"):
-            files[public] = values["public_key"]
-        return files
+        return (f"~/.ssh/{key}", f"~/.ssh/{key}.pub")
 
 
 class Custom(Provider):

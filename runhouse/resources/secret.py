@@ -175,6 +175,14 @@ def _chosen(names: Iterable[str] | str | None, default: Iterable[str]) -> list[s
     return [names] if isinstance(names, str) else list(default if names is None else names)
 
 
+def _files(secrets: Iterable[tuple[str, dict[str, Any]]]) -> Files:
+    """The files that hold each ``(provider, values)``."""
+    files: Files = {}
+    for provider, values in secrets:
+        files.update(find_provider(provider).render(values))
+    return files
+
+
 def _say(report: Report, where: str) -> Report:
     for path in report["skipped"]:
         _console.print(f"kept existing {path}{where} (pass overwrite=True to replace it)")
@@ -243,20 +251,13 @@ class Secrets:
         Returns ``{"written": [...], "skipped": [...]}``; skipped files are also named on stderr.
         """
         store = secret_store()
-        chosen = _chosen(providers, store.names())
-        files: Files = {}
-        for name in chosen:
-            provider, values = store.get(name)
-            files.update(find_provider(provider).render(values))
+        files = _files(store.get(name) for name in _chosen(providers, store.names()))
         return _say(write_files(files, overwrite), "")
 
     @staticmethod
     def save_provider_secrets(secrets: dict[str, dict[str, Any]], overwrite: bool = False) -> Report:
         """Write ``{provider: values}`` into the providers' files here, with no account needed."""
-        files: Files = {}
-        for name, values in secrets.items():
-            files.update(find_provider(name).render(values))
-        return _say(write_files(files, overwrite), "")
+        return _say(write_files(_files(secrets.items()), overwrite), "")
 
     @staticmethod
     def remove_local(providers: Iterable[str] | str | None = None) -> list[str]:
@@ -272,10 +273,8 @@ class Secrets:
         """
         store = configured_store()
         default = store.names() if store is not None else Secrets.configured_providers()
-        files: Files = {}
-        for name in _chosen(providers, default):
-            provider, values = store.get(name) if store is not None else (name, Secrets.get(name))
-            files.update(find_provider(provider).render(values))
+        chosen = _chosen(providers, default)
+        files = _files(store.get(name) if store is not None else (name, Secrets.get(name)) for name in chosen)
         return _say(_install(cluster, files, overwrite), f" on {cluster.name}")
 
 
@@ -313,12 +312,11 @@ class Secret(Resource):
 
     def write(self, overwrite: bool = False) -> Report:
         """Write the values into the provider's files on this machine."""
-        return _say(write_files(find_provider(self.provider).render(self.values), overwrite), "")
+        return _say(write_files(_files([(self.provider, self.values)]), overwrite), "")
 
     def to(self, cluster: Cluster, overwrite: bool = False) -> Report:
         """Write the values into the provider's files on ``cluster``."""
-        files = find_provider(self.provider).render(self.values)
-        return _say(_install(cluster, files, overwrite), f" on {cluster.name}")
+        return _say(_install(cluster, _files([(self.provider, self.values)]), overwrite), f" on {cluster.name}")
 
     def delete_configs(self) -> bool:
         """Delete the stored secret; returns whether there was one."""
