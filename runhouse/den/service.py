@@ -17,6 +17,7 @@ missing resources alike, so others' names are not revealed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -136,14 +137,17 @@ def _find(session: Session, address: Address, lock: bool = False) -> Resource | 
     return session.scalar(query.with_for_update() if lock else query)
 
 
-_READ_NEEDS = "ownership, org membership, a share, or the resource being public"
+def _require_read(caller: Caller, address: Address, is_public: Callable[[], bool]) -> None:
+    """403 unless the caller may read ``address``; ``is_public`` (asked only when access alone does not
+    allow it) says whether a resource is there and public."""
+    if access(caller, address) is None and not is_public():
+        raise _denied(caller, address, "read", "ownership, org membership, a share, or the resource being public")
 
 
 def _readable(caller: Caller, address: Address) -> Resource | None:
     """The resource at ``address`` (None if there is none) after checking the caller may read it."""
     resource = _find(caller.session, address)
-    if access(caller, address) is None and not (resource is not None and resource.public):
-        raise _denied(caller, address, "read", _READ_NEEDS)
+    _require_read(caller, address, lambda: resource is not None and resource.public)
     return resource
 
 
@@ -249,11 +253,8 @@ def get_resource(caller: Caller, text: str, version: int | None = None) -> dict[
     """The current version of the resource at ``text``, or version ``version``."""
     address = resource_address(text)
     row = caller.session.connection().execute(_RESOURCE_VERSION, {"address": str(address), "version": version}).first()
-    if access(caller, address) is None:
-        public = row.public if row is not None else caller.session.scalar(
-            select(Resource.public).where(Resource.address == str(address)))
-        if not public:
-            raise _denied(caller, address, "read", _READ_NEEDS)
+    _require_read(caller, address, lambda: bool(row.public if row is not None else caller.session.scalar(
+        select(Resource.public).where(Resource.address == str(address)))))
     if row is None:
         raise _no_version(_existing(_find(caller.session, address), address), version)
     audit(caller, "read", address, version=row.version)
