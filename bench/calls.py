@@ -16,7 +16,7 @@ What is measured, for a trivial ``add(a, b)`` deployed by import path from ``ben
 2. throughput of 16 caller threads sharing one function handle;
 3. a 100 MiB numpy argument and a 100 MiB numpy return, in MB/s (MB = 10^6 bytes);
 4. cold deploy to first result (a function never deployed before) and re-deploy of unchanged code;
-5. daemon start until ready (``runhouse.server.daemon.start``).
+5. daemon start until ready (``runhouse.resources.clusters.local_daemon.start``).
 
 Baselines: a raw TCP ping-pong between two processes (the floor), a bare uvicorn (uvloop + httptools) ASGI
 app called with the same kind of client as ours, and a Ray actor when ``ray`` is importable.
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     import runhouse as rh
-    from runhouse.server import daemon
+    from runhouse.resources.clusters import local_daemon as daemon
 
     print(C.run_header(rh.__version__, args.quick))
     print(f"state in {state}; a fresh 100 MiB buffer (allocate + first touch) costs "

@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     state = C.new_state("rh-bench-data-")  # before runhouse is imported
 
     import runhouse as rh
+    from runhouse.resources.clusters import local_daemon as daemon
     from runhouse.resources.data_system import DaemonSystem
-    from runhouse.server import daemon
 
     print(C.run_header(rh.__version__, cfg != Config()))
     R = Results()

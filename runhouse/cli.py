@@ -11,7 +11,7 @@ from rich.table import Table
 from runhouse.den.cli import den_app
 from runhouse.errors import RunhouseError
 from runhouse.paths import default_server_port
-from runhouse.server import daemon
+from runhouse.resources.clusters import local_daemon as daemon
 
 app = typer.Typer(help="runhouse: program across machines as if they were one.", no_args_is_help=True)
 console = Console()

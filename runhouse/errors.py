@@ -15,12 +15,15 @@
     │   ├── ConflictError                       name taken, or a concurrent change won (409, Den)
     │   └── PayloadTooLargeError                a config or body over the cap (413, Den)
     ├── ClusterUnreachableError (ConnectionError)   nothing answers at the cluster's address
+    ├── ClusterVersionError            the cluster's daemon runs another build, and upgrading was not allowed
+    ├── DenUnreachableError (ConnectionError)       nothing answers at Den's URL
     ├── DataNotFoundError (FileNotFoundError)      nothing at a data resource's path
     ├── SSHError                       an SSH step failed (carries the host and the command's stderr)
     │   ├── SSHConnectionError (ConnectionError)   host down, port closed, name not found
     │   ├── SSHAuthenticationError     the key or password was refused
     │   ├── HostKeyError               unknown host (not accepted) or a changed host key
-    │   └── SSHTimeoutError (TimeoutError)         an SSH step ran past its timeout
+    │   ├── SSHTimeoutError (TimeoutError)         an SSH step ran past its timeout
+    │   └── HostGroupError             a command failed on some hosts of a group (carries every host's outcome)
     ├── DaemonStartError               the daemon did not come up (carries the last log lines)
     ├── EnvCreationError               an env's packages could not be installed
     ├── WorkerCrashedError             the worker process running a call died (carries exit code / signal)
@@ -113,6 +116,14 @@ class ClusterUnreachableError(RunhouseError, ConnectionError):
     """Nothing answers at the cluster's address."""
 
 
+class ClusterVersionError(RunhouseError):
+    """The daemon on the cluster runs another runhouse build, and upgrading it was not allowed."""
+
+
+class DenUnreachableError(RunhouseError, ConnectionError):
+    """Nothing answers at Den's URL."""
+
+
 class DataNotFoundError(RunhouseError, FileNotFoundError):
     """No file or folder at a data resource's path; ``system`` and ``path`` say where."""
 
@@ -150,6 +161,24 @@ class HostKeyError(SSHError):
 
 class SSHTimeoutError(SSHError, TimeoutError):
     """An SSH step did not finish within its timeout."""
+
+
+class HostGroupError(SSHError):
+    """A command failed on some hosts of a group.
+
+    ``results`` maps every host, in the group's order, to its outcome: the command's result where it ran,
+    the exception where it failed; ``failures`` maps just the failed hosts to their exceptions.
+    """
+
+    def __init__(self, results: dict[str, Any]) -> None:
+        self.results = results
+        self.failures = {host: r for host, r in results.items() if isinstance(r, BaseException)}
+        first = next(iter(self.failures))
+        super().__init__(
+            f"{len(self.failures)} of {len(results)} hosts failed; first failure ({first}): "
+            f"{type(self.failures[first]).__name__}: {self.failures[first]}",
+            host=first,
+        )
 
 
 class DaemonStartError(RunhouseError):

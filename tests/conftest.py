@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import runhouse as rh
-from runhouse.server import daemon
+from runhouse.resources.clusters import local_daemon as daemon
 
 
 def free_port() -> int:

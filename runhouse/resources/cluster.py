@@ -12,12 +12,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from runhouse import protocol
 from runhouse.errors import ClusterUnreachableError, RunhouseError
 from runhouse.paths import default_server_port
+from runhouse.protocol import Op
+from runhouse.resources.clusters import local_daemon
 from runhouse.resources.env import Env
 from runhouse.resources.resource import Resource
-from runhouse.server import daemon
-from runhouse.transport.client import DaemonClient, Response
+from runhouse.transport.client import DaemonClient, Response, health
 
 CONTROL_TIMEOUT_S = 60.0
 ENV_TIMEOUT_S = 1800.0  # installing requirements can be slow
@@ -78,14 +80,14 @@ class Cluster(Resource):
     def client(self) -> DaemonClient:
         if self._client is None:
             host, port = self._endpoint()
-            token = self._token or (daemon.read_token(self.server_port) if self.is_local else None)
+            token = self._token or (local_daemon.read_token(self.server_port) if self.is_local else None)
             self._client = DaemonClient(host, port, token)
         return self._client
 
     def is_up(self) -> bool:
         """Whether the daemon answers its health check."""
         host, port = self._endpoint()
-        return daemon.health(port, host) is not None
+        return health(port, host) is not None
 
     def up_if_not(self) -> Cluster:
         """Start the daemon if it is not answering (local daemons only, for this cluster type)."""
@@ -94,7 +96,7 @@ class Cluster(Resource):
         if not self.is_up():
             if not self.is_local:
                 raise ClusterUnreachableError(f"no runhouse daemon answers at {self.host}:{self.server_port}")
-            daemon.start(self.server_port)
+            local_daemon.start(self.server_port)
             self._client = None  # the token may have just been created
         self._checked_up = True
         return self
@@ -103,15 +105,15 @@ class Cluster(Resource):
         """Restart the daemon; deployed functions, modules and envs come back from its registry."""
         if not self.is_local:
             raise RunhouseError(f"cannot restart the daemon at {self.host}: it is not on this machine")
-        daemon.stop(self.server_port)
-        daemon.start(self.server_port)
+        local_daemon.stop(self.server_port)
+        local_daemon.start(self.server_port)
         self._envs_ready.clear()
         return self
 
     def teardown(self) -> None:
         """Stop the daemon and its workers."""
         if self.is_local:
-            daemon.stop(self.server_port)
+            local_daemon.stop(self.server_port)
         self._envs_ready.clear()
         self._checked_up = False
 
@@ -127,7 +129,7 @@ class Cluster(Resource):
         return self.client.request(path, meta, parts, on_log, timeout)
 
     def _control(self, op: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (), **kw: Any) -> Any:
-        return self.request(f"/_/{op}", meta, parts, **kw).value()
+        return self.request(protocol.control_path(op), meta, parts, **kw).value()
 
     def prepare_code(self, spec: dict[str, Any], env: str) -> dict[str, Any]:
         """Make code described by ``spec`` importable on the cluster; returns the spec as the cluster sees it.
@@ -142,7 +144,7 @@ class Cluster(Resource):
         spec = env.spec()
         if self._envs_ready.get(spec["name"]) != spec:
             self.up_if_not()
-            self._control("env", {"env": spec}, on_log=print_log(f"env {spec['name']}"), timeout=ENV_TIMEOUT_S)
+            self._control(Op.ENV, {"env": spec}, on_log=print_log(f"env {spec['name']}"), timeout=ENV_TIMEOUT_S)
             self._envs_ready[spec["name"]] = spec
         return spec["name"]
 
@@ -153,18 +155,18 @@ class Cluster(Resource):
 
         self.up_if_not()
         parts = serialization.serialize(obj, shm=self.shares_memory)
-        self._control("put", {"key": key, "env": self._env_name(env)}, parts)
+        self._control(Op.PUT, {"key": key, "env": self._env_name(env)}, parts)
 
     def get(self, key: str, default: Any = ...) -> Any:
         """The value stored under ``key``; for a function, class or instance, a handle to call it."""
         self.up_if_not()
         try:
-            response = self.request("/_/get", {"key": key, "shm": self.shares_memory})
+            response = self.request(protocol.control_path(Op.GET), {"key": key, "shm": self.shares_memory})
         except KeyError:
             if default is ...:
                 raise
             return default
-        if response.headers.get("x-rh-kind") == "handle":
+        if response.headers.get(protocol.KIND_HEADER) == protocol.HANDLE_KIND:
             from runhouse.resources.remote import handle_for
 
             return handle_for(self, key, response.value())
@@ -173,12 +175,12 @@ class Cluster(Resource):
     def keys(self, env: Env | str | None = None) -> list[str]:
         """Names of the objects on the cluster (in one env when given)."""
         self.up_if_not()
-        return self._control("keys", {"env": self._env_name(env) if env is not None else None})
+        return self._control(Op.KEYS, {"env": self._env_name(env) if env is not None else None})
 
     def delete(self, keys: str | Sequence[str]) -> list[str]:
         """Delete objects by name; returns the names that existed."""
         self.up_if_not()
-        return self._control("delete", {"keys": [keys] if isinstance(keys, str) else list(keys)})
+        return self._control(Op.DELETE, {"keys": [keys] if isinstance(keys, str) else list(keys)})
 
     # --- commands ------------------------------------------------------------------------------------
     def run(
@@ -199,13 +201,13 @@ class Cluster(Resource):
         cmds = [commands] if isinstance(commands, str) else list(commands)
         meta = {"cmds": cmds, "env": self._env_name(env), "stream_logs": stream_logs, "python": python}
         on_log = print_log(self.name or self.host) if stream_logs else None
-        results = self._control("run", meta, on_log=on_log, timeout=None)
+        results = self._control(Op.RUN, meta, on_log=on_log, timeout=None)
         return [tuple(r) for r in results]
 
     def status(self) -> dict[str, Any]:
         """The daemon's envs, objects, workers (pid, memory) and uptime."""
         self.up_if_not()
-        return self._control("status")
+        return self._control(Op.STATUS)
 
     def _env_name(self, env: Env | str | Sequence[str] | None) -> str | None:
         """The name of an env given as an Env (created here if needed), a name, or a list of requirements."""

@@ -8,13 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from runhouse.errors import InvalidNameError
+from runhouse.protocol import DEFAULT_ENV, object_name_problem
 from runhouse.resources.resource import Resource
 
 if TYPE_CHECKING:
     from runhouse.resources.cluster import Cluster
-
-DEFAULT_ENV = "default"
-
 
 class Env(Resource):
     """Requirements (installed with pip into a cached venv) and environment variables for workers.
@@ -44,9 +42,9 @@ class Env(Resource):
             else:
                 name = DEFAULT_ENV
         super().__init__(name)
-        short = self.name or ""
-        if not short or short.startswith("_") or len(short) > 255:
-            raise InvalidNameError(f"invalid env name {name!r}: use 1-255 characters, not starting with '_'")
+        problem = object_name_problem(self.name)
+        if problem is not None:
+            raise InvalidNameError(f"invalid env name {name!r}: {problem}")
 
     def spec(self) -> dict[str, Any]:
         """What the daemon needs to create this env."""

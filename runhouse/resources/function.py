@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from runhouse.errors import RunhouseError
+from runhouse.protocol import CALL_METHOD
 from runhouse.resources import remote
 
 
@@ -33,15 +34,16 @@ class Function(remote.Deployable):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call on the cluster and return the result (awaitable when the function is ``async def``)."""
-        return remote.maybe_async(self.is_async, remote.call, self._system(), self.remote_name, "call", args, kwargs)
+        system = self._system()
+        return remote.maybe_async(self.is_async, remote.call, system, self.remote_name, CALL_METHOD, args, kwargs)
 
     def remote(self, *args: Any, **kwargs: Any) -> remote.Ref:
         """Call on the cluster and keep the result there; returns a :class:`~runhouse.resources.remote.Ref`."""
-        return remote.call(self._system(), self.remote_name, "call", args, kwargs, remote=True)
+        return remote.call(self._system(), self.remote_name, CALL_METHOD, args, kwargs, remote=True)
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         """Call after every earlier enqueued call of this function has finished (one at a time, in order)."""
-        return remote.call(self._system(), self.remote_name, "call", args, kwargs, enqueue=True)
+        return remote.call(self._system(), self.remote_name, CALL_METHOD, args, kwargs, enqueue=True)
 
     def map(self, *iterables: Iterable, **kwargs: Any) -> list[Any]:
         """Call once per item, in parallel over the env's worker processes; results in order.
@@ -49,11 +51,11 @@ class Function(remote.Deployable):
         Positional iterables are zipped like builtin ``map``; a keyword whose value is a list of the same
         length is zipped per item; any other keyword value is passed unchanged to every call.
         """
-        return remote.map_call(self._system(), self.remote_name, "call", iterables, kwargs, star=False)
+        return remote.map_call(self._system(), self.remote_name, CALL_METHOD, iterables, kwargs, star=False)
 
     def starmap(self, items: Iterable[Sequence[Any]], **kwargs: Any) -> list[Any]:
         """Like :meth:`map`, with each item a tuple of positional arguments."""
-        return remote.map_call(self._system(), self.remote_name, "call", [items], kwargs, star=True)
+        return remote.map_call(self._system(), self.remote_name, CALL_METHOD, [items], kwargs, star=True)
 
 
 

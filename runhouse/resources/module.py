@@ -6,7 +6,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from runhouse import protocol
 from runhouse.errors import RunhouseError
+from runhouse.protocol import Op
 from runhouse.resources import remote
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ class RemoteClass(remote.Deployable):
         name = name or f"{self.remote_name}-{uuid.uuid4().hex[:8]}".lower()
         refs: list[str] = []
         parts = remote._pack(system, (args, kwargs), refs)
-        info = system._control("instantiate", {"name": name, "class_name": self.remote_name, "refs": refs}, parts)
+        info = system._control(Op.INSTANTIATE, {"name": name, "class_name": self.remote_name, "refs": refs}, parts)
         return RemoteInstance(system, name, info)
 
 
@@ -98,14 +100,14 @@ class RemoteInstance:
         if attr in self._rh_methods:
             return RemoteMethod(self, attr, self._rh_methods[attr])
         meta = {"name": self._rh_name, "attr": attr, "shm": self._rh_system.shares_memory}
-        return self._rh_system.request("/_/getattr", meta).value()
+        return self._rh_system.request(protocol.control_path(Op.GETATTR), meta).value()
 
     def __setattr__(self, attr: str, value: Any) -> None:
         from runhouse import serialization
 
         meta = {"name": self._rh_name, "attr": attr}
         parts = serialization.serialize(value, shm=self._rh_system.shares_memory)
-        self._rh_system.request("/_/setattr", meta, parts).value()
+        self._rh_system.request(protocol.control_path(Op.SETATTR), meta, parts).value()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return RemoteMethod(self, "__call__", self._rh_methods.get("__call__", False))(*args, **kwargs)

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import cloudpickle
 
-from runhouse import serialization
+from runhouse import protocol, serialization
 from runhouse.errors import MapError, RunhouseError, SerializationError
+from runhouse.protocol import DEFAULT_ENV, LogSink, Op
 from runhouse.resources.cluster import print_log
-from runhouse.resources.env import DEFAULT_ENV, Env, env_name_of
+from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
-from runhouse.transport import wire
-from runhouse.transport.client import error_from_info
 
 if TYPE_CHECKING:
     from runhouse.resources.cluster import Cluster
@@ -126,7 +125,7 @@ class Deployable(Resource):
             if there != spec:
                 version = hashlib.sha256(json.dumps([there, version], sort_keys=True).encode()).hexdigest()[:20]
             meta = {"name": self.remote_name, "env": env_name, "kind": self.KIND, "spec": there, "version": version}
-            info = system._control("deploy", meta, [payload] if payload else [])
+            info = system._control(Op.DEPLOY, meta, [payload] if payload else [])
         bound = self._bound(system, env_name, info)
         bound.code_spec = {**spec, "payload": base64.b64encode(payload).decode()} if payload else spec
         return bound
@@ -229,13 +228,18 @@ def call(
         meta["remote"] = True
     if enqueue:
         meta["enqueue"] = True
-    on_log = print_log(name if method in ("call", "__call__") else f"{name}.{method}") if stream_logs else None
+    on_log = _log_sink(name, method) if stream_logs else None
     # The daemon enforces the timeout; the socket waits a little longer to receive its answer.
     read_timeout = None if timeout is None else timeout + 30.0
-    response = system.request(f"/{name}/{method}", meta, parts, on_log, read_timeout)
-    if remote and response.kind == wire.RESULT:
+    response = system.request(protocol.call_path(name, method), meta, parts, on_log, read_timeout)
+    if remote and response.kind == protocol.RESULT:
         return Ref(response.value()["ref"], system)
     return response.value()
+
+
+def _log_sink(name: str, method: str) -> LogSink:
+    """Where a call's streamed output goes: stdout, behind the function's or ``instance.method``'s name."""
+    return print_log(name if method in (protocol.CALL_METHOD, "__call__") else f"{name}.{method}")
 
 
 def _map_items(iterables: Sequence[Iterable], kwargs: Mapping[str, Any], star: bool) -> list[tuple]:
@@ -287,19 +291,19 @@ def map_call(
         "refs": sorted(set(refs)),
         "shm": system.shares_memory,
     }
-    on_log = print_log(name if method in ("call", "__call__") else f"{name}.{method}") if stream_logs else None
-    response = system.request("/_/map", meta, parts, on_log, None)
-    if response.kind == wire.ERROR:
+    on_log = _log_sink(name, method) if stream_logs else None
+    response = system.request(protocol.control_path(Op.MAP), meta, parts, on_log, None)
+    if response.kind == protocol.ERROR:
         response.value()
     results: list[Any] = []
     view, offset = memoryview(response.payload), 0
     while offset < view.nbytes:
-        kind, size = wire.HTTP_FRAME.unpack_from(view, offset)
-        offset += wire.HTTP_FRAME.size
+        kind, size = protocol.HTTP_FRAME.unpack_from(view, offset)
+        offset += protocol.HTTP_FRAME.size
         body = view[offset : offset + size]
         offset += size
-        if kind == wire.ERROR:
-            results.append(error_from_info(wire.decode_meta(body)))
+        if kind == protocol.ERROR:
+            results.append(protocol.error_from_info(protocol.decode_meta(body)))
         else:
             results.append(serialization.deserialize(body))
     if any(isinstance(r, BaseException) for r in results):

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from runhouse import __version__
-from runhouse.errors import ClusterUnreachableError, DaemonStartError, HostKeyError, RunhouseError
+from runhouse.errors import ClusterUnreachableError, ClusterVersionError, DaemonStartError, HostKeyError
 from runhouse.paths import DEFAULT_SERVER_PORT, config_dir
 from runhouse.prompts import ask_yes_no
 from runhouse.resources.cluster import Cluster, print_log
 from runhouse.rns.local_store import repo_root
-from runhouse.server import daemon
-from runhouse.transport.client import DaemonClient, Response
+from runhouse.transport.client import DaemonClient, Response, health, pinned_ssl_context
 from runhouse.transport.ssh import SSHConnection, SSHCredentials, Tunnel
 from runhouse.version import PACKAGE_DIR, build_id
 
@@ -39,10 +38,6 @@ SYNC_TIMEOUT_S = 600.0
 _TUNNEL_RECONNECT_WINDOW_S = 0.2
 _REMOTE_STATE = '"${RH_CONFIG_DIR:-$HOME/.rh}"'
 _TREE_MARKER = ".rh-tree-hash"
-
-
-class ClusterVersionError(RunhouseError):
-    """The daemon on the cluster runs another runhouse build, and upgrading it was not allowed."""
 
 
 class SSHCluster(Cluster):
@@ -122,7 +117,7 @@ class SSHCluster(Cluster):
         if self.uses_tls and self._ssl_context is None:
             result = self.ssh_connection.run(f"cat {self._state()}/daemons/{self.server_port}/tls/cert.pem", timeout=30)
             if result.returncode == 0 and "BEGIN CERTIFICATE" in result.stdout:
-                self._ssl_context = daemon.pinned_ssl_context(result.stdout)
+                self._ssl_context = pinned_ssl_context(result.stdout)
         return self._ssl_context
 
     @property
@@ -150,7 +145,7 @@ class SSHCluster(Cluster):
         host, port = self._endpoint()
         if self.uses_tls and self._pinned_context() is None:
             return None  # never started with TLS here: no certificate yet
-        return daemon.health(port, host, timeout=2.0, ssl_context=self._pinned_context())
+        return health(port, host, timeout=2.0, ssl_context=self._pinned_context())
 
     def is_up(self) -> bool:
         return self._health() is not None

@@ -11,13 +11,10 @@ from typing import Any
 
 import httpx
 
-from runhouse.errors import BY_NAME, AuthenticationError, ConfigError, DaemonError, RunhouseError
+from runhouse import protocol
+from runhouse.errors import AuthenticationError, ConfigError, DenUnreachableError
 
 DEN_TIMEOUT_S = 30.0
-
-
-class DenUnreachableError(RunhouseError, ConnectionError):
-    """Nothing answers at Den's URL."""
 
 
 class DenClient:
@@ -38,15 +35,7 @@ class DenClient:
             raise DenUnreachableError(f"Den at {self.url} does not answer ({type(exc).__name__}: {exc})") from exc
         if response.status_code < 400:
             return response.json()
-        try:
-            info = response.json()["error"]
-            type_name, message = info["type"], info["message"]
-        except (ValueError, KeyError, TypeError):
-            type_name, message = "DaemonError", f"Den at {self.url} answered HTTP {response.status_code}"
-        cls = _den_error(type_name)
-        if issubclass(cls, DaemonError):
-            raise cls(message, response.status_code)
-        raise cls(message)
+        raise protocol.error_from_envelope(response.status_code, response.content, f"Den at {self.url}")
 
     # --- accounts and defaults -----------------------------------------------------------------------
     def me(self) -> dict[str, Any]:
@@ -94,10 +83,6 @@ class DenClient:
 
     def delete_secret(self, owner: str, name: str) -> dict[str, Any]:
         return self._request("DELETE", f"/v1/secrets/{owner}/{name}")
-
-
-def _den_error(type_name: str) -> type[RunhouseError]:
-    return BY_NAME.get(type_name, DaemonError)
 
 
 _shared: DenClient | None = None

@@ -1,12 +1,7 @@
 """The daemon's HTTP API: a thin ASGI layer over :class:`runhouse.server.objects.Runtime`.
 
-Routes (every one but ``GET /health`` needs ``Authorization: Bearer <token>``):
-
-- ``POST /{name}/{method}``  call a function (method ``call``) or an instance's method
-- ``POST /_/{op}``            control: env, deploy, instantiate, map, put, get, delete, keys, getattr,
-                               setattr, run, status
-
-Our client sends ``Content-Type: application/x-runhouse`` with options as JSON in the ``X-Rh-Meta`` header
+The routes, the framing and the error envelope are :mod:`runhouse.protocol`'s. Our client sends
+``Content-Type: application/x-runhouse`` with options as JSON in the ``X-Rh-Meta`` header
 and a serialized payload as the body, and reads framed responses (logs streamed first, then one RESULT or
 ERROR frame). Any other client sends JSON (``{"args": [...], "kwargs": {...}}``) and gets JSON back.
 The ASGI callable is written by hand rather than on a framework's router: the call path is the hot path,
@@ -25,26 +20,26 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runhouse import __version__, serialization
+from runhouse import __version__, protocol, serialization
 from runhouse.errors import (
     BY_NAME,
+    AuthenticationError,
     BadRequestError,
     DaemonError,
     ObjectNotFoundError,
     RunhouseError,
     SerializationError,
 )
-from runhouse.resources.env import DEFAULT_ENV
+from runhouse.protocol import DEFAULT_ENV, Op
 from runhouse.server.channel import Reply
 from runhouse.server.envs import EnvSpec
 from runhouse.server.objects import Runtime
-from runhouse.transport import wire
 from runhouse.version import build_id
 
 _JSON = b"application/json"
 # A call still running after this long starts watching for its client going away.
 _WATCH_AFTER_S = 0.02
-_CT = wire.CONTENT_TYPE.encode()
+_CT = protocol.CONTENT_TYPE.encode()
 
 
 class ClientGone(Exception):
@@ -117,20 +112,20 @@ class _Response:
             if not self.started:
                 self.started = True
                 await self.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", _CT)]})
-            await self.send({"type": "http.response.body", "body": wire.http_frame_head(wire.LOG, len(data)) + data,
-                             "more_body": True})
+            head = protocol.http_frame_head(protocol.LOG, len(data))
+            await self.send({"type": "http.response.body", "body": head + data, "more_body": True})
         self.flusher = None
 
     async def frame(self, kind: int, parts: list, headers: list | None = None) -> None:
         if self.flusher is not None:
             await self.flusher
         size = serialization.serialized_size(parts)
-        head = wire.http_frame_head(kind, size)
+        head = protocol.http_frame_head(kind, size)
         if not self.started:
             self.started = True
             hdrs = [(b"content-type", _CT), (b"content-length", str(len(head) + size).encode()), *(headers or [])]
             await self.send({"type": "http.response.start", "status": 200, "headers": hdrs})
-        if size < 65536:
+        if size < protocol.SMALL_FRAME_BYTES:
             await self.send({"type": "http.response.body", "body": b"".join([head, *parts])})
             return
         await self.send({"type": "http.response.body", "body": head, "more_body": True})
@@ -150,30 +145,31 @@ class _Response:
         if self.json_mode:
             await self.json(200, {"result": data})
         else:
-            await self.frame(wire.RESULT, serialization.serialize(data), headers)
+            await self.frame(protocol.RESULT, serialization.serialize(data), headers)
 
     async def reply(self, reply: Reply) -> None:
         """Answer with a worker's reply: its result, or the exception user code raised."""
-        if reply.kind == wire.ERROR:
+        if reply.kind == protocol.ERROR:
             if self.json_mode:
-                info = wire.decode_meta(reply.payload)
+                info = protocol.decode_meta(reply.payload)
                 status = getattr(BY_NAME.get(info["type"]), "status", 422)
-                await self.json(status, {"error": {k: info[k] for k in ("type", "message", "traceback")}})
+                await self.json(status, protocol.error_envelope(info["type"], info["message"],
+                                                                traceback=info["traceback"]))
             else:
-                await self.frame(wire.ERROR, [reply.payload])
+                await self.frame(protocol.ERROR, [reply.payload])
         elif self.json_mode:
             body = bytes(reply.payload) if reply.payload.nbytes else b"null"
             await self.json(200, {"result": json.loads(body)})
         else:
-            await self.frame(wire.RESULT, [reply.payload])
+            await self.frame(protocol.RESULT, [reply.payload])
 
     async def error(self, exc: RunhouseError | Exception, status: int) -> None:
-        details = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float, type(None)))}
-        info = {"type": type(exc).__name__, "message": str(exc), "details": details}
+        envelope = protocol.error_envelope(type(exc).__name__, str(exc), protocol.exception_details(exc))
         if not self.started:
-            await self.json(status, {"error": info})
+            await self.json(status, envelope)
         else:  # logs were already streamed with a 200: report in-band
-            await self.frame(wire.ERROR, [wire.encode_meta({**info, "traceback": "", "pickled": None})])
+            info = {**envelope["error"], "traceback": "", "pickled": None}
+            await self.frame(protocol.ERROR, [protocol.encode_meta(info)])
 
 
 class App:
@@ -184,18 +180,18 @@ class App:
         self._auth = f"Bearer {token}".encode()
         self._health = {"status": "ok", "pid": os.getpid(), "version": __version__, "build": build_id()}
         self._routes: dict[str, Callable[[_Request, _Response], Awaitable[None]]] = {
-            "env": self._env,
-            "deploy": self._deploy,
-            "instantiate": self._instantiate,
-            "map": self._map,
-            "put": self._put,
-            "get": self._get,
-            "delete": self._delete,
-            "keys": self._keys,
-            "getattr": self._getattr,
-            "setattr": self._setattr,
-            "run": self._run,
-            "status": self._status,
+            Op.ENV: self._env,
+            Op.DEPLOY: self._deploy,
+            Op.INSTANTIATE: self._instantiate,
+            Op.MAP: self._map,
+            Op.PUT: self._put,
+            Op.GET: self._get,
+            Op.DELETE: self._delete,
+            Op.KEYS: self._keys,
+            Op.GETATTR: self._getattr,
+            Op.SETATTR: self._setattr,
+            Op.RUN: self._run,
+            Op.STATUS: self._status,
         }
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -208,14 +204,13 @@ class App:
         json_mode = True
         response = _Response(send, json_mode)
         try:
-            if path == "/health" and scope["method"] == "GET":
+            if path == protocol.HEALTH_PATH and scope["method"] == "GET":
                 await response.json(200, self._health)
                 return
             headers = dict(scope["headers"])
             if not hmac.compare_digest(headers.get(b"authorization", b""), self._auth):
-                await response.json(401, {"error": {"type": "AuthenticationError", "message":
-                                    "missing or wrong token: send 'Authorization: Bearer <token>' "
-                                    "(`runhouse token` prints it)"}})
+                await response.error(AuthenticationError("missing or wrong token: send 'Authorization: Bearer "
+                                                         "<token>' (`runhouse token` prints it)"), 401)
                 return
             response.json_mode = json_mode = headers.get(b"content-type", b"") != _CT
             if scope["method"] != "POST":
@@ -223,8 +218,8 @@ class App:
             meta = _parse_meta(headers.get(b"x-rh-meta"))
             body = await _read_body(receive, headers.get(b"content-length"))
             request = _Request(path, meta, body, json_mode)
-            if path.startswith("/_/"):
-                route = self._routes.get(path[3:])
+            if path.startswith(protocol.CONTROL_PREFIX):
+                route = self._routes.get(path[len(protocol.CONTROL_PREFIX):])
                 if route is None:
                     raise ObjectNotFoundError(f"no such endpoint {path}")
                 await route(request, response)
@@ -309,12 +304,12 @@ class App:
                 frames.append((result.kind, result.payload))
             else:
                 info = serialization.pack_exception(result)
-                frames.append((wire.ERROR, memoryview(wire.encode_meta(info))))
+                frames.append((protocol.ERROR, memoryview(protocol.encode_meta(info))))
         # One RESULT frame whose payload is the item frames back to back.
         parts: list = []
         for kind, payload in frames:
-            parts += [wire.http_frame_head(kind, payload.nbytes), payload]
-        await response.frame(wire.RESULT, parts)
+            parts += [protocol.http_frame_head(kind, payload.nbytes), payload]
+        await response.frame(protocol.RESULT, parts)
 
     # --- control -------------------------------------------------------------------------------------
     async def _env(self, request: _Request, response: _Response) -> None:
@@ -335,13 +330,13 @@ class App:
             bytes(request.body),
             request.arg("version"),
         )
-        await (response.value(reply.meta["info"]) if reply.kind == wire.RESULT else response.reply(reply))
+        await (response.value(reply.meta["info"]) if reply.kind == protocol.RESULT else response.reply(reply))
 
     async def _instantiate(self, request: _Request, response: _Response) -> None:
         reply = await self.runtime.instantiate(
             request.arg("name"), request.arg("class_name"), request.payload(), request.arg("refs", list, ())
         )
-        await (response.value(reply.meta["info"]) if reply.kind == wire.RESULT else response.reply(reply))
+        await (response.value(reply.meta["info"]) if reply.kind == protocol.RESULT else response.reply(reply))
 
     async def _put(self, request: _Request, response: _Response) -> None:
         if request.json_mode:  # the JSON document itself is the value
@@ -359,7 +354,7 @@ class App:
         entry, reply = await self.runtime.get(request.arg("key"), shm=bool(request.meta.get("shm")))
         if reply is None:
             handle = {"kind": entry.kind, "env": entry.env, "info": entry.info}
-            await response.value(handle, [(b"x-rh-kind", b"handle")])
+            await response.value(handle, [(protocol.KIND_HEADER.encode(), protocol.HANDLE_KIND.encode())])
         elif request.json_mode:
             raise BadRequestError("stored values are serialized Python objects; use the runhouse client")
         else:

@@ -17,16 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from runhouse import protocol
 from runhouse.errors import WorkerCrashedError
-from runhouse.transport import wire
-
-LogSink = Callable[[bytes], None]
+from runhouse.protocol import LogSink
 
 # How long a cancelled call may take to stop before its worker is killed (and restarted) to stop it for sure:
 # a call blocked in native code cannot be interrupted any other way.
 CANCEL_GRACE_S = 2.0
-
-_SMALL_FRAME = 64 * 1024
 
 # The worker's entry point, run with ``python -c`` so the module is imported once under its own name.
 _BOOT = "from runhouse.server.worker import main; main()"
@@ -44,7 +41,7 @@ class Reply:
 class _Protocol(asyncio.Protocol):
     def __init__(self, channel: WorkerChannel) -> None:
         self.channel = channel
-        self.frames = wire.FrameAssembler(wire.WORKER_HEADER, lambda f: f[2] + f[3], channel._on_frame)
+        self.frames = protocol.FrameAssembler(protocol.WORKER_HEADER, lambda f: f[2] + f[3], channel._on_frame)
         self.data_received = self.frames.feed  # type: ignore[method-assign]
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -122,12 +119,12 @@ class WorkerChannel:
         rid = next(self._ids) & 0xFFFFFFFF
         future: asyncio.Future = loop.create_future()
         self._pending[rid] = (future, on_log)
-        meta_bytes = wire.encode_meta(meta)
+        meta_bytes = protocol.encode_meta(meta)
         size = sum(memoryview(p).nbytes for p in parts)
         self.inflight += 1
         try:
-            head = wire.worker_frame_head(wire.REQUEST, rid, meta_bytes, size)
-            if size < _SMALL_FRAME:  # one write, one wake-up of the worker
+            head = protocol.worker_frame_head(protocol.REQUEST, rid, meta_bytes, size)
+            if size < protocol.SMALL_FRAME_BYTES:  # one write, one wake-up of the worker
                 self._transport.write(b"".join([head, *parts]))
             else:
                 self._transport.write(head)
@@ -139,7 +136,7 @@ class WorkerChannel:
                 return await future
             except asyncio.CancelledError:
                 if self.alive and (future.cancelled() or not future.done()):  # no reply arrived yet
-                    self._transport.write(wire.worker_frame_head(wire.CANCEL, rid, b"", 0))
+                    self._transport.write(protocol.worker_frame_head(protocol.CANCEL, rid, b"", 0))
                     self._cancelled.add(rid)
                     loop.call_later(CANCEL_GRACE_S, self._kill_if_still_running, rid)
                 raise
@@ -152,16 +149,16 @@ class WorkerChannel:
         body = memoryview(frame)
         entry = self._pending.get(rid)
         if entry is None:
-            if kind != wire.LOG:
+            if kind != protocol.LOG:
                 self._cancelled.discard(rid)  # a cancelled call finished; drop its late reply
             return
         future, on_log = entry
         payload = body[meta_len:]
-        if kind == wire.LOG:
+        if kind == protocol.LOG:
             if on_log is not None:
                 on_log(bytes(payload))
             return
-        meta = wire.decode_meta(body[:meta_len]) if meta_len else {}
+        meta = protocol.decode_meta(body[:meta_len]) if meta_len else {}
         if not future.done():
             future.set_result(Reply(kind, meta, payload))
 

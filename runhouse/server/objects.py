@@ -22,17 +22,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runhouse import __version__
+from runhouse import __version__, protocol
 from runhouse.errors import (
     BadRequestError,
     CallTimeoutError,
     ObjectNotFoundError,
 )
-from runhouse.resources.env import DEFAULT_ENV
+from runhouse.protocol import DEFAULT_ENV, LogSink
 from runhouse.serialization import sweep_shm, unpack_exception
-from runhouse.server.channel import LogSink, Reply, WorkerChannel
+from runhouse.server.channel import Reply, WorkerChannel
 from runhouse.server.envs import EnvRuntime, EnvSpec, ensure_python
-from runhouse.transport import wire
 
 FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
 _POOL_SLOTS_PER_WORKER = 2
@@ -101,17 +100,16 @@ class Registry:
 
 def raise_for_reply(reply: Reply) -> Reply:
     """Turn an ERROR reply into its exception (rebuilt in the daemon, for daemon-side bookkeeping)."""
-    if reply.kind == wire.ERROR:
-        raise unpack_exception(wire.decode_meta(reply.payload))
+    if reply.kind == protocol.ERROR:
+        raise unpack_exception(protocol.decode_meta(reply.payload))
     return reply
 
 
 class Runtime:
     """Everything the daemon does, independent of HTTP."""
 
-    def __init__(self, state_dir: Path, pool_size: int | None = None) -> None:
-        self.state_dir = state_dir
-        self.registry = Registry(state_dir / "registry.json")
+    def __init__(self, registry_path: Path, pool_size: int | None = None) -> None:
+        self.registry = Registry(registry_path)
         self.pool_size = pool_size
         self.envs: dict[str, EnvRuntime] = {}
         self.started_at = time.time()
@@ -205,12 +203,12 @@ class Runtime:
             raise BadRequestError(f"cannot deploy kind {kind!r}; expected 'function' or 'class'")
         current = self.registry.entries.get(name)
         if current is not None and current.env == env and current.version == version and current.kind == kind:
-            return Reply(wire.RESULT, {"info": current.info}, memoryview(b""))
+            return Reply(protocol.RESULT, {"info": current.info}, memoryview(b""))
         runtime = await self.env_runtime(env)
         entry = Entry(name, env, kind, spec, payload, version)
         worker = await runtime.main_worker()
         reply = await worker.request({"op": "deploy", "name": name, "spec": spec}, [payload] if payload else [])
-        if reply.kind == wire.ERROR:
+        if reply.kind == protocol.ERROR:
             return reply
         entry.info = reply.meta["info"]
         worker.loaded[name] = version
@@ -238,7 +236,7 @@ class Runtime:
         if refs:
             meta["refs"] = await self._fetch_refs(refs, worker)
         reply = await worker.request(meta, [payload] if payload else [])
-        if reply.kind == wire.ERROR:
+        if reply.kind == protocol.ERROR:
             return reply
         spec = {"class_name": class_name, "refs": list(refs)}
         entry = Entry(name, cls.env, INSTANCE, spec, bytes(payload), uuid.uuid4().hex)
@@ -310,7 +308,7 @@ class Runtime:
         if enqueue:
             request = self._queued(name, request)
         reply = await self._with_timeout(request, timeout, name)
-        if remote and reply.kind == wire.RESULT:
+        if remote and reply.kind == protocol.RESULT:
             key = reply.meta["stored"]
             self.registry.entries[key] = Entry(key, entry.env, VALUE)
         return reply
@@ -496,9 +494,6 @@ def _quiet(_: str) -> None:
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name or len(name) > 255 or name.startswith("_") or "/" in name:
-        raise BadRequestError(
-            f"invalid object name {name!r}: use 1-255 characters, no '/', not starting with '_'"
-        )
-    if any(ord(c) < 32 or c == "\x7f" for c in name):
-        raise BadRequestError(f"invalid object name {name!r}: control characters are not allowed")
+    problem = protocol.object_name_problem(name)
+    if problem is not None:
+        raise BadRequestError(f"invalid object name {name!r}: {problem}")

@@ -1,7 +1,7 @@
 """The env worker process: holds an env's named objects and runs user code for the daemon.
 
 Started by the daemon as ``python -m runhouse.server.worker FD`` in the env's interpreter, with one end of
-a Unix socket pair as file descriptor FD. Requests arrive as frames (see :mod:`runhouse.transport.wire`);
+a Unix socket pair as file descriptor FD. Requests arrive as frames (see :mod:`runhouse.protocol`);
 each runs on a thread of a pool (coroutines on one event-loop thread), so slow calls never block others.
 Output written by a call that asked for ``stream_logs`` goes back to the daemon as LOG frames tagged with
 that call's id: concurrent calls never mix, and nothing is written to disk per call.
@@ -24,9 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from runhouse import serialization
+from runhouse import protocol, serialization
 from runhouse.errors import CallCancelledError, ObjectNotFoundError
-from runhouse.transport import wire
 
 MAX_THREADS = int(os.environ.get("RH_WORKER_THREADS", "128"))
 _READ_BUFFER = 256 * 1024
@@ -59,7 +58,7 @@ class _CallContext:
         cut = self.pending.rfind("\n") + 1
         if cut:
             lines, self.pending = self.pending[:cut], self.pending[cut:]
-            self.worker.send(wire.LOG, self.rid, None, [lines.encode("utf-8", "replace")])
+            self.worker.send(protocol.LOG, self.rid, None, [lines.encode("utf-8", "replace")])
 
     def close(self) -> None:
         if self.pending:
@@ -157,11 +156,11 @@ class Worker:
 
     # --- transport ---------------------------------------------------------------------------------
     def send(self, kind: int, rid: int, meta: dict | None, parts: list) -> None:
-        meta_bytes = wire.encode_meta(meta) if meta else b""
+        meta_bytes = protocol.encode_meta(meta) if meta else b""
         size = serialization.serialized_size(parts)
-        head = wire.worker_frame_head(kind, rid, meta_bytes, size)
+        head = protocol.worker_frame_head(kind, rid, meta_bytes, size)
         with self._send_lock:
-            if size < 65536:
+            if size < protocol.SMALL_FRAME_BYTES:
                 self.sock.sendall(b"".join([head, *parts]))
             else:
                 self.sock.sendall(head)
@@ -189,12 +188,12 @@ class Worker:
         try:
             while True:
                 with self._read_lock:
-                    kind, rid, meta_len, payload_len = wire.WORKER_HEADER.unpack(
-                        _read(self._stream, wire.WORKER_HEADER.size)
+                    kind, rid, meta_len, payload_len = protocol.WORKER_HEADER.unpack(
+                        _read(self._stream, protocol.WORKER_HEADER.size)
                     )
-                    meta = wire.decode_meta(_read(self._stream, meta_len)) if meta_len else {}
+                    meta = protocol.decode_meta(_read(self._stream, meta_len)) if meta_len else {}
                     payload = _read(self._stream, payload_len)
-                    if kind == wire.CANCEL:
+                    if kind == protocol.CANCEL:
                         self._cancel(rid)
                         continue
                     with self._count_lock:
@@ -220,13 +219,14 @@ class Worker:
                 op = self._ops.get(meta.get("op", ""))
                 if op is None:
                     raise ValueError(f"unknown worker op {meta.get('op')!r}")
-                kind, reply_meta, parts = wire.RESULT, *op(meta, payload)
+                kind, reply_meta, parts = protocol.RESULT, *op(meta, payload)
             except BaseException as exc:  # noqa: BLE001 - every failure of user code goes back to the caller
-                kind, reply_meta, parts = wire.ERROR, None, [wire.encode_meta(serialization.pack_exception(exc))]
+                error = protocol.encode_meta(serialization.pack_exception(exc))
+                kind, reply_meta, parts = protocol.ERROR, None, [error]
             self._finish(rid)
         except CallCancelledError as exc:  # a cancellation that landed after the call itself had finished
             self._finish(rid)
-            kind, reply_meta, parts = wire.ERROR, None, [wire.encode_meta(serialization.pack_exception(exc))]
+            kind, reply_meta, parts = protocol.ERROR, None, [protocol.encode_meta(serialization.pack_exception(exc))]
         ctx.close()
         _current_call.reset(token)
         self.send(kind, rid, reply_meta, parts)

@@ -1,1 +1,1 @@
-"""How clients reach daemons: the HTTP client and the shared wire framing."""
+"""How clients reach daemons: the HTTP client (client.py) and SSH (ssh.py: commands, host groups, tunnels, rsync)."""

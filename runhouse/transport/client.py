@@ -3,7 +3,7 @@
 One keep-alive connection per thread: a plain socket with TCP_NODELAY, the request written in one
 ``sendall``, the response parsed by httptools (the C parser uvicorn uses). Measured here, stdlib
 ``http.client`` spent more time parsing response headers than the daemon spent answering, and httpx three
-times more again. Response bodies are frames (see :mod:`runhouse.transport.wire`); LOG frames are handed to
+times more again. Response bodies are frames (see :mod:`runhouse.protocol`); LOG frames are handed to
 ``on_log`` as they arrive.
 
 A request sent on a kept-alive connection that the daemon had closed (for example because it restarted)
@@ -13,29 +13,28 @@ have reached user code.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httptools
 
-from runhouse import serialization
-from runhouse.errors import BY_NAME, ClusterUnreachableError, DaemonError, RunhouseError
-from runhouse.transport import wire
+from runhouse import protocol, serialization
+from runhouse.errors import ClusterUnreachableError
 
 CONNECT_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 0.5
 # How long a client keeps retrying a refused connection, e.g. while the daemon restarts.
 RECONNECT_WINDOW_S = 10.0
 # Calls may run as long as user code needs; bound one with ``timeout=`` on the call.
 CALL_READ_TIMEOUT_S: float | None = None
 _RECV_CHUNK = 256 * 1024
-_SMALL_BODY = 64 * 1024
 
-LogSink = Callable[[bytes], None]
 
 
 class Response:
@@ -48,28 +47,39 @@ class Response:
 
     def value(self) -> Any:
         """The deserialized result; raises the remote exception for an ERROR frame."""
-        if self.kind == wire.ERROR:
-            raise error_from_info(wire.decode_meta(self.payload))
+        if self.kind == protocol.ERROR:
+            raise protocol.error_from_info(protocol.decode_meta(self.payload))
         if not self.payload:  # operations with nothing to return
             return None
         return serialization.deserialize(self.payload)
 
 
-def error_from_info(info: dict[str, Any]) -> BaseException:
-    """Rebuild an exception sent by the daemon or a worker."""
-    if not info.get("pickled") and info.get("type") in BY_NAME:
-        return _rebuild(BY_NAME[info["type"]], info.get("message", ""), info.get("details") or {})
-    return serialization.unpack_exception(info)
-
-
-def _rebuild(cls: type[RunhouseError], message: str, details: dict[str, Any]) -> RunhouseError:
-    """A runhouse error from its type, message and data attributes (``exit_code``, ``status``, ...)."""
+def health(
+    port: int, host: str = "127.0.0.1", timeout: float = HEALTH_TIMEOUT_S, ssl_context: ssl.SSLContext | None = None
+) -> dict | None:
+    """The daemon's ``/health`` answer (pid, version, build), or None when nothing answers."""
+    conn: http.client.HTTPConnection
+    if ssl_context is not None:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl_context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        return cls(message, **details)  # type: ignore[call-arg]
-    except TypeError:
-        exc = cls(message)
-        exc.__dict__.update(details)
-        return exc
+        conn.request("GET", protocol.HEALTH_PATH)
+        response = conn.getresponse()
+        return json.loads(response.read()) if response.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def pinned_ssl_context(cert_pem: str) -> ssl.SSLContext:
+    """A client TLS context that trusts exactly one certificate (the daemon's, read from its host)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # the pinned certificate itself is the identity
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=cert_pem)
+    return context
 
 
 class _StaleConnection(Exception):
@@ -79,20 +89,20 @@ class _StaleConnection(Exception):
 class _Reader:
     """httptools callbacks: collect status and headers, split the body into frames as it arrives."""
 
-    def __init__(self, on_log: LogSink | None) -> None:
+    def __init__(self, on_log: protocol.LogSink | None) -> None:
         self.on_log = on_log
         self.headers: dict[str, str] = {}
         self.done = False
         self.framed = False
         self.raw = bytearray()  # body of a non-framed (JSON error) answer
-        self.frames = wire.FrameAssembler(wire.HTTP_FRAME, lambda f: f[1], self._on_frame)
+        self.frames = protocol.FrameAssembler(protocol.HTTP_FRAME, lambda f: f[1], self._on_frame)
         self.final: tuple[int, bytearray] | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.framed = self.headers.get("content-type") == wire.CONTENT_TYPE
+        self.framed = self.headers.get("content-type") == protocol.CONTENT_TYPE
 
     def on_message_complete(self) -> None:
         self.done = True
@@ -104,7 +114,7 @@ class _Reader:
             self.raw += body
 
     def _on_frame(self, fields: tuple, payload: bytearray) -> None:
-        if fields[0] != wire.LOG:
+        if fields[0] != protocol.LOG:
             self.final = (fields[0], payload)
         elif self.on_log is not None:
             self.on_log(bytes(payload))
@@ -124,13 +134,13 @@ class _Connection:
     def close(self) -> None:
         self.sock.close()
 
-    def exchange(self, head: bytes, parts: Sequence[Any], size: int, on_log: LogSink | None,
+    def exchange(self, head: bytes, parts: Sequence[Any], size: int, on_log: protocol.LogSink | None,
                  timeout: float | None) -> _Reader:
         reused, self.used = self.used, True
         sock = self.sock
         sock.settimeout(timeout)
         try:
-            if size < _SMALL_BODY:
+            if size < protocol.SMALL_FRAME_BYTES:
                 sock.sendall(b"".join([head, *parts]))
             else:
                 sock.sendall(head)
@@ -189,7 +199,7 @@ class DaemonClient:
         self.ssl_context = ssl_context
         self._local = threading.local()
         self._fixed_headers = (
-            f"Host: {host}:{port}\r\nAuthorization: Bearer {token or ''}\r\nContent-Type: {wire.CONTENT_TYPE}\r\n"
+            f"Host: {host}:{port}\r\nAuthorization: Bearer {token or ''}\r\nContent-Type: {protocol.CONTENT_TYPE}\r\n"
         )
 
     def _connection(self) -> _Connection:
@@ -213,7 +223,7 @@ class DaemonClient:
         path: str,
         meta: dict[str, Any] | None = None,
         parts: Sequence[Any] = (),
-        on_log: LogSink | None = None,
+        on_log: protocol.LogSink | None = None,
         timeout: float | None = CALL_READ_TIMEOUT_S,
     ) -> Response:
         """POST a serialized payload and read the framed answer, streaming LOG frames to ``on_log``.
@@ -260,20 +270,10 @@ class DaemonClient:
                 self._drop_connection()
                 raise
         if not reader.framed:
-            raise _daemon_error(int(reader.headers.get(":status", 0)), bytes(reader.raw), self.host, self.port)
+            status = int(reader.headers.get(":status", 0))
+            raise protocol.error_from_envelope(status, bytes(reader.raw), f"{self.host}:{self.port}")
         if reader.final is None:
             raise ClusterUnreachableError(f"the daemon at {self.host}:{self.port} sent an answer without a result")
         kind, payload = reader.final
         return Response(kind, payload, reader.headers)
 
-
-def _daemon_error(status: int, body: bytes, host: str, port: int) -> RunhouseError:
-    try:
-        info = json.loads(body)["error"]
-        cls = BY_NAME.get(info["type"], DaemonError)
-        message, details = info["message"], info.get("details") or {}
-    except (ValueError, KeyError, TypeError):
-        cls, message, details = DaemonError, f"unexpected answer from {host}:{port} (HTTP {status}): {body[:200]!r}", {}
-    if issubclass(cls, DaemonError):
-        details["status"] = status
-    return _rebuild(cls, message, details)

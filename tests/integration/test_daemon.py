@@ -9,11 +9,13 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 import runhouse as rh
+from runhouse.daemon_files import DaemonFiles
 from runhouse.errors import (
     AuthenticationError,
     BadRequestError,
@@ -21,7 +23,7 @@ from runhouse.errors import (
     ObjectNotFoundError,
 )
 from runhouse.paths import envs_dir
-from runhouse.server import daemon
+from runhouse.resources.clusters import local_daemon as daemon
 from tests.conftest import free_port
 from tests.integration import funcs
 
@@ -61,7 +63,7 @@ def test_client_with_wrong_token_raises_authentication_error(cluster):
 
 
 def test_token_file_is_private_and_kept_across_restarts(own_cluster):
-    path = daemon.token_path(own_cluster.server_port)
+    path = Path(DaemonFiles.local(own_cluster.server_port).token)
     before = path.read_text()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     own_cluster.restart_server()

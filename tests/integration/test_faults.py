@@ -15,7 +15,7 @@ import pytest
 
 import runhouse as rh
 from runhouse.errors import CallTimeoutError, WorkerCrashedError
-from runhouse.server import daemon
+from runhouse.resources.clusters import local_daemon as daemon
 from tests.integration import funcs
 
 CRASH_ENV = "crash_env"

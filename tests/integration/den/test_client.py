@@ -11,8 +11,8 @@ import pytest
 
 import runhouse as rh
 from runhouse.config import configs
-from runhouse.errors import ObjectNotFoundError
-from runhouse.rns.den_client import DenClient, DenUnreachableError
+from runhouse.errors import DenUnreachableError, ObjectNotFoundError
+from runhouse.rns.den_client import DenClient
 from tests.integration import funcs
 
 

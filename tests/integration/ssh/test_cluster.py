@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 import runhouse as rh
-from runhouse.errors import HostKeyError, SSHAuthenticationError, SSHConnectionError
-from runhouse.resources.ssh_cluster import ClusterVersionError, SSHCluster
+from runhouse.errors import ClusterVersionError, HostKeyError, SSHAuthenticationError, SSHConnectionError
+from runhouse.resources.ssh_cluster import SSHCluster
 from tests.conftest import free_port
 from tests.integration import funcs
 
@@ -146,7 +146,7 @@ def test_run_setup_runs_once_per_host(ssh_box):
 
 def test_ssh_tunnel_is_a_context_manager(ssh_box):
     with ssh_box.ssh_tunnel(remote_port=ssh_box.server_port) as tunnel:
-        from runhouse.server import daemon
+        from runhouse.resources.clusters import local_daemon as daemon
 
         assert daemon.health(tunnel.local_port, "127.0.0.1", timeout=2) is not None
     assert daemon.health(tunnel.local_port, "127.0.0.1", timeout=0.5) is None
@@ -246,7 +246,7 @@ def test_tls_connection_pins_the_daemons_certificate(ssh_box, sshd):
             plain.request("GET", "/health")
             plain.getresponse().read()
         stranger = ssl.create_default_context()  # does not trust the self-signed certificate
-        from runhouse.server import daemon
+        from runhouse.resources.clusters import local_daemon as daemon
 
         assert daemon.health(port, sshd.host, timeout=2, ssl_context=stranger) is None
     finally:

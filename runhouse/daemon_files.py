@@ -1,0 +1,130 @@
+"""The daemon's on-disk identity: where the daemon on a port keeps its token, TLS files, pid, log and registry.
+
+The daemon writes these files and clients read them: on this machine directly, on a host over SSH. Both
+derive every path from :class:`DaemonFiles`, so the layout is spelled once::
+
+    <runhouse folder>/daemons/<port>/
+        token            the bearer token (0600), made at first start and kept across restarts
+        pid              the running daemon's pid
+        daemon.log       its output
+        launch.json      how it was last started (bound address, TLS), for restarting it the same way
+        registry.json    its envs and named objects
+        tls/cert.pem     the certificate it serves HTTPS with (``--tls``); clients pin it
+        tls/key.pem      its private key (0600)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+
+from runhouse.paths import daemon_dir
+
+# The runhouse folder on a host as a word of a POSIX shell command (the daemon there honours RH_CONFIG_DIR).
+REMOTE_CONFIG_DIR = '"${RH_CONFIG_DIR:-$HOME/.rh}"'
+
+
+@dataclass(frozen=True)
+class DaemonFiles:
+    """The state files of the daemon on one port, here (:meth:`local`) or on a host (:meth:`remote`)."""
+
+    folder: PurePath
+
+    @classmethod
+    def local(cls, port: int) -> DaemonFiles:
+        """The files of the daemon on ``port`` of this machine (the folder is created, mode 0700)."""
+        return cls(daemon_dir(port))
+
+    @classmethod
+    def remote(cls, config_dir: str, port: int) -> DaemonFiles:
+        """The files of the daemon on ``port`` of a host whose runhouse folder is ``config_dir`` (absolute)."""
+        return cls(PurePosixPath(config_dir) / "daemons" / str(port))
+
+    @property
+    def token(self) -> PurePath:
+        return self.folder / "token"
+
+    @property
+    def pid(self) -> PurePath:
+        return self.folder / "pid"
+
+    @property
+    def log(self) -> PurePath:
+        return self.folder / "daemon.log"
+
+    @property
+    def launch(self) -> PurePath:
+        return self.folder / "launch.json"
+
+    @property
+    def registry(self) -> PurePath:
+        return self.folder / "registry.json"
+
+    @property
+    def tls_cert(self) -> PurePath:
+        return self.folder / "tls" / "cert.pem"
+
+    @property
+    def tls_key(self) -> PurePath:
+        return self.folder / "tls" / "key.pem"
+
+
+def read_token(files: DaemonFiles) -> str | None:
+    """The local daemon's token, or None before its first start."""
+    try:
+        return Path(files.token).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def ensure_token(files: DaemonFiles) -> str:
+    """The local daemon's token, created with mode 0600 if it does not exist yet."""
+    token = read_token(files)
+    if token is not None:
+        return token
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(files.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return Path(files.token).read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
+
+
+def ensure_tls_cert(files: DaemonFiles, host: str) -> Path:
+    """A self-signed certificate for the local daemon, made once (key mode 0600); clients pin it, no CA."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = Path(files.tls_cert), Path(files.tls_key)
+    if cert_path.exists() and key_path.exists():
+        return cert_path
+    cert_path.parent.mkdir(mode=0o700, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "runhouse daemon")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alt = x509.DNSName(host)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path
