@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runhouse import protocol
 from runhouse.errors import ClusterUnreachableError, RunhouseError
@@ -23,6 +23,9 @@ from runhouse.transport.client import DaemonClient, Response, health
 
 CONTROL_TIMEOUT_S = 60.0
 ENV_TIMEOUT_S = 1800.0  # installing requirements can be slow
+if TYPE_CHECKING:
+    from runhouse.resources.data.base import DataSystem
+
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -137,6 +140,12 @@ class Cluster(Resource):
         The daemon on this machine imports from the same paths, so nothing needs to move.
         """
         return spec
+
+    def data_system(self) -> DataSystem:
+        """The cluster's disk as a data system: reached through the daemon (a local daemon's disk is this one)."""
+        from runhouse.resources.data.daemon import DaemonSystem
+
+        return DaemonSystem(self)
 
     # --- envs ----------------------------------------------------------------------------------------
     def ensure_env(self, env: Env) -> str:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runhouse import __version__
 from runhouse.errors import ClusterUnreachableError, ClusterVersionError, DaemonStartError, HostKeyError
@@ -38,6 +38,9 @@ SYNC_TIMEOUT_S = 600.0
 _TUNNEL_RECONNECT_WINDOW_S = 0.2
 _REMOTE_STATE = '"${RH_CONFIG_DIR:-$HOME/.rh}"'
 _TREE_MARKER = ".rh-tree-hash"
+
+if TYPE_CHECKING:
+    from runhouse.resources.data.base import DataSystem
 
 
 class SSHCluster(Cluster):
@@ -325,6 +328,12 @@ class SSHCluster(Cluster):
             self.ssh_connection.run(f"echo {tree} > {marker}", timeout=30, check=True)
         self._synced[str(repo)] = tree
         return remote_repo
+
+    def data_system(self) -> DataSystem:
+        """The host's disk, reached over this cluster's SSH connection (rsync for bulk moves)."""
+        from runhouse.resources.data.ssh import SSHSystem
+
+        return SSHSystem(self)
 
     # --- shell ---------------------------------------------------------------------------------------
     def ssh(self) -> int:
