@@ -189,3 +189,15 @@ def sshd(tmp_path_factory: pytest.TempPathFactory, config_dir: Path) -> Iterator
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def second_sshd(sshd: SSHServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
+    """Another running sshd (its own port, keys and home folder) for tests that need two hosts; ``sshd`` first
+    checks that OpenSSH is installed and prepares its folder."""
+    server = SSHServer(tmp_path_factory.mktemp("sshd2"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
