@@ -16,12 +16,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from runhouse.version import __version__
 
+# The public API: each name and the module it lives in. ``__all__`` is made from it, and a unit test checks
+# that the type checkers' imports below name the same things.
 _EXPORTS = {
-    "CallTimeoutError": "runhouse.errors",
     "Blob": "runhouse.resources.blob",
-    "Cluster": "runhouse.resources.cluster",
+    "CallTimeoutError": "runhouse.errors",
+    "Cluster": "runhouse.resources.clusters",
     "Env": "runhouse.resources.env",
     "Folder": "runhouse.resources.folder",
     "Function": "runhouse.resources.function",
@@ -31,36 +33,36 @@ _EXPORTS = {
     "RemoteClass": "runhouse.resources.module",
     "RemoteError": "runhouse.errors",
     "RemoteInstance": "runhouse.resources.module",
+    "Resource": "runhouse.resources.resource",
     "RunhouseError": "runhouse.errors",
     "Secret": "runhouse.resources.secret",
     "Secrets": "runhouse.resources.secret",
     "Table": "runhouse.resources.table",
     "WorkerCrashedError": "runhouse.errors",
     "blob": "runhouse.resources.blob",
-    "cluster": "runhouse.resources.cluster",
-    "configs": "runhouse.config",
+    "cluster": "runhouse.resources.clusters",
+    "configs": "runhouse.account",
     "current_folder": "runhouse.rns.store",
+    "env": "runhouse.resources.env",
     "exists": "runhouse.resources.resource",
     "folder": "runhouse.resources.folder",
     "folder_contents": "runhouse.rns.store",
+    "function": "runhouse.resources.function",
+    "get": "runhouse.resources.remote",
     "load": "runhouse.resources.resource",
-    "login": "runhouse.rns.den_client",
-    "logout": "runhouse.rns.den_client",
+    "login": "runhouse.account",
+    "logout": "runhouse.account",
+    "module": "runhouse.resources.module",
     "secret": "runhouse.resources.secret",
     "set_folder": "runhouse.rns.store",
     "table": "runhouse.resources.table",
-    "env": "runhouse.resources.env",
-    "function": "runhouse.resources.function",
-    "get": "runhouse.resources.remote",
-    "module": "runhouse.resources.module",
-    "Resource": "runhouse.resources.resource",
 }
 
 if TYPE_CHECKING:
-    from runhouse.config import configs
+    from runhouse.account import configs, login, logout
     from runhouse.errors import CallTimeoutError, MapError, RemoteError, RunhouseError, WorkerCrashedError
     from runhouse.resources.blob import Blob, blob
-    from runhouse.resources.cluster import Cluster, cluster
+    from runhouse.resources.clusters import Cluster, cluster
     from runhouse.resources.env import Env, env
     from runhouse.resources.folder import Folder, folder
     from runhouse.resources.function import Function, function
@@ -69,7 +71,6 @@ if TYPE_CHECKING:
     from runhouse.resources.resource import Resource, exists, load
     from runhouse.resources.secret import Secret, Secrets, secret
     from runhouse.resources.table import Table, table
-    from runhouse.rns.den_client import login, logout
     from runhouse.rns.store import current_folder, folder_contents, set_folder
 
     here: Cluster
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name == "here":  # resolved on each access so RH_SERVER_PORT set later is honoured
-        from runhouse.resources.cluster import here
+        from runhouse.resources.clusters import here
 
         return here()
     module_name = _EXPORTS.get(name)
@@ -92,42 +93,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-__all__ = [
-    "Blob",
-    "CallTimeoutError",
-    "Cluster",
-    "Env",
-    "Folder",
-    "Function",
-    "MapError",
-    "Module",
-    "Ref",
-    "RemoteClass",
-    "RemoteError",
-    "RemoteInstance",
-    "Resource",
-    "RunhouseError",
-    "Secret",
-    "Secrets",
-    "Table",
-    "WorkerCrashedError",
-    "__version__",
-    "blob",
-    "cluster",
-    "configs",
-    "current_folder",
-    "env",
-    "exists",
-    "folder",
-    "folder_contents",
-    "function",
-    "get",
-    "here",
-    "load",
-    "login",
-    "logout",
-    "module",
-    "secret",
-    "set_folder",
-    "table",
-]
+__all__ = sorted([*_EXPORTS, "__version__", "here"])

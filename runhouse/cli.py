@@ -75,13 +75,13 @@ def _mib(n: int) -> str:
 @app.command()
 def status(port: int | None = PortOption) -> None:
     """Show the daemon's envs, objects and workers."""
-    from runhouse.resources.cluster import Cluster
+    from runhouse.resources.clusters import DirectCluster
 
     port = _port(port)
     if daemon.health(port) is None:
         console.print(f"no daemon answering on port {port} (start it with `runhouse start`)")
         raise typer.Exit(1)
-    info = Cluster(name="here", host="localhost", server_port=port).status()
+    info = DirectCluster(name="here", host="localhost", server_port=port).status()
     console.print(
         f"[bold]runhouse daemon[/bold] {info['version']} on 127.0.0.1:{port}, pid {info['pid']}, "
         f"Python {info['python']}, up {info['uptime_s']:.0f} s"
@@ -107,7 +107,7 @@ def login(
     den_url: str | None = typer.Option(None, help="Den URL (default: the one in ~/.rh/config.yaml)."),
 ) -> None:
     """Log in to Den; offers to upload or download config defaults and secrets."""
-    from runhouse.rns.den_client import login as den_login
+    from runhouse.account import login as den_login
 
     try:
         user = den_login(token=token, den_url=den_url, interactive=True)
@@ -123,7 +123,7 @@ def logout(
                                         help="Delete local credential files too (asked when not given)."),
 ) -> None:
     """Forget the Den token on this machine, and offer to delete local credential files."""
-    from runhouse.rns.den_client import logout as den_logout
+    from runhouse.account import logout as den_logout
 
     removed = den_logout(interactive=remove_secrets is None, remove_secrets=bool(remove_secrets))
     for path in removed:
@@ -134,7 +134,7 @@ def logout(
 @app.command("ssh")
 def ssh(name: str = typer.Argument(..., help="Name of a saved SSH cluster.")) -> None:
     """Open an interactive shell on a saved cluster's head node."""
-    from runhouse.resources.cluster import cluster
+    from runhouse.resources.clusters import cluster
 
     try:
         box = cluster(name=name)

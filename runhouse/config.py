@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from runhouse.errors import ConfigError
-from runhouse.paths import _config_dir_path
+from runhouse.paths import _config_dir_path, write_atomic
 
 if sys.platform != "win32":
     import fcntl
@@ -50,7 +49,7 @@ _EXPECTED: dict[str, str] = {
 }
 
 # Settings that belong to this machine's login, never copied to or from Den's defaults.
-_NOT_SHARED = frozenset({"token", "den_url", "username"})
+LOCAL_ONLY_SETTINGS = frozenset({"token", "den_url", "username"})
 
 # Settings whose value must never be echoed in errors or reprs.
 _SECRET_KEYS = frozenset({"token"})
@@ -217,22 +216,6 @@ class Configs:
                 data[key] = value
             self._write(_file_data(self._validate(data, source=None)))
 
-    def upload_defaults(self) -> dict[str, Any]:
-        """Store these settings in Den for the logged-in user (all but the token and Den's URL)."""
-        from runhouse.rns.den_client import den_client
-
-        keep = {k: v for k, v in self.to_dict().items() if k not in _NOT_SHARED}
-        return den_client().put_defaults(keep)
-
-    def download_defaults(self) -> dict[str, Any]:
-        """Set the settings the logged-in user stored in Den (validated like ``set``); returns them."""
-        from runhouse.rns.den_client import den_client
-
-        defaults = {k: v for k, v in den_client().get_defaults().items() if k not in _NOT_SHARED}
-        for key, value in defaults.items():
-            self.set(key, value)
-        return defaults
-
     def to_dict(self) -> dict[str, Any]:
         """The settings as they would be written: explicit keys only, never a token from ``RH_TOKEN`` alone."""
         return _file_data(self.load())
@@ -294,20 +277,7 @@ class Configs:
             ) from None
         path = self.path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Same folder, so os.replace is an atomic rename; created 0600 so the token is never more readable.
-        temp_name = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(text)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp_name, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp_name)
-            raise
-        _fsync_dir(path.parent)
+        write_atomic(path, text, mode=0o600)  # never more readable than 0600: it holds the token
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -334,17 +304,6 @@ def _check_plain_data(key: str, value: Any) -> None:
             f"{key} must be plain YAML data (strings, numbers, booleans, lists, mappings), "
             f"got a value of type {type(value).__name__}"
         ) from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX only; Windows cannot open folders)."""
-    if sys.platform == "win32":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 configs = Configs()

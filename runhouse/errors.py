@@ -173,6 +173,8 @@ class HostGroupError(SSHError):
     def __init__(self, results: dict[str, Any]) -> None:
         self.results = results
         self.failures = {host: r for host, r in results.items() if isinstance(r, BaseException)}
+        if not self.failures:
+            raise ValueError("HostGroupError needs at least one failed host")
         first = next(iter(self.failures))
         super().__init__(
             f"{len(self.failures)} of {len(results)} hosts failed; first failure ({first}): "

@@ -1,4 +1,4 @@
-"""Where runhouse keeps its local state, and the defaults that locate the local daemon.
+"""Where runhouse keeps its local state, the defaults that locate the local daemon, and atomic file writes.
 
 ``RH_CONFIG_DIR`` moves the whole folder (default ``~/.rh``); ``RH_SERVER_PORT`` picks the port of the
 daemon on this machine (default 32300).
@@ -6,7 +6,10 @@ daemon on this machine (default 32300).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import sys
 from pathlib import Path
 
 from runhouse.errors import ConfigError
@@ -52,3 +55,36 @@ def envs_dir() -> Path:
     path = config_dir() / "envs"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    """Replace the file at ``path`` with ``data`` so that readers see the old content or all of the new.
+
+    The data goes to a uniquely named temporary file in the same folder (created with ``mode``, so it is
+    never more readable than that), is flushed to disk, and is renamed over ``path``; the rename is then
+    made durable. On any failure the temporary file is removed and ``path`` is left as it was.
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data.encode() if isinstance(data, str) else data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX only; Windows cannot open folders)."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

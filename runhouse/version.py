@@ -10,8 +10,7 @@ import functools
 import hashlib
 from pathlib import Path
 
-from runhouse import __version__
-
+__version__ = "0.1.0"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 

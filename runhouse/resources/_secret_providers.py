@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from runhouse.errors import ConfigError, MissingCredentialsError
+from runhouse.paths import write_atomic
 
 Files = dict[str, str]
 """``{"~/relative/path": text}``: what a provider writes."""
@@ -278,7 +279,7 @@ def write_files(files: Files, overwrite: bool = False) -> dict[str, list[str]]:
     """Write ``files`` under this machine's home folder with mode 0600 (folders 0700), atomically.
 
     Existing files are kept unless ``overwrite``. Returns ``{"written": [...], "skipped": [...]}`` (paths as
-    given). Runs on clusters too, as a deployed function, so it uses the standard library only.
+    given). Runs on clusters too, as a deployed function.
     """
     report: dict[str, list[str]] = {"written": [], "skipped": []}
     for path, text in files.items():
@@ -289,12 +290,7 @@ def write_files(files: Files, overwrite: bool = False) -> dict[str, list[str]]:
             report["skipped"].append(path)
             continue
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.rh-partial")
-        fd = os.open(partial, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
-        os.chmod(partial, 0o600)  # O_CREAT's mode does not apply to a file left by an earlier attempt
-        os.replace(partial, target)
+        write_atomic(target, text, mode=0o600)
         report["written"].append(path)
     return report
 

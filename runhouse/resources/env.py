@@ -12,7 +12,7 @@ from runhouse.protocol import DEFAULT_ENV, object_name_problem
 from runhouse.resources.resource import Resource
 
 if TYPE_CHECKING:
-    from runhouse.resources.cluster import Cluster
+    from runhouse.resources.clusters.base import Cluster
 
 class Env(Resource):
     """Requirements (installed with pip into a cached venv) and environment variables for workers.

@@ -21,12 +21,12 @@ import cloudpickle
 from runhouse import protocol, serialization
 from runhouse.errors import MapError, RunhouseError, SerializationError
 from runhouse.protocol import DEFAULT_ENV, LogSink, Op
-from runhouse.resources.cluster import print_log
+from runhouse.resources.clusters.base import print_log
 from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
 
 if TYPE_CHECKING:
-    from runhouse.resources.cluster import Cluster
+    from runhouse.resources.clusters.base import Cluster
 
 # Keyword arguments of a call that are options for runhouse, never passed to the remote code.
 CALL_OPTIONS = ("stream_logs", "timeout")
@@ -148,7 +148,7 @@ class Deployable(Resource):
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Deployable:
-        from runhouse.resources.cluster import Cluster
+        from runhouse.resources.clusters.base import Cluster
         from runhouse.resources.resource import load_typed
 
         stub = cls(None, config["remote_name"], remote_name=config["remote_name"])

@@ -6,6 +6,8 @@ import importlib
 from typing import Any, ClassVar, TypeVar
 
 from runhouse.errors import ConfigError, ObjectNotFoundError, RunhouseError
+from runhouse.rns import store as rns_store
+from runhouse.rns.names import Address
 
 R = TypeVar("R", bound="Resource")
 
@@ -14,8 +16,9 @@ _TYPES: dict[str, type[Resource]] = {}
 _SUBTYPES: dict[str, type[Resource]] = {}
 # Where the resource classes live, so a config can be rebuilt before its module was ever imported.
 _MODULES = {
-    "Cluster": "runhouse.resources.cluster",
-    "SSHCluster": "runhouse.resources.ssh_cluster",
+    "Cluster": "runhouse.resources.clusters.base",
+    "DirectCluster": "runhouse.resources.clusters.direct",
+    "SSHCluster": "runhouse.resources.clusters.ssh",
     "Env": "runhouse.resources.env",
     "Function": "runhouse.resources.function",
     "RemoteClass": "runhouse.resources.module",
@@ -44,7 +47,7 @@ class Resource:
         """Take a bare name as it is; a full address (``~/a``, ``/owner/a``, ``^a``) also sets rns_address."""
         self.rns_address, self.name = None, name
         if name and ("/" in name or name[0] in "~@^"):
-            address = _store().resolve(name)
+            address = rns_store.resolve(name)
             self.rns_address, self.name = str(address), address.name
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -98,35 +101,34 @@ class Resource:
 
         Saving an unchanged config writes nothing new; a changed one keeps the previous in its history.
         """
-        store = _store()
         target = name or self.rns_address or self.name
         if not target:
             raise RunhouseError(f"this {self.RESOURCE_TYPE} has no name; save it with .save(name=...)")
-        address = store.resolve(target)
+        address = rns_store.resolve(target)
         self._set_name(str(address))
-        store.save(address, self.config())
+        rns_store.save(address, self.config())
         return self
 
-    def _address(self) -> Any:
+    def _address(self) -> Address:
         if not (self.rns_address or self.name):
             raise RunhouseError(f"this {self.RESOURCE_TYPE} has no name, so nothing of it is saved")
-        return _store().resolve(self.rns_address or self.name)  # type: ignore[arg-type]
+        return rns_store.resolve(self.rns_address or self.name)  # type: ignore[arg-type]
 
     def history(self) -> list[dict[str, Any]]:
         """Every saved version of this resource's config, oldest first (``version`` ids for rh.load)."""
-        return _store().history(self._address())
+        return rns_store.history(self._address())
 
     def share(self, users: str | list[str], access_level: str = "read", notify: bool = False) -> dict[str, Any]:
         """Share this resource (saved in Den) with users, ``access_level`` "read" or "write"."""
-        return _store().share(self._address(), [users] if isinstance(users, str) else list(users), access_level)
+        return rns_store.share(self._address(), [users] if isinstance(users, str) else list(users), access_level)
 
     def unshare(self, users: str | list[str]) -> dict[str, Any]:
         """Take back the shares this resource's address gave to users."""
-        return _store().unshare(self._address(), [users] if isinstance(users, str) else list(users))
+        return rns_store.unshare(self._address(), [users] if isinstance(users, str) else list(users))
 
     def delete_configs(self) -> bool:
         """Delete this resource's saved config and its history; returns whether anything was saved."""
-        return _store().delete(self._address())
+        return rns_store.delete(self._address())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.rns_address or self.name!r}>"
@@ -137,12 +139,6 @@ class Resource:
     __hash__ = object.__hash__
 
 
-def _store() -> Any:
-    from runhouse.rns import store
-
-    return store
-
-
 def load(name: str, version: str | None = None, dryrun: bool = False) -> Resource:
     """Load a saved resource of any type by name (an older ``version`` from its history when given).
 
@@ -150,10 +146,9 @@ def load(name: str, version: str | None = None, dryrun: bool = False) -> Resourc
 
         fn = rh.load("my_fn")       # a callable stub of the deployed function
     """
-    store = _store()
-    config = store.load(store.resolve(name), version)
+    config = rns_store.load(rns_store.resolve(name), version)
     resource = Resource.from_config(config, dryrun=dryrun)
-    resource._set_name(str(store.resolve(name)))
+    resource._set_name(str(rns_store.resolve(name)))
     return resource
 
 
@@ -167,5 +162,4 @@ def load_typed(cls: type[R], name: str, dryrun: bool = False) -> R:
 
 def exists(name: str) -> bool:
     """Whether a resource is saved under ``name``."""
-    store = _store()
-    return store.exists(store.resolve(name))
+    return rns_store.exists(rns_store.resolve(name))

@@ -30,7 +30,7 @@ from runhouse.resources._secret_providers import BUILTIN, Files, Provider, find_
 from runhouse.resources.resource import Resource
 
 if TYPE_CHECKING:
-    from runhouse.resources.cluster import Cluster
+    from runhouse.resources.clusters.base import Cluster
 
 _console = Console(stderr=True)
 _INSTALL_NAME = "rh-secrets-write-files"

@@ -7,6 +7,7 @@ errors Den raises. Den's URL and the user's token come from ``rh.configs`` (``rh
 from __future__ import annotations
 
 import threading
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -18,7 +19,13 @@ DEN_TIMEOUT_S = 30.0
 
 
 class DenClient:
-    """Calls one Den as one user."""
+    """Calls one Den as one user; a context manager that closes its connections on leaving.
+
+    Example::
+
+        with DenClient("http://localhost:32400", token) as den:
+            den.me()
+    """
 
     def __init__(self, url: str, token: str | None, timeout: float = DEN_TIMEOUT_S) -> None:
         self.url = url.rstrip("/")
@@ -26,7 +33,16 @@ class DenClient:
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
+        """Close the connections to Den."""
         self._http.close()
+
+    def __enter__(self) -> DenClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -113,95 +129,8 @@ def den_client() -> DenClient:
 
 def check_token(url: str, token: str) -> dict[str, Any]:
     """Who ``token`` belongs to at Den ``url``; raises AuthenticationError for a wrong token."""
-    client = DenClient(url, token)
-    try:
-        return client.me()
-    except AuthenticationError:
-        raise AuthenticationError(f"Den at {url} does not know this token") from None
-    finally:
-        client.close()
-
-
-def login(
-    token: str | None = None,
-    den_url: str | None = None,
-    interactive: bool = False,
-    upload_defaults: bool = False,
-    download_defaults: bool = False,
-    upload_secrets: bool = False,
-    download_secrets: bool = False,
-) -> str:
-    """Log in to Den: check the token, save it with Den's URL and the user name in ``~/.rh/config.yaml``.
-
-    Afterwards bare names save to the user's Den folder (``@/...``); ``~/...`` still saves locally.
-    ``interactive`` asks for what is missing and offers to upload or download config defaults and secrets
-    (upload: the credentials found on this machine; download: stored ones, never replacing local files).
-
-    Returns:
-        The user name.
-    """
-    import getpass
-
-    from runhouse.config import configs
-    from runhouse.prompts import ask_yes_no
-
-    url = den_url or configs.get("den_url")
-    if not url and interactive:
-        url = input("Den URL (e.g. http://den.example.com:32400): ").strip()
-    if not url:
-        raise ConfigError("rh.login needs den_url= (the address of your Den)")
-    if not token and interactive:
-        token = getpass.getpass("Den token: ").strip()
-    if not token:
-        raise ConfigError("rh.login needs token= (runhouse den user add NAME prints one)")
-    user = check_token(url, token)["name"]
-    configs.set("den_url", url)
-    configs.set("token", token)
-    configs.set("username", user)
-    if interactive:
-        upload_defaults = upload_defaults or ask_yes_no("Upload your local config defaults to Den? [y/N] ")
-        download_defaults = download_defaults or ask_yes_no("Download your config defaults from Den? [y/N] ")
-    if interactive:
-        from runhouse.resources.secret import Secrets
-
-        found = Secrets.configured_providers()
-        if found:
-            upload_secrets = upload_secrets or ask_yes_no(
-                f"Upload the credentials found here ({', '.join(found)}) to Den, encrypted? [y/N] ")
-        download_secrets = download_secrets or ask_yes_no("Download your secrets from Den into this machine? [y/N] ")
-    if download_defaults:
-        configs.download_defaults()
-    if upload_defaults:
-        configs.upload_defaults()
-    _sync_secrets(upload_secrets, download_secrets)
-    return user
-
-
-def _sync_secrets(upload: bool, download: bool) -> None:
-    if not (upload or download):
-        return
-    from runhouse.resources.secret import Secrets
-
-    if upload:
-        Secrets.extract_and_upload()
-    if download:
-        Secrets.download_into_env()
-
-
-def logout(interactive: bool = False, remove_secrets: bool = False) -> list[str]:
-    """Forget the Den token and user name (Den's URL is kept for the next login).
-
-    ``remove_secrets`` (or a yes at the ``interactive`` prompt) also deletes the providers' credential files
-    from this machine. Returns the files removed.
-    """
-    from runhouse.config import configs
-    from runhouse.prompts import ask_yes_no
-    from runhouse.resources.secret import Secrets
-
-    configs.set("token", None)
-    configs.set("username", None)
-    found = Secrets.configured_providers()
-    if interactive and found and not remove_secrets:
-        remove_secrets = ask_yes_no(f"Also delete the local credential files of {', '.join(found)}? [y/N] ")
-    return Secrets.remove_local() if remove_secrets else []
-
+    with DenClient(url, token) as client:
+        try:
+            return client.me()
+        except AuthenticationError:
+            raise AuthenticationError(f"Den at {url} does not know this token") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runhouse.errors import InvalidNameError, ObjectNotFoundError
+from runhouse.paths import write_atomic
 
 CONFIG_FILE = "config.json"
 HISTORY_DIR = ".history"
@@ -58,15 +58,6 @@ def _dump(config: dict[str, Any]) -> str:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,8 +86,8 @@ def save(parts: tuple[str, ...], config: dict[str, Any], root: Path | None = Non
             while target.exists():  # two saves within the clock's resolution
                 version = _now_version()
                 target = history / f"{version}.json"
-            _atomic_write(target, old)
-        _atomic_write(current, text)
+            write_atomic(target, old, mode=0o644)
+        write_atomic(current, text, mode=0o644)
     return True
 
 

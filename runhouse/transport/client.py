@@ -19,7 +19,9 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any
 
 import httptools
@@ -31,8 +33,8 @@ CONNECT_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 0.5
 # How long a client keeps retrying a refused connection, e.g. while the daemon restarts.
 RECONNECT_WINDOW_S = 10.0
-# Calls may run as long as user code needs; bound one with ``timeout=`` on the call.
-CALL_READ_TIMEOUT_S: float | None = None
+# Calls, maps and commands may run as long as user code needs (up to a week); bound one with ``timeout=``.
+CALL_READ_TIMEOUT_S = 7 * 24 * 3600.0
 _RECV_CHUNK = 256 * 1024
 
 
@@ -130,12 +132,14 @@ class _Connection:
         self.sock = ssl_context.wrap_socket(raw) if ssl_context is not None else raw
         self.buffer = bytearray(_RECV_CHUNK)
         self.used = False
+        self.closed = False
 
     def close(self) -> None:
+        self.closed = True
         self.sock.close()
 
     def exchange(self, head: bytes, parts: Sequence[Any], size: int, on_log: protocol.LogSink | None,
-                 timeout: float | None) -> _Reader:
+                 timeout: float) -> _Reader:
         reused, self.used = self.used, True
         sock = self.sock
         sock.settimeout(timeout)
@@ -184,7 +188,10 @@ class _ClosedAfter(Exception):
 
 
 class DaemonClient:
-    """Sends requests to one daemon; safe to share between threads (each uses its own connection)."""
+    """Sends requests to one daemon; safe to share between threads (each uses its own connection).
+
+    A context manager: leaving the block closes every thread's connection.
+    """
 
     def __init__(
         self,
@@ -198,14 +205,18 @@ class DaemonClient:
         self.reconnect_window = reconnect_window
         self.ssl_context = ssl_context
         self._local = threading.local()
+        self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()  # every thread's, for close()
+        self._open_lock = threading.Lock()
         self._fixed_headers = (
             f"Host: {host}:{port}\r\nAuthorization: Bearer {token or ''}\r\nContent-Type: {protocol.CONTENT_TYPE}\r\n"
         )
 
     def _connection(self) -> _Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or conn.closed:
             conn = self._local.conn = _Connection(self.host, self.port, self.ssl_context)
+            with self._open_lock:
+                self._open.add(conn)
         return conn
 
     def _drop_connection(self) -> None:
@@ -215,8 +226,19 @@ class DaemonClient:
             self._local.conn = None
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        self._drop_connection()
+        """Close every thread's connection; the next request opens a new one."""
+        with self._open_lock:
+            connections, self._open = list(self._open), weakref.WeakSet()
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> DaemonClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def request(
         self,
@@ -224,7 +246,7 @@ class DaemonClient:
         meta: dict[str, Any] | None = None,
         parts: Sequence[Any] = (),
         on_log: protocol.LogSink | None = None,
-        timeout: float | None = CALL_READ_TIMEOUT_S,
+        timeout: float = CALL_READ_TIMEOUT_S,
     ) -> Response:
         """POST a serialized payload and read the framed answer, streaming LOG frames to ``on_log``.
 

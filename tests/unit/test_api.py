@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
@@ -14,6 +15,16 @@ def test_public_api_is_sorted_and_complete():
     assert rh.__all__ == sorted(rh.__all__)
     for name in rh.__all__:
         assert hasattr(rh, name), name
+
+
+def test_type_checkers_see_the_same_public_names_as_runtime():
+    source = Path(rh.__file__).read_text()
+    tree = ast.parse(source).body
+    block = next(node for node in tree if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    imported = {alias.asname or alias.name for node in block.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert imported == set(rh._EXPORTS)
+    assert set(rh.__all__) == set(rh._EXPORTS) | {"__version__", "here"}
 
 
 def test_here_follows_rh_server_port(monkeypatch):

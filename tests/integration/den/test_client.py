@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import runhouse as rh
-from runhouse.config import configs
+from runhouse.account import configs
 from runhouse.errors import DenUnreachableError, ObjectNotFoundError
 from runhouse.rns.den_client import DenClient
 from tests.integration import funcs

@@ -13,7 +13,7 @@ import pytest
 
 import runhouse as rh
 from runhouse.errors import ClusterVersionError, HostKeyError, SSHAuthenticationError, SSHConnectionError
-from runhouse.resources.ssh_cluster import SSHCluster
+from runhouse.resources.clusters.ssh import SSHCluster
 from tests.conftest import free_port
 from tests.integration import funcs
 
@@ -153,7 +153,7 @@ def test_ssh_tunnel_is_a_context_manager(ssh_box):
 
 
 def test_version_mismatch_without_upgrade_is_a_clear_error(ssh_box, sshd, monkeypatch):
-    import runhouse.resources.ssh_cluster as module
+    import runhouse.resources.clusters.ssh as module
 
     monkeypatch.setattr(module, "build_id", lambda: "9.9.9+different")
     strict = rh.cluster(ips=[sshd.host], ssh_creds=_creds(sshd), server_port=ssh_box.server_port,
@@ -217,7 +217,7 @@ def test_daemon_that_fails_to_start_on_the_host_reports_its_log(sshd):
 
 
 def test_unknown_host_key_can_be_accepted_at_a_prompt(sshd, tmp_path, monkeypatch):
-    import runhouse.resources.ssh_cluster as module
+    import runhouse.resources.clusters.ssh as module
 
     questions = []
     monkeypatch.setattr(module, "ask_yes_no", lambda question: questions.append(question) or True)

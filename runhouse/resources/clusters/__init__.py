@@ -1,0 +1,65 @@
+"""Clusters: where daemons run. ``base.py`` declares the seam (the abstract :class:`Cluster` and its hooks);
+``direct.py`` and ``ssh.py`` fill it in; ``code.py`` ships code to hosts; ``local_daemon.py`` starts and
+stops the daemon on this machine.
+
+Example::
+
+    gpu = rh.cluster(name="rh-a10x", ips=["10.0.0.5"], ssh_creds={"ssh_user": "ubuntu"})
+    box = rh.cluster(name="box", host="localhost", server_port=32301)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from runhouse.paths import default_server_port
+from runhouse.resources.clusters.base import Cluster
+from runhouse.resources.clusters.direct import DirectCluster
+
+__all__ = ["Cluster", "DirectCluster", "cluster", "here"]
+
+
+def cluster(
+    name: str | None = None,
+    host: str | None = None,
+    server_port: int | None = None,
+    token: str | None = None,
+    dryrun: bool = False,
+    ips: Sequence[str] | None = None,
+    ssh_creds: dict[str, Any] | None = None,
+    **ssh_options: Any,
+) -> Cluster:
+    """A cluster whose daemon is reached directly at ``host:server_port`` (default: this machine).
+
+    With ``ips`` (and ``ssh_creds``), a machine you bring, reached over SSH (see
+    :class:`~runhouse.resources.clusters.ssh.SSHCluster` for its options). Called with only a name, loads
+    the cluster saved under it. Nothing connects until first use.
+
+    Example::
+
+        box = rh.cluster(name="box", host="localhost", server_port=32301).up_if_not()
+        rh.cluster(name="box")   # the same cluster, once saved with box.save()
+    """
+    if ips:
+        from runhouse.resources.clusters.ssh import SSHCluster
+
+        return SSHCluster(name=name, ips=ips, ssh_creds=ssh_creds, server_port=server_port, token=token, **ssh_options)
+    if ssh_creds or ssh_options:
+        raise ValueError("ssh_creds and SSH options need ips=[...] (the hosts to reach over SSH)")
+    if name is not None and host is None and server_port is None and token is None:
+        from runhouse.resources.resource import load_typed
+
+        return load_typed(Cluster, name, dryrun=dryrun)
+    return DirectCluster(name=name, host=host or "localhost", server_port=server_port, token=token)
+
+
+_here: dict[int, Cluster] = {}
+
+
+def here() -> Cluster:
+    """This machine's daemon (port ``$RH_SERVER_PORT``, default 32300)."""
+    port = default_server_port()
+    if port not in _here:
+        _here[port] = DirectCluster(name="here", host="localhost", server_port=port)
+    return _here[port]

@@ -1,0 +1,330 @@
+"""The cluster seam: :class:`Cluster`, the abstract base every kind of cluster fills in.
+
+A cluster is where a daemon runs. Everything a user does with one (deploy, call, put/get, run commands)
+is written once here, on top of a few hooks that say how this kind of cluster is reached and managed:
+
+==========================  ======================================================================
+hook                        contract
+==========================  ======================================================================
+``_endpoint()``             the (host, port) the HTTP client connects to (a tunnel's local end, ...)
+``_read_token()``           the daemon's bearer token, read where the daemon keeps it
+``_ssl_context()``          the TLS context pinning the daemon's certificate, or None for plain HTTP
+``_start_daemon()``         bring the daemon up (install, start); raise when this cluster cannot
+``_stop_daemon()``          stop the daemon and its workers; raise when this cluster cannot
+``_accept_running(health)`` decide about a daemon found running (e.g. replace another build)
+``prepare_code(spec, env)`` ship code so the daemon can import it; return the spec as seen there
+``data_system()``           the :class:`~runhouse.resources.data.base.DataSystem` of its disk
+``close()``                 release connections, tunnels and clients (the daemon keeps running)
+==========================  ======================================================================
+
+Implementations: :class:`~runhouse.resources.clusters.direct.DirectCluster` (a daemon reached at a host and
+port, started here when it is this machine's) and :class:`~runhouse.resources.clusters.ssh.SSHCluster`
+(a machine you bring, reached over SSH). A new kind (on-demand clouds, Ray clusters) subclasses
+:class:`Cluster` and fills in the hooks; nothing else switches on the kind of a cluster.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import ssl
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from runhouse import protocol
+from runhouse.paths import default_server_port
+from runhouse.protocol import LogSink, Op
+from runhouse.resources.env import Env
+from runhouse.resources.resource import Resource
+from runhouse.transport.client import CALL_READ_TIMEOUT_S, RECONNECT_WINDOW_S, DaemonClient, Response, health
+
+if TYPE_CHECKING:
+    from runhouse.resources.data.base import DataSystem
+
+CONTROL_TIMEOUT_S = 60.0
+ENV_TIMEOUT_S = 1800.0  # installing requirements can be slow
+HEALTH_CHECK_TIMEOUT_S = 2.0
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def print_log(prefix: str) -> LogSink:
+    """A log sink printing each streamed line to stdout behind ``(prefix)``."""
+
+    def sink(data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
+        sys.stdout.write("".join(f"({prefix}) {line}" for line in text.splitlines(keepends=True)))
+        sys.stdout.flush()
+
+    return sink
+
+
+class Cluster(Resource, abc.ABC):
+    """A machine (or group of machines) running a runhouse daemon; the kinds of clusters fill in the hooks.
+
+    Create one with :func:`runhouse.cluster`. Clusters are context managers: leaving the block closes the
+    connections (the daemon keeps running; :meth:`teardown` stops it).
+
+    Example::
+
+        with rh.cluster(name="box", host="localhost", server_port=32301).up_if_not() as box:
+            box.put("k", [1, 2]); box.get("k")
+    """
+
+    RESOURCE_TYPE = "cluster"
+    # How long a request keeps retrying a refused connection (a daemon restarting); 0 fails at once.
+    RECONNECT_WINDOW_S: ClassVar[float] = RECONNECT_WINDOW_S
+
+    def __init__(self, name: str | None = None, server_port: int | None = None, token: str | None = None) -> None:
+        super().__init__(name)
+        self.server_port = server_port or default_server_port()
+        self._token = token
+        self._client: DaemonClient | None = None
+        self._envs_ready: dict[str, dict] = {}  # env name -> spec known to exist on the daemon
+        self._checked_up = False
+
+    # --- the hooks ---------------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def host(self) -> str:
+        """The host name or address of the (head) machine, as shown to people."""
+
+    @abc.abstractmethod
+    def _endpoint(self) -> tuple[str, int]:
+        """The ``(host, port)`` the HTTP client connects to, opening whatever leads there (a tunnel).
+
+        Called whenever a client is made; must be cheap once the way there is open.
+        """
+
+    @abc.abstractmethod
+    def _read_token(self) -> str | None:
+        """The daemon's bearer token, read where the daemon keeps it (None when it has none yet)."""
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context trusting the daemon's certificate, or None when the client speaks plain HTTP."""
+        return None
+
+    @abc.abstractmethod
+    def _start_daemon(self) -> None:
+        """Bring the daemon up (installing runhouse first where needed) and return once it answers.
+
+        Raises:
+            ClusterUnreachableError: this kind of cluster cannot start a daemon at its address.
+            DaemonStartError: it did not come up; carries the end of its log.
+        """
+
+    @abc.abstractmethod
+    def _stop_daemon(self) -> None:
+        """Stop the daemon and its workers (nothing happens when it is not running).
+
+        Raises:
+            RunhouseError: this cluster cannot stop its daemon (it is not on a machine it controls).
+        """
+
+    def _accept_running(self, answer: dict[str, Any]) -> None:
+        """Decide about a daemon found running (``answer`` is its ``/health``): by default use it as it is."""
+
+    def prepare_code(self, spec: dict[str, Any], env: str) -> dict[str, Any]:
+        """Make code described by ``spec`` importable on the cluster; returns the spec as the cluster sees it.
+
+        By default the daemon imports from the same paths as this process, so nothing moves.
+        """
+        return spec
+
+    @abc.abstractmethod
+    def data_system(self) -> DataSystem:
+        """The cluster's disk as a data system (for folders, blobs and tables on it)."""
+
+    def close(self) -> None:
+        """Close this cluster's connections (the daemon keeps running); the next use reconnects."""
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        self._checked_up = False
+        self._envs_ready.clear()
+
+    # --- connection --------------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        """Whether the daemon runs on this machine (so its files and memory are this machine's)."""
+        return self.host in LOCAL_HOSTS
+
+    @functools.cached_property
+    def shares_memory(self) -> bool:
+        """Whether large buffers can go to and from the daemon through shared memory (same machine)."""
+        from runhouse.serialization import shm_available
+
+        return self.is_local and shm_available()
+
+    @property
+    def client(self) -> DaemonClient:
+        """The HTTP client of the daemon (made on first use, after the endpoint is open)."""
+        if self._client is None:
+            host, port = self._endpoint()
+            self._client = DaemonClient(
+                host,
+                port,
+                self._token or self._read_token(),
+                reconnect_window=self.RECONNECT_WINDOW_S,
+                ssl_context=self._ssl_context(),
+            )
+        return self._client
+
+    def _health(self) -> dict[str, Any] | None:
+        host, port = self._endpoint()
+        return health(port, host, timeout=HEALTH_CHECK_TIMEOUT_S, ssl_context=self._ssl_context())
+
+    def is_up(self) -> bool:
+        """Whether the daemon answers its health check."""
+        return self._health() is not None
+
+    def up_if_not(self) -> Cluster:
+        """Bring the daemon up unless it already answers; returns self."""
+        if self._checked_up:
+            return self
+        answer = self._health()
+        if answer is None:
+            self._start_daemon()
+        else:
+            self._accept_running(answer)
+        self._client = None  # the token (or the tunnel) may have just been made
+        self._checked_up = True
+        return self
+
+    def restart_server(self) -> Cluster:
+        """Restart the daemon; deployed envs, functions and modules come back from its registry."""
+        self._stop_daemon()
+        self._checked_up = False
+        self._envs_ready.clear()
+        return self.up_if_not()
+
+    def teardown(self) -> None:
+        """Stop the daemon and its workers, then close the connections."""
+        self._stop_daemon()
+        self.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def request(
+        self,
+        path: str,
+        meta: dict[str, Any] | None = None,
+        parts: Sequence[Any] = (),
+        on_log: LogSink | None = None,
+        timeout: float = CONTROL_TIMEOUT_S,
+    ) -> Response:
+        """Send one request to the daemon (the routes are :mod:`runhouse.protocol`'s)."""
+        return self.client.request(path, meta, parts, on_log, timeout)
+
+    def _control(self, op: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (), **kw: Any) -> Any:
+        return self.request(protocol.control_path(op), meta, parts, **kw).value()
+
+    # --- envs --------------------------------------------------------------------------------------
+    def ensure_env(self, env: Env) -> str:
+        """Create ``env`` on the daemon unless this client already did; returns its name."""
+        spec = env.spec()
+        if self._envs_ready.get(spec["name"]) != spec:
+            self.up_if_not()
+            self._control(Op.ENV, {"env": spec}, on_log=print_log(f"env {spec['name']}"), timeout=ENV_TIMEOUT_S)
+            self._envs_ready[spec["name"]] = spec
+        return spec["name"]
+
+    def _env_name(self, env: Env | str | Sequence[str] | None) -> str | None:
+        """The name of an env given as an Env (created here if needed), a name, or a list of requirements."""
+        if env is None or isinstance(env, str):
+            return env
+        if not isinstance(env, Env):
+            env = Env(reqs=list(env))
+        return self.ensure_env(env)
+
+    # --- key-value store ---------------------------------------------------------------------------
+    def put(self, key: str, obj: Any, env: Env | str | None = None) -> None:
+        """Store ``obj`` under ``key`` in an env's main worker (the default env unless given)."""
+        from runhouse import serialization
+
+        self.up_if_not()
+        parts = serialization.serialize(obj, shm=self.shares_memory)
+        self._control(Op.PUT, {"key": key, "env": self._env_name(env)}, parts)
+
+    def get(self, key: str, default: Any = ...) -> Any:
+        """The value stored under ``key``; for a function, class or instance, a handle to call it."""
+        self.up_if_not()
+        try:
+            response = self.request(protocol.control_path(Op.GET), {"key": key, "shm": self.shares_memory})
+        except KeyError:
+            if default is ...:
+                raise
+            return default
+        if response.headers.get(protocol.KIND_HEADER) == protocol.HANDLE_KIND:
+            from runhouse.resources.remote import handle_for
+
+            return handle_for(self, key, response.value())
+        return response.value()
+
+    def keys(self, env: Env | str | None = None) -> list[str]:
+        """Names of the objects on the cluster (in one env when given)."""
+        self.up_if_not()
+        return self._control(Op.KEYS, {"env": self._env_name(env) if env is not None else None})
+
+    def delete(self, keys: str | Sequence[str]) -> list[str]:
+        """Delete objects by name; returns the names that existed."""
+        self.up_if_not()
+        return self._control(Op.DELETE, {"keys": [keys] if isinstance(keys, str) else list(keys)})
+
+    # --- commands ----------------------------------------------------------------------------------
+    def run(
+        self,
+        commands: str | Sequence[str],
+        env: Env | str | None = None,
+        stream_logs: bool = True,
+        timeout: float = CALL_READ_TIMEOUT_S,
+    ) -> list[tuple[int, str, str]]:
+        """Run shell commands on the cluster, one after another; returns ``[(returncode, stdout, stderr)]``.
+
+        ``timeout`` bounds the wait for all of them (seconds).
+        """
+        return self._run(commands, env, stream_logs, False, timeout)
+
+    def run_python(
+        self,
+        lines: str | Sequence[str],
+        env: Env | str | None = None,
+        stream_logs: bool = True,
+        timeout: float = CALL_READ_TIMEOUT_S,
+    ) -> list[tuple[int, str, str]]:
+        """Run Python source lines (as one program) in an env's interpreter."""
+        source = lines if isinstance(lines, str) else "\n".join(lines)
+        return self._run([source], env, stream_logs, True, timeout)
+
+    def _run(
+        self, commands: str | Sequence[str], env: Env | str | None, stream_logs: bool, python: bool, timeout: float
+    ) -> list[tuple[int, str, str]]:
+        self.up_if_not()
+        cmds = [commands] if isinstance(commands, str) else list(commands)
+        meta = {"cmds": cmds, "env": self._env_name(env), "stream_logs": stream_logs, "python": python}
+        on_log = print_log(self.name or self.host) if stream_logs else None
+        results = self._control(Op.RUN, meta, on_log=on_log, timeout=timeout)
+        return [tuple(r) for r in results]
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's envs, objects, workers (pid, memory) and uptime."""
+        self.up_if_not()
+        return self._control(Op.STATUS)
+
+    # --- config ------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "server_port": self.server_port}
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Cluster:
+        # Configs saved before the kinds of clusters were split name the base class: a daemon reached directly.
+        from runhouse.resources.clusters.direct import DirectCluster
+
+        return DirectCluster._from_config(config, dryrun)

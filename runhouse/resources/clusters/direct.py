@@ -1,0 +1,65 @@
+"""A daemon reached directly at a host and port: this machine's (``rh.here``), or one already running elsewhere."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from runhouse.errors import ClusterUnreachableError, RunhouseError
+from runhouse.resources.clusters import local_daemon
+from runhouse.resources.clusters.base import Cluster
+
+if TYPE_CHECKING:
+    from runhouse.resources.data.base import DataSystem
+
+
+class DirectCluster(Cluster):
+    """A daemon at ``host:server_port`` reached without SSH; one on this machine is started when needed.
+
+    Example::
+
+        box = rh.cluster(name="box", host="localhost", server_port=32301).up_if_not()
+        box.put("k", [1, 2]); box.get("k")
+    """
+
+    def __init__(
+        self, name: str | None = None, host: str = "localhost", server_port: int | None = None, token: str | None = None
+    ) -> None:
+        super().__init__(name=name, server_port=server_port, token=token)
+        self._host = host
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    def _endpoint(self) -> tuple[str, int]:
+        return self._host, self.server_port
+
+    def _read_token(self) -> str | None:
+        """This machine's daemon's token file; a remote daemon's token must be given as ``token=``."""
+        return local_daemon.read_token(self.server_port) if self.is_local else None
+
+    def _start_daemon(self) -> None:
+        if not self.is_local:
+            raise ClusterUnreachableError(f"no runhouse daemon answers at {self._host}:{self.server_port}")
+        local_daemon.start(self.server_port)
+
+    def _stop_daemon(self) -> None:
+        if not self.is_local:
+            raise RunhouseError(f"cannot stop the daemon at {self._host}: it is not on this machine")
+        local_daemon.stop(self.server_port)
+
+    def data_system(self) -> DataSystem:
+        """The cluster's disk through its daemon (a daemon on this machine shares this disk)."""
+        from runhouse.resources.data.daemon import DaemonSystem
+
+        return DaemonSystem(self)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "host": self._host}
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], dryrun: bool) -> DirectCluster:
+        return cls(name=config.get("name"), host=config["host"], server_port=config["server_port"])
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.rns_address or self.name!r} at {self._host}:{self.server_port}>"

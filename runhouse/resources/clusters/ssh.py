@@ -1,0 +1,375 @@
+"""Clusters you bring yourself, reached over SSH: the daemon is brought up there and reached by a tunnel.
+
+On first use the host gets runhouse installed (the client's own build: a wheel made here, with its
+dependencies, copied over and installed into a venv named by the build id, so a second bring-up installs
+nothing) and the daemon started bound to 127.0.0.1 in a session of its own, so it outlives the SSH
+connection. Every operation shares one multiplexed SSH connection; calls go through a local port forward
+that is re-opened if it drops. ``.to(cluster)`` first ships the working git repo
+(:mod:`runhouse.resources.clusters.code`) and installs its ``requirements.txt``.
+
+The daemon's files on the host are :class:`~runhouse.daemon_files.DaemonFiles` under the host's runhouse
+folder, the same layout the daemon writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import platform
+import ssl
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from runhouse.daemon_files import REMOTE_CONFIG_DIR, DaemonFiles
+from runhouse.errors import ClusterUnreachableError, ClusterVersionError, DaemonStartError, HostKeyError
+from runhouse.paths import DEFAULT_SERVER_PORT
+from runhouse.prompts import ask_yes_no
+from runhouse.protocol import LogSink
+from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S, LOCAL_HOSTS, Cluster, print_log
+from runhouse.resources.clusters.code import SYNC_TIMEOUT_S, RepoShipper, local_wheel
+from runhouse.transport.client import Response, pinned_ssl_context
+from runhouse.transport.ssh import HostGroup, SSHConnection, SSHCredentials, Tunnel
+from runhouse.version import build_id
+
+if TYPE_CHECKING:
+    pass
+
+INSTALL_TIMEOUT_S = 900.0
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+STEP_TIMEOUT_S = 30.0
+
+
+class SSHCluster(Cluster):
+    """A machine you bring, reached over SSH (``ips`` and ``ssh_creds``; the first ip is the head node).
+
+    Example::
+
+        gpu = rh.cluster(name="rh-a10x", ips=["10.0.0.5"],
+                         ssh_creds={"ssh_user": "ubuntu", "ssh_private_key": "~/.ssh/id_ed25519"})
+        gpu.up_if_not()
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        ips: Sequence[str] = (),
+        ssh_creds: Mapping[str, Any] | None = None,
+        server_port: int | None = None,
+        server_connection_type: str = "ssh",
+        accept_new_host_keys: bool = False,
+        allow_upgrade: bool = True,
+        token: str | None = None,
+    ) -> None:
+        if not ips:
+            raise ValueError("an SSH cluster needs ips=[...] (the first is the head node)")
+        if server_connection_type not in ("ssh", "tls"):
+            raise ValueError(
+                f"server_connection_type={server_connection_type!r}: use 'ssh' (an SSH tunnel, the default) or "
+                "'tls' (HTTPS straight to the daemon, its certificate pinned)"
+            )
+        super().__init__(name=name, server_port=server_port or DEFAULT_SERVER_PORT, token=token)
+        self.ips = list(ips)
+        self.ssh_creds = dict(ssh_creds or {})
+        self.server_connection_type = server_connection_type
+        self.accept_new_host_keys = accept_new_host_keys
+        self.allow_upgrade = allow_upgrade
+        self.creds = SSHCredentials.from_dict(
+            ips[0], {**self.ssh_creds, "accept_new_host_keys": accept_new_host_keys}
+        )
+        self._ssh: SSHConnection | None = None
+        self._tunnel: Tunnel | None = None
+        self._remote_state: str | None = None
+        self._shipper: RepoShipper | None = None
+        self._pinned: ssl.SSLContext | None = None
+        self._hosts: HostGroup | None = None
+
+    # --- connection ----------------------------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        """The head node (the first of ``ips``)."""
+        return self.ips[0]
+
+    @property
+    def is_local(self) -> bool:
+        return False
+
+    @property
+    def ssh_connection(self) -> SSHConnection:
+        """The one multiplexed SSH connection to the head node."""
+        if self._ssh is None:
+            self._ssh = SSHConnection(self.creds)
+        return self._ssh
+
+    @property
+    def hosts(self) -> HostGroup:
+        """Every host of the cluster (``ips``, head first), to run commands or rsync on all at once.
+
+        The head node's connection is shared; the others use the same ``ssh_creds``.
+
+        Example::
+
+            results = gpu.hosts.run("nvidia-smi -L")   # {"10.0.0.5:22": CommandResult, ...}
+        """
+        if self._hosts is None:
+            others = [dataclasses.replace(self.creds, host=ip) for ip in self.ips[1:]]
+            self._hosts = HostGroup([self.ssh_connection, *others])
+        return self._hosts
+
+    def _open_tunnel(self) -> Tunnel:
+        if self._tunnel is None or not self._tunnel.is_open():
+            if self._tunnel is not None:
+                self._tunnel.close()
+            self._tunnel = self.ssh_connection.forward(self.server_port)
+            self._client = None  # the local port changed
+        return self._tunnel
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.server_connection_type == "tls"
+
+    # An SSH cluster does not wait for refused connections: it re-opens its tunnel instead (see request).
+    RECONNECT_WINDOW_S = 0.2
+
+    def _endpoint(self) -> tuple[str, int]:
+        if self.uses_tls:
+            return self.host, self.server_port
+        return "127.0.0.1", self._open_tunnel().local_port
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """TLS context trusting exactly the daemon's certificate, read over SSH (None until it exists)."""
+        if self.uses_tls and self._pinned is None:
+            result = self.ssh_connection.run(f"cat {self._daemon_files().tls_cert}", timeout=STEP_TIMEOUT_S)
+            if result.returncode == 0 and "BEGIN CERTIFICATE" in result.stdout:
+                self._pinned = pinned_ssl_context(result.stdout)
+        return self._pinned
+
+    def _state(self) -> str:
+        """The runhouse folder on the host (absolute)."""
+        if self._remote_state is None:
+            result = self.ssh_connection.run(f"echo {REMOTE_CONFIG_DIR}", timeout=STEP_TIMEOUT_S, check=True)
+            self._remote_state = result.stdout.strip()
+        return self._remote_state
+
+    def _daemon_files(self) -> DaemonFiles:
+        return DaemonFiles.remote(self._state(), self.server_port)
+
+    def _read_token(self) -> str | None:
+        result = self.ssh_connection.run(f"cat {self._daemon_files().token}", timeout=STEP_TIMEOUT_S)
+        return result.stdout.strip() or None
+
+    def _health(self) -> dict[str, Any] | None:
+        if self.uses_tls and self._ssl_context() is None:
+            return None  # never started with TLS here: no certificate yet
+        return super()._health()
+
+    def up_if_not(self) -> SSHCluster:
+        """Connect; install runhouse and start the daemon on the host when it is not answering."""
+        if not self._checked_up:
+            self._connect()
+        super().up_if_not()
+        return self
+
+    def _accept_running(self, answer: dict[str, Any]) -> None:
+        """A daemon of another build is replaced by this one's (unless ``allow_upgrade`` is off)."""
+        if answer.get("build") == build_id():
+            return
+        if not self.allow_upgrade:
+            raise ClusterVersionError(
+                f"the daemon on {self.host} runs runhouse {answer.get('build')}, this client is {build_id()}; "
+                "pass allow_upgrade=True to replace it, or use the matching runhouse here"
+            )
+        print_log(self.host)(f"upgrading the daemon from {answer.get('build')} to {build_id()}\n".encode())
+        self._stop_daemon()
+        self._start_daemon()
+
+    def _connect(self) -> None:
+        """Open the SSH connection; an unknown host key may be accepted at a prompt (never a changed one)."""
+        try:
+            self.ssh_connection.check()
+        except HostKeyError as exc:
+            if exc.changed or self.accept_new_host_keys or not sys.stdin.isatty():
+                raise
+            if not ask_yes_no(f"{exc}\nAccept the host key of {self.creds.address} and record it? [y/N] "):
+                raise
+            self.accept_new_host_keys = True
+            self.creds = dataclasses.replace(self.creds, accept_new_host_keys=True)
+            self._ssh = None
+            self.ssh_connection.check()
+
+    def request(self, path: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (),
+                on_log: LogSink | None = None, timeout: float = CONTROL_TIMEOUT_S) -> Response:
+        try:
+            return super().request(path, meta, parts, on_log, timeout)
+        except ClusterUnreachableError as exc:
+            if getattr(exc, "request_sent", True):
+                raise  # it may have reached user code: never resent
+        # Refused before anything was sent: the tunnel or the daemon went away. Re-open, restart, resend.
+        self._client = None
+        self._checked_up = False
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+        self.up_if_not()
+        return super().request(path, meta, parts, on_log, timeout)
+
+    # --- bring-up ------------------------------------------------------------------------------------
+    def _python(self) -> str:
+        return f"{self._state()}/venvs/{build_id()}/bin/python"
+
+    def _install(self) -> None:
+        """Install this client's runhouse build into a venv on the host, unless it is already there.
+
+        The wheel is built here; its dependencies come from the host's package index. When the host runs
+        the same OS and CPU as this machine, this machine's ``uv`` binary is copied over to install them
+        (seconds); otherwise the venv's pip does it.
+        """
+        venv = f"{self._state()}/venvs/{build_id()}"
+        ready = f"{venv}/.rh-ready"
+        if self.ssh_connection.run(f"test -f {ready}", timeout=STEP_TIMEOUT_S).returncode == 0:
+            return
+        progress = print_log(self.host)
+        progress(f"installing runhouse {build_id()} on {self.host}\n".encode())
+        wheel = local_wheel()
+        remote_wheels = f"{self._state()}/wheels/{build_id()}"
+        self.ssh_connection.run(f"mkdir -p {remote_wheels} {self._state()}/bin", timeout=STEP_TIMEOUT_S, check=True)
+        self.ssh_connection.rsync(str(wheel), f"{remote_wheels}/", timeout=SYNC_TIMEOUT_S)
+        remote_wheel = f"{remote_wheels}/{wheel.name}"
+        installer = f"{venv}/bin/python -m pip install -q --disable-pip-version-check {remote_wheel}"
+        uv = self._copy_uv()
+        if uv is not None:
+            # The host's own trust store, as pip uses it (some networks sit behind a TLS-inspecting proxy).
+            installer = f"{uv} pip install -q --system-certs --python {venv}/bin/python {remote_wheel}"
+        script = f"rm -rf {venv} && python3 -m venv {venv} && {installer} && touch {ready}"
+        result = self.ssh_connection.run(
+            script, timeout=INSTALL_TIMEOUT_S, on_output=lambda line: progress((line + "\n").encode())
+        )
+        if result.returncode != 0:
+            raise DaemonStartError(f"installing runhouse on {self.host} failed", result.stderr[-3000:])
+
+    def _copy_uv(self) -> str | None:
+        """Copy this machine's uv to the host when it can run there; returns its path on the host."""
+        try:
+            from uv import find_uv_bin
+
+            local_uv = find_uv_bin()
+        except (ImportError, FileNotFoundError):
+            return None
+        remote_uv = f"{self._state()}/bin/uv"
+        here = f"{platform.system()} {platform.machine()}"
+        there = self.ssh_connection.run("uname -sm", timeout=STEP_TIMEOUT_S).stdout.strip()
+        if there != here:
+            return None
+        if self.ssh_connection.run(f"test -x {remote_uv}", timeout=STEP_TIMEOUT_S).returncode != 0:
+            self.ssh_connection.rsync(local_uv, remote_uv, timeout=SYNC_TIMEOUT_S)
+        return remote_uv
+
+    def _start_daemon(self) -> None:
+        """Install this runhouse build on the host (once) and start the daemon there."""
+        self._install()
+        command = f"{self._python()} -m runhouse.cli start --port {self.server_port}"
+        if self.uses_tls:
+            bind = self.host if self.host in LOCAL_HOSTS else "0.0.0.0"
+            command += f" --tls --host {bind}"
+        result = self.ssh_connection.run(command, timeout=START_TIMEOUT_S)
+        if result.returncode != 0:
+            raise DaemonStartError(
+                f"the daemon on {self.host} did not start", (result.stdout + result.stderr)[-3000:]
+            )
+        self._client = None
+        self._pinned = None
+
+    def _stop_daemon(self) -> None:
+        """Stop the daemon on the host, whichever runhouse build installed there started it."""
+        self.ssh_connection.run(
+            f"test -x {self._python()} && {self._python()} -m runhouse.cli stop --port {self.server_port}; "
+            f"for p in {self._state()}/venvs/*/bin/python; do $p -m runhouse.cli stop --port {self.server_port}; done",
+            timeout=STOP_TIMEOUT_S,
+        )
+
+    def restart_server(self) -> SSHCluster:
+        """Restart the daemon on the host; deployed envs, functions and modules come back."""
+        super().restart_server()
+        return self
+
+    restart_grpc_server = restart_server
+
+    def close(self) -> None:
+        """Close the tunnel and the SSH connection (the daemon keeps running)."""
+        super().close()
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+        if self._hosts is not None:
+            self._hosts.close()  # the connections it made; the head node's is closed next
+            self._hosts = None
+        if self._ssh is not None:
+            self._ssh.close()
+
+    # --- code ----------------------------------------------------------------------------------------
+    def prepare_code(self, spec: dict[str, Any], env: str) -> dict[str, Any]:
+        """Sync the git repo holding the code to the host and point the spec at its copy there."""
+        if self._shipper is None:
+            self._shipper = RepoShipper(self.ssh_connection, self._state)
+
+        def install(requirements: str) -> None:
+            self.run([f"python -m pip install -q -r {requirements}"], env=env)
+
+        return self._shipper.ship(spec, install)
+
+    def data_system(self) -> DataSystem:
+        """The host's disk, reached over this cluster's SSH connection (rsync for bulk moves)."""
+        from runhouse.resources.data.ssh import SSHSystem
+
+        return SSHSystem(self)
+
+    # --- shell ---------------------------------------------------------------------------------------
+    def ssh(self) -> int:
+        """Open an interactive shell on the head node; returns the shell's exit code."""
+        return subprocess.call(self.ssh_connection.interactive_command())
+
+    def ssh_tunnel(self, local_port: int | None = None, remote_port: int | None = None) -> Tunnel:
+        """Forward ``local_port`` here to ``remote_port`` on the host; use as a context manager."""
+        return self.ssh_connection.forward(remote_port or self.server_port, local_port)
+
+    def run_setup(self, commands: Sequence[str], env: str | None = None) -> list[tuple[int, str, str]]:
+        """Run setup commands once per host (remembered there); later calls with the same commands skip."""
+        digest = hashlib.sha256("\n".join(commands).encode()).hexdigest()[:16]
+        marker = f"{self._state()}/setup/{digest}"
+        if self.ssh_connection.run(f"test -f {marker}", timeout=STEP_TIMEOUT_S).returncode == 0:
+            return []
+        results = self.run(list(commands), env=env)
+        if all(code == 0 for code, _, _ in results):
+            command = f"mkdir -p {self._state()}/setup && touch {marker}"
+            self.ssh_connection.run(command, timeout=STEP_TIMEOUT_S, check=True)
+        return results
+
+    # --- config --------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        del config["host"]
+        return {
+            **config,
+            "ips": self.ips,
+            "ssh_creds": self.creds.to_dict(),
+            "server_connection_type": self.server_connection_type,
+            "accept_new_host_keys": self.accept_new_host_keys,
+            "allow_upgrade": self.allow_upgrade,
+        }
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], dryrun: bool) -> SSHCluster:
+        return cls(
+            name=config.get("name"),
+            ips=config["ips"],
+            ssh_creds=config.get("ssh_creds") or {},
+            server_port=config.get("server_port"),
+            server_connection_type=config.get("server_connection_type", "ssh"),
+            accept_new_host_keys=config.get("accept_new_host_keys", False),
+            allow_upgrade=config.get("allow_upgrade", True),
+        )
+
+    def __repr__(self) -> str:
+        return f"<SSHCluster {self.rns_address or self.name!r} at {self.creds.user or ''}@{self.host}>"
