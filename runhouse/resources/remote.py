@@ -24,12 +24,15 @@ from runhouse.protocol import DEFAULT_ENV, LogSink, Op
 from runhouse.resources.clusters.base import print_log
 from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
+from runhouse.transport.client import CALL_READ_TIMEOUT_S
 
 if TYPE_CHECKING:
     from runhouse.resources.clusters.base import Cluster
 
 # Keyword arguments of a call that are options for runhouse, never passed to the remote code.
 CALL_OPTIONS = ("stream_logs", "timeout")
+# The daemon enforces a call's timeout; the client waits this much longer to receive its answer.
+_ANSWER_GRACE_S = 30.0
 
 
 class Ref:
@@ -229,8 +232,7 @@ def call(
     if enqueue:
         meta["enqueue"] = True
     on_log = _log_sink(name, method) if stream_logs else None
-    # The daemon enforces the timeout; the socket waits a little longer to receive its answer.
-    read_timeout = None if timeout is None else timeout + 30.0
+    read_timeout = CALL_READ_TIMEOUT_S if timeout is None else timeout + _ANSWER_GRACE_S
     response = system.request(protocol.call_path(name, method), meta, parts, on_log, read_timeout)
     if remote and response.kind == protocol.RESULT:
         return Ref(response.value()["ref"], system)
@@ -292,7 +294,7 @@ def map_call(
         "shm": system.shares_memory,
     }
     on_log = _log_sink(name, method) if stream_logs else None
-    response = system.request(protocol.control_path(Op.MAP), meta, parts, on_log, None)
+    response = system.request(protocol.control_path(Op.MAP), meta, parts, on_log, CALL_READ_TIMEOUT_S)
     if response.kind == protocol.ERROR:
         response.value()
     results: list[Any] = []
