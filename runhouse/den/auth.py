@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from runhouse.den import ConflictError, PermissionDeniedError
 from runhouse.den.db import Membership, Org, Share, Token, User, utcnow
-from runhouse.errors import AuthenticationError, BadRequestError, InvalidNameError, ObjectNotFoundError
-from runhouse.rns.names import DEN, Address
+from runhouse.errors import AuthenticationError, BadRequestError, ObjectNotFoundError
+from runhouse.rns.names import validate_owner
 
 TOKEN_PREFIX = "rh_"
 TOKEN_BYTES = 32
@@ -168,14 +168,11 @@ def authenticate(session: Session, token: str | None, read_only: bool = False,
 
 
 def validate_owner_name(name: object, kind: str = "user") -> str:
-    """``name`` if it can own a Den folder (``/<name>``), else :class:`InvalidNameError` (400)."""
-    if not isinstance(name, str):
-        raise InvalidNameError(f"Invalid {kind} name {name!r}: expected a string")
-    try:
-        Address(DEN, (name,))
-    except InvalidNameError as exc:
-        raise InvalidNameError(f"Invalid {kind} name: {exc}") from None
-    return name
+    """``name`` if it can own a Den folder (``/<name>``), else :class:`InvalidNameError` (400).
+
+    The rule is :func:`runhouse.rns.names.validate_owner`'s; ``kind`` (user, org, owner) names it in the message.
+    """
+    return validate_owner(name, kind)
 
 
 def _validate_email(email: str) -> str:

@@ -100,11 +100,19 @@ def _validate_part(part: str, text: str, kind: str = "resource name") -> str:
     return part
 
 
+def _owner_problem(owner: str) -> str | None:
+    """Why ``owner`` cannot own a Den folder, or None if it can (the one home of the owner rule)."""
+    if len(owner) > MAX_OWNER_LENGTH or not _OWNER.fullmatch(owner) or ".." in owner:
+        return f"must be 1-{MAX_OWNER_LENGTH} {_OWNER_RULE}"
+    return None
+
+
 def _validate_owner(owner: str, text: str, kind: str = "resource name") -> str:
     if owner == "":
         raise _invalid(text, "the Den owner is missing (expected /owner/...)", kind)
-    if len(owner) > MAX_OWNER_LENGTH or not _OWNER.fullmatch(owner) or ".." in owner:
-        raise _invalid(text, f"owner {_show(owner)} must be 1-{MAX_OWNER_LENGTH} {_OWNER_RULE}", kind)
+    problem = _owner_problem(owner)
+    if problem is not None:
+        raise _invalid(text, f"owner {_show(owner)} {problem}", kind)
     return owner
 
 
@@ -132,6 +140,25 @@ def validate_part(part: str) -> str:
     if "/" in part:
         raise _invalid(part, "a single part cannot contain /", "name part")
     return _validate_part(part, part, "name part")
+
+
+def validate_owner(owner: object, kind: str = "owner") -> str:
+    """Return ``owner`` if it may own a Den folder (``/owner``), else raise :class:`InvalidNameError`.
+
+    Users and orgs share one namespace of owners: 1-64 ASCII letters, digits and ``_ . -``, starting with a
+    letter or digit, without ``..``. ``kind`` names the owner in the message (``Invalid user name ...``).
+
+    Example::
+
+        >>> validate_owner("acme", "org")
+        'acme'
+    """
+    if not isinstance(owner, str):
+        raise InvalidNameError(f"Invalid {kind} name {owner!r}: expected a string, got {type(owner).__name__}")
+    problem = _owner_problem(owner)
+    if problem is not None:
+        raise _invalid(owner, problem, f"{kind} name")
+    return owner
 
 
 @dataclass(frozen=True)
