@@ -13,6 +13,8 @@ Daemon <-> worker frames (a Unix socket pair, many requests in flight, matched b
 
     !BIIQ  kind, request id, meta length, payload length; then meta (a pickled dict), then payload
 
+A REQUEST's meta names its operation (``op``, one of :class:`WorkerOp`) and that operation's fields.
+
 HTTP response bodies from the daemon (one frame when nothing is streamed; logs first when streaming)::
 
     !BQ    kind, payload length; then payload
@@ -94,6 +96,27 @@ def object_name_problem(name: object) -> str | None:
         return "control characters are not allowed"
     return None
 
+
+# --- daemon <-> worker -------------------------------------------------------------------------------------
+class WorkerOp:
+    """The operations a worker serves, named by the ``op`` key of a request's meta."""
+
+    CALL = "call"
+    DEPLOY = "deploy"
+    INSTANTIATE = "instantiate"
+    GETATTR = "getattr"
+    SETATTR = "setattr"
+    PUT = "put"
+    GET = "get"
+    DELETE = "delete"
+    KEYS = "keys"
+    PING = "ping"
+
+
+# The class attribute through which a class deployed to a cluster names its client-side-only members (a
+# collection of names, e.g. ``rh.Module``'s ``to``): the worker never offers them as remote methods. Names
+# declared by any class in the method resolution order count.
+CLIENT_ONLY_ATTR = "_rh_client_only"
 
 # --- framing -----------------------------------------------------------------------------------------------
 RESULT = 1

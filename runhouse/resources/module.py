@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from runhouse import protocol
 from runhouse.errors import RunhouseError
@@ -24,6 +24,8 @@ class Module:
     """
 
     _rh_init_args: tuple[tuple, dict]
+    # Client-side conveniences, never remote methods (the attribute protocol.CLIENT_ONLY_ATTR names).
+    _rh_client_only: ClassVar[frozenset[str]] = frozenset({"to"})
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         obj = super().__new__(cls)

@@ -1,11 +1,12 @@
-"""The daemon's HTTP API: a thin ASGI layer over :class:`runhouse.server.objects.Runtime`.
+"""The daemon's HTTP API: a thin ASGI layer over :class:`runhouse.server.runtime.Runtime`.
 
 The routes, the framing and the error envelope are :mod:`runhouse.protocol`'s. Our client sends
 ``Content-Type: application/x-runhouse`` with options as JSON in the ``X-Rh-Meta`` header
 and a serialized payload as the body, and reads framed responses (logs streamed first, then one RESULT or
 ERROR frame). Any other client sends JSON (``{"args": [...], "kwargs": {...}}``) and gets JSON back.
 The ASGI callable is written by hand rather than on a framework's router: the call path is the hot path,
-and each framework layer measurably adds to the per-call latency.
+and each framework layer measurably adds to the per-call latency. Workers are not its concern: a worker's
+:class:`~runhouse.server.backend.Reply` is passed through as it came, whichever backend ran the call.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runhouse import __version__, protocol, serialization
+from runhouse import protocol, serialization
 from runhouse.errors import (
     BY_NAME,
     AuthenticationError,
@@ -31,10 +32,10 @@ from runhouse.errors import (
     SerializationError,
 )
 from runhouse.protocol import DEFAULT_ENV, Op
-from runhouse.server.channel import Reply
+from runhouse.server.backend import Reply
 from runhouse.server.envs import EnvSpec
-from runhouse.server.objects import Runtime
-from runhouse.version import build_id
+from runhouse.server.runtime import Runtime
+from runhouse.version import __version__, build_id
 
 _JSON = b"application/json"
 # A call still running after this long starts watching for its client going away.

@@ -1,8 +1,11 @@
-"""The daemon's end of one worker process: spawn it, send it requests, notice when it dies.
+"""The local worker backend: a worker process on the daemon's host, and the daemon's end of its channel.
 
-One Unix socket pair per worker, kept open for the worker's life; many requests are in flight at once and
-replies are matched by request id. Frames are parsed in ``data_received`` without an await per frame, and
-each payload is copied exactly once, into a buffer of its final size.
+:class:`WorkerChannel` implements :class:`runhouse.server.backend.WorkerHandle` and is itself the default
+:class:`~runhouse.server.backend.WorkerFactory`. It spawns :mod:`runhouse.server.worker` in the env's
+interpreter, in a process group of its own, and keeps one Unix socket pair open for the worker's life; many
+requests are in flight at once and replies are matched by request id. Frames are parsed in
+``data_received`` without an await per frame, and each payload is copied exactly once, into a buffer of its
+final size.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from runhouse import protocol
 from runhouse.errors import WorkerCrashedError
 from runhouse.protocol import LogSink
+from runhouse.server.backend import Buffer, ExitCallback, Reply, Role
+
+if TYPE_CHECKING:
+    from runhouse.server.envs import EnvSpec
 
 # How long a cancelled call may take to stop before its worker is killed (and restarted) to stop it for sure:
 # a call blocked in native code cannot be interrupted any other way.
@@ -27,15 +34,6 @@ CANCEL_GRACE_S = 2.0
 
 # The worker's entry point, run with ``python -c`` so the module is imported once under its own name.
 _BOOT = "from runhouse.server.worker import main; main()"
-
-
-class Reply:
-    """A worker's answer to one request: ``kind`` is RESULT or ERROR."""
-
-    __slots__ = ("kind", "meta", "payload")
-
-    def __init__(self, kind: int, meta: dict[str, Any], payload: memoryview) -> None:
-        self.kind, self.meta, self.payload = kind, meta, payload
 
 
 class _Protocol(asyncio.Protocol):
@@ -58,18 +56,23 @@ class _Protocol(asyncio.Protocol):
 
 
 class WorkerChannel:
-    """One worker process of an env and the open channel to it."""
+    """One worker process of an env and the open channel to it.
 
-    def __init__(self, env_name: str, python: str, env_vars: dict[str, str], role: str) -> None:
-        self.env_name, self.python, self.env_vars, self.role = env_name, python, env_vars, role
+    Its members keep the contracts written in :class:`~runhouse.server.backend.WorkerHandle`; ``proc``,
+    ``pid`` and ``inflight`` are this backend's own.
+    """
+
+    def __init__(self, spec: EnvSpec, python: str, role: Role, on_exit: ExitCallback) -> None:
+        self.env_name, self.python, self.role = spec.name, python, role
+        self.env_vars = dict(spec.env_vars)
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
-        self.loaded: dict[str, Any] = {}  # object name -> version of it loaded in this worker
+        self.loaded: dict[str, str] = {}
         self.load_lock = asyncio.Lock()
         self.inflight = 0
         self.exit_description: str | None = None
         self.kill_reason: str | None = None  # why the daemon killed it, when it did
-        self.on_exit: Callable[[WorkerChannel], None] | None = None
+        self._on_exit: ExitCallback | None = on_exit  # None once stop() was asked for
         self._pending: dict[int, tuple[asyncio.Future, LogSink | None]] = {}
         self._cancelled: set[int] = set()  # calls cancelled here that the worker has not finished yet
         self._ids = itertools.count(1)
@@ -105,7 +108,7 @@ class WorkerChannel:
         self._transport.set_write_buffer_limits(high=4 * 1024 * 1024)
 
     async def request(
-        self, meta: dict[str, Any], parts: Sequence[Any] = (), on_log: LogSink | None = None
+        self, meta: dict[str, Any], parts: Sequence[Buffer] = (), on_log: LogSink | None = None
     ) -> Reply:
         """Send one request and wait for its reply; cancelling the wait cancels the call in the worker.
 
@@ -187,8 +190,8 @@ class WorkerChannel:
                 future.set_exception(error)
         if self._transport is not None:
             self._transport.close()
-        if self.on_exit is not None:
-            self.on_exit(self)
+        if self._on_exit is not None:
+            self._on_exit(self)
 
     def _crash_error(self) -> WorkerCrashedError:
         code = self.proc.returncode if self.proc else None
@@ -201,8 +204,8 @@ class WorkerChannel:
         )
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop the worker and everything it spawned (its process group)."""
-        self.on_exit = None
+        """Stop the worker and everything it spawned (its process group), TERM first, KILL after ``grace`` s."""
+        self._on_exit = None
         proc = self.proc
         if proc is None:
             return

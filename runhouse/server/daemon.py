@@ -22,7 +22,7 @@ def serve(port: int, host: str = HOST, tls: bool = False) -> None:
     import uvicorn
 
     from runhouse.server.app import App
-    from runhouse.server.objects import Runtime
+    from runhouse.server.runtime import Runtime
 
     files = DaemonFiles.local(port)
     pid_file = Path(files.pid)

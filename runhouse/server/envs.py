@@ -5,6 +5,11 @@ own interpreter. An env with requirements gets a virtual environment under ``~/.
 shared by every env with the same requirements so a second one installs nothing; it sees the daemon's
 packages (runhouse among them) after its own. Each env has one main worker (its named objects live there)
 and a pool of extra workers, started on first use, that ``map``/``starmap`` fan out over.
+
+:class:`EnvRuntime` makes its workers with the :class:`~runhouse.server.backend.WorkerFactory` it is given
+(the local process, :class:`~runhouse.server.channel.WorkerChannel`, unless a backend such as Ray passes its
+own), restarts its main worker after a crash, enforces the env's memory limit, and answers which workers a
+``map`` spreads over (:meth:`EnvRuntime.fanout_workers`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from runhouse.errors import EnvCreationError
 from runhouse.paths import envs_dir
+from runhouse.server.backend import Role, WorkerFactory, WorkerHandle
 from runhouse.server.channel import WorkerChannel
 
 _READY_MARKER = ".rh-ready"
@@ -34,6 +40,10 @@ Progress = Callable[[str], None]
 MEMORY_CHECK_INTERVAL_S = 0.1
 # A worker that dies younger than this is restarted on the next call, not at once (no crash loops).
 MIN_UPTIME_FOR_EAGER_RESTART_S = 1.0
+# Items of a map each pool worker runs at once (one computing while the next one's data moves), and that the
+# main worker runs at once for a stateful object (on its threads).
+POOL_SLOTS_PER_WORKER = 2
+MAIN_SLOTS = 32
 
 
 @dataclass(frozen=True)
@@ -147,13 +157,23 @@ def _link_daemon_packages(python: Path) -> None:
 
 
 class EnvRuntime:
-    """The worker processes of one env."""
+    """The workers of one env, made by ``worker_factory`` (by default local processes).
 
-    def __init__(self, spec: EnvSpec, python: str, pool_size: int | None = None) -> None:
+    ``pool_size`` is the number of pool workers (default: one per CPU).
+    """
+
+    def __init__(
+        self,
+        spec: EnvSpec,
+        python: str,
+        pool_size: int | None = None,
+        worker_factory: WorkerFactory = WorkerChannel,
+    ) -> None:
         self.spec, self.python = spec, python
         self.pool_size = pool_size or os.cpu_count() or 1
-        self.main: WorkerChannel | None = None
-        self.pool: list[WorkerChannel] = []
+        self.main: WorkerHandle | None = None
+        self.pool: list[WorkerHandle] = []
+        self._worker_factory = worker_factory
         self.on_main_exit: Callable[[EnvRuntime], None] | None = None
         self._lock = asyncio.Lock()
         self._closing = False
@@ -170,10 +190,10 @@ class EnvRuntime:
                     worker.kill(f"used {used / 2**20:.0f} MiB, over the env's memory limit of {limit_mb} MiB")
             await asyncio.sleep(MEMORY_CHECK_INTERVAL_S)
 
-    def _new_worker(self, role: str) -> WorkerChannel:
-        return WorkerChannel(self.spec.name, self.python, dict(self.spec.env_vars), role)
+    def _new_worker(self, role: Role) -> WorkerHandle:
+        return self._worker_factory(self.spec, self.python, role, self._worker_exited)
 
-    async def main_worker(self) -> WorkerChannel:
+    async def main_worker(self) -> WorkerHandle:
         """The env's main worker, started (or restarted after a crash) when needed."""
         main = self.main
         if main is not None and main.alive:
@@ -181,25 +201,32 @@ class EnvRuntime:
         async with self._lock:
             if self.main is None or not self.main.alive:
                 worker = self._new_worker("main")
-                worker.on_exit = self._worker_exited
                 await worker.start()
                 self.main = worker
             return self.main
 
-    async def pool_workers(self) -> list[WorkerChannel]:
+    async def _pool_workers(self) -> list[WorkerHandle]:
         """The env's pool of extra workers, started on first use; dead ones are replaced."""
         if len(self.pool) == self.pool_size and all(w.alive for w in self.pool):
             return self.pool
         async with self._lock:
             live = [w for w in self.pool if w.alive]
             fresh = [self._new_worker("pool") for _ in range(self.pool_size - len(live))]
-            for worker in fresh:
-                worker.on_exit = self._worker_exited
             await asyncio.gather(*(w.start() for w in fresh))
             self.pool = live + fresh
             return self.pool
 
-    def _worker_exited(self, worker: WorkerChannel) -> None:
+    async def fanout_workers(self, stateful: bool) -> tuple[list[WorkerHandle], int]:
+        """The workers a ``map`` spreads its items over, and how many items each runs at once.
+
+        A stateful object (a class or an instance) lives only in the main worker; a function runs on the
+        pool. Dead workers are replaced: a map that finds one of its workers dead asks again.
+        """
+        if stateful:
+            return [await self.main_worker()], MAIN_SLOTS
+        return await self._pool_workers(), POOL_SLOTS_PER_WORKER
+
+    def _worker_exited(self, worker: WorkerHandle) -> None:
         if self._closing:
             return
         if worker is self.main:
@@ -214,7 +241,8 @@ class EnvRuntime:
         except OSError as exc:  # the next call will try again and report it
             print(f"runhouse: could not restart the main worker of env {self.spec.name!r}: {exc}", file=sys.stderr)
 
-    def workers(self) -> list[WorkerChannel]:
+    def workers(self) -> list[WorkerHandle]:
+        """Every worker of the env made so far, main first, dead ones included."""
         return ([self.main] if self.main else []) + self.pool
 
     async def stop(self) -> None:

@@ -1,8 +1,11 @@
 """The env worker process: holds an env's named objects and runs user code for the daemon.
 
-Started by the daemon as ``python -m runhouse.server.worker FD`` in the env's interpreter, with one end of
-a Unix socket pair as file descriptor FD. Requests arrive as frames (see :mod:`runhouse.protocol`);
-each runs on a thread of a pool (coroutines on one event-loop thread), so slow calls never block others.
+The local worker backend (:class:`runhouse.server.channel.WorkerChannel`) starts it in the env's interpreter
+as ``python -c "from runhouse.server.worker import main; main()" FD``, with one end of a Unix socket pair as
+file descriptor FD. Requests arrive as frames (see :mod:`runhouse.protocol`), each naming one of the
+operations of :class:`runhouse.protocol.WorkerOp`, which :class:`Worker`'s ``op_*`` methods serve; a worker
+backend that runs workers elsewhere (Ray: on other nodes) serves the same operations there.
+Each request runs on a thread of a pool (coroutines on one event-loop thread), so slow calls never block others.
 Output written by a call that asked for ``stream_logs`` goes back to the daemon as LOG frames tagged with
 that call's id: concurrent calls never mix, and nothing is written to disk per call.
 """
@@ -26,6 +29,7 @@ from typing import Any
 
 from runhouse import protocol, serialization
 from runhouse.errors import CallCancelledError, ObjectNotFoundError
+from runhouse.protocol import WorkerOp
 
 MAX_THREADS = int(os.environ.get("RH_WORKER_THREADS", "128"))
 _READ_BUFFER = 256 * 1024
@@ -104,13 +108,17 @@ def _resolve(root: Any, qualname: str) -> Any:
 
 
 def describe(obj: Any) -> dict[str, Any]:
-    """What a client stub needs to know about a deployed object: its public methods and which are async."""
+    """What a client stub needs to know about a deployed object: its public methods and which are async.
+
+    Names a class declares client-side only (:data:`runhouse.protocol.CLIENT_ONLY_ATTR`) are left out.
+    """
     cls = obj if inspect.isclass(obj) else type(obj)
+    client_only = _client_only_names(cls)
     methods: dict[str, bool] = {}
     for name in dir(cls):
         if name.startswith("_") and name != "__call__":
             continue
-        if name in _MODULE_BASE_NAMES:
+        if name in client_only:
             continue
         attr = inspect.getattr_static(cls, name, None)
         if isinstance(attr, (staticmethod, classmethod)):
@@ -120,8 +128,12 @@ def describe(obj: Any) -> dict[str, Any]:
     return {"methods": methods, "is_async": inspect.iscoroutinefunction(obj)}
 
 
-# Methods of rh.Module that are client-side conveniences, never remote methods.
-_MODULE_BASE_NAMES = frozenset({"to"})
+def _client_only_names(cls: type) -> set[str]:
+    """The names that ``cls`` and its bases declare client-side only."""
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        names.update(vars(klass).get(protocol.CLIENT_ONLY_ATTR, ()))
+    return names
 
 
 class Worker:
@@ -142,16 +154,16 @@ class Worker:
         self._loop_lock = threading.Lock()
         self._running: dict[int, Any] = {}  # rid -> thread ident, or asyncio task of a coroutine
         self._ops: dict[str, Callable[[dict, bytearray], tuple[dict | None, list]]] = {
-            "call": self.op_call,
-            "deploy": self.op_deploy,
-            "instantiate": self.op_instantiate,
-            "getattr": self.op_getattr,
-            "setattr": self.op_setattr,
-            "put": self.op_put,
-            "get": self.op_get,
-            "delete": self.op_delete,
-            "keys": self.op_keys,
-            "ping": lambda meta, payload: (None, []),
+            WorkerOp.CALL: self.op_call,
+            WorkerOp.DEPLOY: self.op_deploy,
+            WorkerOp.INSTANTIATE: self.op_instantiate,
+            WorkerOp.GETATTR: self.op_getattr,
+            WorkerOp.SETATTR: self.op_setattr,
+            WorkerOp.PUT: self.op_put,
+            WorkerOp.GET: self.op_get,
+            WorkerOp.DELETE: self.op_delete,
+            WorkerOp.KEYS: self.op_keys,
+            WorkerOp.PING: lambda meta, payload: (None, []),
         }
 
     # --- transport ---------------------------------------------------------------------------------

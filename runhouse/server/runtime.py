@@ -1,4 +1,10 @@
-"""The daemon's named objects: the registry of envs and deployments, and the operations on them.
+"""The daemon's runtime: the registry of envs and named objects, and every operation on them.
+
+:class:`Runtime` is everything the daemon does, independent of HTTP (:mod:`runhouse.server.app` is a thin
+layer over it). It never runs user code: it sends requests (:class:`runhouse.protocol.WorkerOp`) to the
+workers of each env through the worker-backend seam (:mod:`runhouse.server.backend`), and asks the env which
+workers a ``map`` spreads over. Workers are local processes unless a backend (Ray: workers on other nodes)
+is passed as ``Runtime(..., worker_factory=...)``.
 
 The registry records, for every name, how to re-create the object: a function or class by import path (or
 cloudpickled code), a stateful instance by its class and serialized init args. It is persisted atomically,
@@ -22,20 +28,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runhouse import __version__, protocol
+from runhouse import protocol
 from runhouse.errors import (
     BadRequestError,
     CallTimeoutError,
     ObjectNotFoundError,
 )
-from runhouse.protocol import DEFAULT_ENV, LogSink
+from runhouse.protocol import DEFAULT_ENV, LogSink, WorkerOp
 from runhouse.serialization import sweep_shm, unpack_exception
-from runhouse.server.channel import Reply, WorkerChannel
+from runhouse.server.backend import Reply, WorkerFactory, WorkerHandle
+from runhouse.server.channel import WorkerChannel
 from runhouse.server.envs import EnvRuntime, EnvSpec, ensure_python
+from runhouse.version import __version__
 
 FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
-_POOL_SLOTS_PER_WORKER = 2
-_MAIN_SLOTS = 32
 SHM_SWEEP_INTERVAL_S = 60.0
 # After a command exits, how long to wait for the rest of its output.
 _PIPE_DRAIN_S = 1.0
@@ -106,11 +112,18 @@ def raise_for_reply(reply: Reply) -> Reply:
 
 
 class Runtime:
-    """Everything the daemon does, independent of HTTP."""
+    """Everything the daemon does, independent of HTTP.
 
-    def __init__(self, registry_path: Path, pool_size: int | None = None) -> None:
+    ``worker_factory`` makes every env's workers (the worker backend; by default local processes) and
+    ``pool_size`` is the number of pool workers per env (default: one per CPU).
+    """
+
+    def __init__(
+        self, registry_path: Path, pool_size: int | None = None, worker_factory: WorkerFactory = WorkerChannel
+    ) -> None:
         self.registry = Registry(registry_path)
         self.pool_size = pool_size
+        self.worker_factory = worker_factory
         self.envs: dict[str, EnvRuntime] = {}
         self.started_at = time.time()
         self._queues: dict[str, asyncio.Lock] = {}
@@ -149,7 +162,7 @@ class Runtime:
         async with self._env_locks.setdefault(name, asyncio.Lock()):
             if name not in self.envs:
                 python = await ensure_python(spec, progress or _quiet)
-                runtime = EnvRuntime(spec, python, self.pool_size)
+                runtime = EnvRuntime(spec, python, self.pool_size, self.worker_factory)
                 runtime.on_main_exit = self._forget_values
                 self.envs[name] = runtime
         return self.envs[name]
@@ -166,7 +179,7 @@ class Runtime:
             if previous is not None and old != spec:
                 await previous.stop()
                 previous = None
-            runtime = previous or EnvRuntime(spec, python, self.pool_size)
+            runtime = previous or EnvRuntime(spec, python, self.pool_size, self.worker_factory)
             runtime.on_main_exit = self._forget_values
             self.envs[spec.name] = runtime
             self.registry.envs[spec.name] = spec
@@ -178,7 +191,7 @@ class Runtime:
             del self.registry.entries[name]
 
     # --- loading objects into workers ----------------------------------------------------------------
-    async def _load(self, worker: WorkerChannel, entry: Entry) -> None:
+    async def _load(self, worker: WorkerHandle, entry: Entry) -> None:
         if worker.loaded.get(entry.name) == entry.version:
             return
         if entry.kind == INSTANCE:
@@ -187,11 +200,11 @@ class Runtime:
             if worker.loaded.get(entry.name) == entry.version:
                 return
             if entry.kind == INSTANCE:
-                meta = {"op": "instantiate", "name": entry.name, "class_name": entry.spec["class_name"]}
+                meta = {"op": WorkerOp.INSTANTIATE, "name": entry.name, "class_name": entry.spec["class_name"]}
                 if entry.spec.get("refs"):
                     meta["refs"] = await self._fetch_refs(entry.spec["refs"], worker)
             else:
-                meta = {"op": "deploy", "name": entry.name, "spec": entry.spec}
+                meta = {"op": WorkerOp.DEPLOY, "name": entry.name, "spec": entry.spec}
             raise_for_reply(await worker.request(meta, [entry.payload] if entry.payload else []))
             worker.loaded[entry.name] = entry.version
 
@@ -207,7 +220,7 @@ class Runtime:
         runtime = await self.env_runtime(env)
         entry = Entry(name, env, kind, spec, payload, version)
         worker = await runtime.main_worker()
-        reply = await worker.request({"op": "deploy", "name": name, "spec": spec}, [payload] if payload else [])
+        reply = await worker.request({"op": WorkerOp.DEPLOY, "name": name, "spec": spec}, [payload] if payload else [])
         if reply.kind == protocol.ERROR:
             return reply
         entry.info = reply.meta["info"]
@@ -232,7 +245,7 @@ class Runtime:
             raise BadRequestError(f"{class_name!r} is a {cls.kind}, not a class")
         worker = await (await self.env_runtime(cls.env)).main_worker()
         await self._load(worker, cls)
-        meta: dict[str, Any] = {"op": "instantiate", "name": name, "class_name": class_name}
+        meta: dict[str, Any] = {"op": WorkerOp.INSTANTIATE, "name": name, "class_name": class_name}
         if refs:
             meta["refs"] = await self._fetch_refs(refs, worker)
         reply = await worker.request(meta, [payload] if payload else [])
@@ -255,7 +268,7 @@ class Runtime:
         if entry.kind == VALUE:
             raise ObjectNotFoundError(f"{entry.name!r} is a stored value, not something to call")
 
-    async def _fetch_refs(self, keys: Sequence[str], worker: WorkerChannel) -> dict[str, bytes]:
+    async def _fetch_refs(self, keys: Sequence[str], worker: WorkerHandle) -> dict[str, bytes]:
         """Values of refs held by other workers, fetched on the cluster for a call on ``worker``."""
         fetched: dict[str, bytes] = {}
         for key in keys:
@@ -265,7 +278,7 @@ class Runtime:
                 continue
             if entry.kind != VALUE:
                 await self._load(holder, entry)
-            reply = raise_for_reply(await holder.request({"op": "get", "key": key}))
+            reply = raise_for_reply(await holder.request({"op": WorkerOp.GET, "key": key}))
             fetched[key] = bytes(reply.payload)
         return fetched
 
@@ -295,7 +308,7 @@ class Runtime:
         self._check_method(entry, method)
         worker = await (await self.env_runtime(entry.env)).main_worker()
         await self._load(worker, entry)
-        meta: dict[str, Any] = {"op": "call", "name": name, "method": method, "stream_logs": stream_logs}
+        meta: dict[str, Any] = {"op": WorkerOp.CALL, "name": name, "method": method, "stream_logs": stream_logs}
         if refs:
             meta["refs"] = await self._fetch_refs(refs, worker)
         if json_result:
@@ -336,14 +349,12 @@ class Runtime:
         shm: bool = False,
         on_log: Callable[[int, bytes], None] | None = None,
     ) -> list[Reply | BaseException]:
-        """Run one call per item in parallel over the env's pool (a stateful instance: its main worker)."""
+        """Run one call per item in parallel over the workers the env fans out to (see ``fanout_workers``)."""
         entry = self.registry.entry(name)
         self._check_method(entry, method)
         runtime = await self.env_runtime(entry.env)
-        if entry.kind == FUNCTION:
-            workers, slots = await runtime.pool_workers(), _POOL_SLOTS_PER_WORKER
-        else:
-            workers, slots = [await runtime.main_worker()], _MAIN_SLOTS
+        stateful = entry.kind != FUNCTION
+        workers, slots = await runtime.fanout_workers(stateful)
         results: list[Reply | BaseException | None] = [None] * len(items)
         order = iter(range(len(items)))
         fetched: dict[int, dict[str, bytes]] = {}
@@ -353,10 +364,10 @@ class Runtime:
             for i in order:
                 worker = workers[index % len(workers)]
                 if not worker.alive:
-                    workers = await runtime.pool_workers() if entry.kind == FUNCTION else [await runtime.main_worker()]
+                    workers, _ = await runtime.fanout_workers(stateful)
                     worker = workers[index % len(workers)]
                 meta: dict[str, Any] = {
-                    "op": "call", "name": name, "method": method, "stream_logs": stream_logs, "shm": shm
+                    "op": WorkerOp.CALL, "name": name, "method": method, "stream_logs": stream_logs, "shm": shm
                 }
                 log = (lambda data, i=i: on_log(i, data)) if on_log else None
                 try:
@@ -378,7 +389,7 @@ class Runtime:
         _check_name(key)
         current = self.registry.entries.get(key)
         worker = await (await self.env_runtime(env)).main_worker()
-        raise_for_reply(await worker.request({"op": "put", "key": key}, [payload]))
+        raise_for_reply(await worker.request({"op": WorkerOp.PUT, "key": key}, [payload]))
         if current is not None and current.env != env:
             await self._drop_from_workers(current)
         self.registry.entries[key] = Entry(key, env, VALUE)
@@ -391,19 +402,19 @@ class Runtime:
         if entry.kind != VALUE:
             return entry, None
         worker = await (await self.env_runtime(entry.env)).main_worker()
-        return entry, await worker.request({"op": "get", "key": key, "shm": shm})
+        return entry, await worker.request({"op": WorkerOp.GET, "key": key, "shm": shm})
 
     async def getattr(self, name: str, attr: str, shm: bool = False) -> Reply:
         entry = self.registry.entry(name)
         worker = await (await self.env_runtime(entry.env)).main_worker()
         await self._load(worker, entry)
-        return await worker.request({"op": "getattr", "name": name, "attr": attr, "shm": shm})
+        return await worker.request({"op": WorkerOp.GETATTR, "name": name, "attr": attr, "shm": shm})
 
     async def setattr(self, name: str, attr: str, payload: memoryview) -> Reply:
         entry = self.registry.entry(name)
         worker = await (await self.env_runtime(entry.env)).main_worker()
         await self._load(worker, entry)
-        return await worker.request({"op": "setattr", "name": name, "attr": attr}, [payload])
+        return await worker.request({"op": WorkerOp.SETATTR, "name": name, "attr": attr}, [payload])
 
     async def delete(self, keys: Sequence[str]) -> list[str]:
         """Delete named objects; returns the names that existed."""
@@ -421,7 +432,7 @@ class Runtime:
         for worker in runtime.workers() if runtime else []:
             worker.loaded.pop(entry.name, None)
             if worker.alive:
-                await worker.request({"op": "delete", "keys": [entry.name]})
+                await worker.request({"op": WorkerOp.DELETE, "keys": [entry.name]})
 
     def keys(self, env: str | None = None) -> list[str]:
         return [n for n, e in self.registry.entries.items() if env is None or e.env == env]
