@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import runhouse as rh
     from runhouse.resources.clusters import local_daemon as daemon
-    from runhouse.resources.data_system import DaemonSystem
+    from runhouse.resources.data.daemon import DaemonSystem
 
     print(C.run_header(rh.__version__, cfg != Config()))
     R = Results()

@@ -11,14 +11,14 @@ from pathlib import PurePosixPath
 from typing import IO, Any, ClassVar, TypeVar
 
 from runhouse.errors import InvalidNameError
-from runhouse.resources.data_system import DataSystem, data_system, transfer
+from runhouse.resources.data import DataSystem, data_system, transfer
 from runhouse.resources.resource import Resource
 
 D = TypeVar("D", bound="DataResource")
 
 
 class DataResource(Resource):
-    """Data at ``path`` on a :class:`~runhouse.resources.data_system.DataSystem`; the base of folders,
+    """Data at ``path`` on a :class:`~runhouse.resources.data.base.DataSystem`; the base of folders,
     blobs and tables. Without a path it lives at a default location under the system's runhouse data folder
     (``~/.cache/runhouse/<kind>s/<name>``; ``BUCKET/runhouse/...`` in a bucket)."""
 
@@ -55,7 +55,7 @@ class DataResource(Resource):
         storage_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
     ) -> D:
-        """A copy of this data at ``path`` on ``system`` (see :func:`~runhouse.resources.data_system.data_system`).
+        """A copy of this data at ``path`` on ``system`` (see :func:`~runhouse.resources.data.registry.data_system`).
 
         The copy is swapped in only once complete. Without ``path``: the default location there. ``progress``
         shows a bar (default: for 64 MiB or more).

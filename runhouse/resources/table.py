@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from runhouse.resources.data_system import DataSystem, stage_path
+from runhouse.resources.data.base import DataSystem, stage_path
 from runhouse.resources.folder import DataResource
 
 if TYPE_CHECKING:

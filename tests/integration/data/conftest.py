@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 import runhouse as rh
-from runhouse.resources.data_system import DaemonSystem
-from runhouse.resources.ssh_cluster import SSHCluster
+from runhouse.resources.clusters.ssh import SSHCluster
+from runhouse.resources.data.daemon import DaemonSystem
 from tests.conftest import free_port
 from tests.integration.ssh.conftest import SSHServer, sshd  # noqa: F401 - the sshd fixture, used here too
 

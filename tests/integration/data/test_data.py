@@ -22,7 +22,7 @@ import pytest
 import runhouse as rh
 from runhouse.config import configs
 from runhouse.errors import MissingCredentialsError
-from runhouse.resources.ssh_cluster import SSHCluster
+from runhouse.resources.clusters.ssh import SSHCluster
 from tests.integration.data.conftest import BUCKET, SSHServer, Target, digest, local_tree, tree_digest
 from tests.integration.den.conftest import DenServer
 

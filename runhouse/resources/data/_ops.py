@@ -1,5 +1,5 @@
-"""File operations that data systems run where the data lives: in this process, in a cluster's worker, or as a
-script over SSH (``python3 _data_ops.py OP ARGS_JSON``, printing the result as JSON).
+"""File operations that POSIX data systems run where the data lives: in this process, in a cluster's worker, or
+as a script over SSH (``python3 -I -S _ops.py OP ARGS_JSON``, printing the result as JSON).
 
 Standard library only, so the same file runs on a host where runhouse is not installed. Paths are taken as
 given when absolute; ``~`` is expanded and relative paths are relative to the home folder, the way rsync

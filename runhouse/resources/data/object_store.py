@@ -1,5 +1,5 @@
-"""Buckets in s3 and gs as a :class:`~runhouse.resources.data_system.DataSystem`, through fsspec (``s3fs`` /
-``gcsfs``, the optional extras ``runhouse[s3]`` / ``runhouse[gs]``). Imported only when a bucket is named."""
+"""Buckets in s3 and gs: :class:`ObjectStoreSystem`, through fsspec (``s3fs`` / ``gcsfs``, the optional extras
+``runhouse[s3]`` / ``runhouse[gs]``). Imported by the registry only when a bucket is named."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from runhouse.errors import ConfigError, MissingCredentialsError, ObjectNotFoundError
-from runhouse.resources.data_system import Advance, DataSystem, batches_by_size, not_found_error
+from runhouse.resources.data.base import Advance, DataSystem, batches_by_size, not_found_error
+from runhouse.resources.data.registry import missing_dependency_error
 
-# The fsspec package each store needs (and the extra that installs it).
-FSSPEC_PACKAGES = {"s3": "s3fs", "gs": "gcsfs"}
-# The rh.Secrets secret each store takes its credentials from.
+# The stores this class serves, each with the rh.Secrets secret it takes its credentials from.
 _SECRET_NAMES = {"s3": "aws", "gs": "gcp"}
 # Options that hold credentials: used, never written into a resource's config.
 _SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "client_secret", "access_token", "credentials"})
@@ -55,12 +54,19 @@ class ObjectStoreSystem(DataSystem):
         bucket: str | None = None,
         credentials: Mapping[str, Any] | None = None,
     ) -> None:
-        if kind not in FSSPEC_PACKAGES:
+        if kind not in _SECRET_NAMES:
             raise ConfigError(f"unknown object store {kind!r}: use 's3' or 'gs'")
         self.kind = kind
         self.storage_options = dict(storage_options or {})
         self.bucket = bucket
         self._credentials = dict(credentials or {})
+
+    @classmethod
+    def from_name(
+        cls, name: str, location: str | None = None, storage_options: Mapping[str, Any] | None = None
+    ) -> ObjectStoreSystem:
+        """The store ``name`` ("s3", "gs"); ``location`` (from ``"s3://BUCKET"``) is the bucket of defaults."""
+        return cls(name, storage_options, bucket=location)
 
     def describe(self) -> str:
         return self.kind
@@ -83,9 +89,7 @@ class ObjectStoreSystem(DataSystem):
             options = {**self.storage_options, **credentials, "skip_instance_cache": True}
             return fsspec.filesystem(self.kind, **options)
         except ImportError as exc:
-            raise ImportError(
-                f'{self.kind!r} data needs {FSSPEC_PACKAGES[self.kind]}: pip install "runhouse[{self.kind}]"'
-            ) from exc
+            raise missing_dependency_error(self.kind) from exc
 
     def normalize(self, path: str) -> str:
         prefix = f"{self.kind}://"
