@@ -34,7 +34,7 @@ from runhouse.transport.ssh import HostGroup, SSHConnection, SSHCredentials, Tun
 from runhouse.version import build_id
 
 if TYPE_CHECKING:
-    pass
+    from runhouse.resources.data.base import DataSystem
 
 INSTALL_TIMEOUT_S = 900.0
 START_TIMEOUT_S = 60.0
@@ -348,10 +348,8 @@ class SSHCluster(Cluster):
 
     # --- config --------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        config = super().config()
-        del config["host"]
         return {
-            **config,
+            **super().config(),
             "ips": self.ips,
             "ssh_creds": self.creds.to_dict(),
             "server_connection_type": self.server_connection_type,
