@@ -12,7 +12,7 @@ from runhouse.protocol import Op
 from runhouse.resources import remote
 
 if TYPE_CHECKING:
-    from runhouse.resources.cluster import Cluster
+    from runhouse.resources.clusters.base import Cluster
     from runhouse.resources.env import Env
 
 
