@@ -109,8 +109,6 @@ class WorkerOp:
     PUT = "put"
     GET = "get"
     DELETE = "delete"
-    KEYS = "keys"
-    PING = "ping"
 
 
 # The class attribute through which a class deployed to a cluster names its client-side-only members (a

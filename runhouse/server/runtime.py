@@ -34,6 +34,7 @@ from runhouse.errors import (
     CallTimeoutError,
     ObjectNotFoundError,
 )
+from runhouse.paths import write_atomic
 from runhouse.protocol import DEFAULT_ENV, LogSink, WorkerOp
 from runhouse.serialization import sweep_shm, unpack_exception
 from runhouse.server.backend import Reply, WorkerFactory, WorkerHandle
@@ -90,12 +91,7 @@ class Registry:
             "envs": [s.to_dict() for s in self.envs.values()],
             "entries": [e.to_json() for e in self.entries.values() if e.kind != VALUE],
         }
-        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data))
 
     def entry(self, name: str) -> Entry:
         try:
@@ -261,7 +257,7 @@ class Runtime:
 
     # --- calls ---------------------------------------------------------------------------------------
     def _check_method(self, entry: Entry, method: str) -> None:
-        if entry.kind == FUNCTION and method not in ("call", "__call__"):
+        if entry.kind == FUNCTION and method not in (protocol.CALL_METHOD, "__call__"):
             raise ObjectNotFoundError(f"{entry.name!r} is a function; call it with method 'call', not {method!r}")
         if entry.kind in (CLASS, INSTANCE) and method not in entry.info.get("methods", {}):
             raise ObjectNotFoundError(f"{entry.name!r} has no method {method!r}")

@@ -162,8 +162,6 @@ class Worker:
             WorkerOp.PUT: self.op_put,
             WorkerOp.GET: self.op_get,
             WorkerOp.DELETE: self.op_delete,
-            WorkerOp.KEYS: self.op_keys,
-            WorkerOp.PING: lambda meta, payload: (None, []),
         }
 
     # --- transport ---------------------------------------------------------------------------------
@@ -376,10 +374,6 @@ class Worker:
         for key in meta["keys"]:
             self.objects.pop(key, None)
         return None, []
-
-    def op_keys(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
-        return {"keys": list(self.objects)}, []
-
 
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):

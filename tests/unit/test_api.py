@@ -92,3 +92,18 @@ def test_env_names_are_validated():
 def test_undeployed_function_says_how_to_deploy():
     with pytest.raises(errors.RunhouseError, match=r"\.to\(cluster\)"):
         rh.function(len)([1])
+
+
+def test_client_side_methods_of_rh_module_are_never_offered_remotely():
+    from runhouse.server.worker import describe
+
+    class Counter(rh.Module):
+        def increment(self) -> int:
+            return 1
+
+    class Plain:
+        def to(self) -> str:
+            return "a method of the user's own"
+
+    assert set(describe(Counter)["methods"]) == {"increment"}
+    assert "to" in describe(Plain)["methods"]
