@@ -6,7 +6,10 @@ Modules, each with one concern:
 - :mod:`runhouse.den.auth`     tokens (only their SHA-256 is stored), users, orgs and membership
 - :mod:`runhouse.den.service`  the library the HTTP routes call: resources, ACL checks, sharing, audit, defaults
 - :mod:`runhouse.den.secret_store`  secrets per user or org, sealed by :mod:`runhouse.den.crypto` (the server key)
-- :mod:`runhouse.den.app`      the FastAPI app: thin routes, typed JSON errors, ``serve()``
+- :mod:`runhouse.den.access`   the one access check: authenticate the bearer token, run an action in one
+                                transaction (every router uses it: the API, and a web UI beside it)
+- :mod:`runhouse.den.api`      the JSON API: ``schemas`` (request and response models), ``routes`` (``/v1``)
+- :mod:`runhouse.den.app`      the app factory: includes the routers, typed JSON errors, body limit, ``serve()``
 - :mod:`runhouse.den.cli`      ``runhouse den serve | user add | org add``
 
 Den's own errors (``PermissionDeniedError``, ``ConflictError``, ``PayloadTooLargeError``) live in

@@ -63,6 +63,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from runhouse.den import ConflictError
 from runhouse.errors import ConfigError
+from runhouse.lifetime import Closeable
 from runhouse.paths import config_dir
 
 T = TypeVar("T")
@@ -244,7 +245,7 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
-class Database:
+class Database(Closeable):
     """Den's database: an engine, sessions, migrations and the one-transaction-per-request runner.
 
     Example::
@@ -387,11 +388,6 @@ class Database:
             self._audit = None
         self.engine.dispose()
 
-    def __enter__(self) -> Database:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class AuditWriter:

@@ -1,24 +1,25 @@
 """The client of Den, the shared metadata service: resources by ``/owner/...`` address, sharing, defaults.
 
-A thin httpx client over Den's JSON API (see :mod:`runhouse.den.app`); errors come back as the same typed
-errors Den raises. Den's URL and the user's token come from ``rh.configs`` (``rh.login`` sets them).
+A thin httpx client over Den's JSON API (see :mod:`runhouse.den.api.routes`); errors come back as the same
+typed errors Den raises (the envelope is :mod:`runhouse.protocol`'s). Den's URL and the user's token come
+from ``rh.configs`` (:func:`runhouse.account.login` sets them).
 """
 
 from __future__ import annotations
 
 import threading
-from types import TracebackType
 from typing import Any
 
 import httpx
 
 from runhouse import protocol
 from runhouse.errors import AuthenticationError, ConfigError, DenUnreachableError
+from runhouse.lifetime import Closeable
 
 DEN_TIMEOUT_S = 30.0
 
 
-class DenClient:
+class DenClient(Closeable):
     """Calls one Den as one user; a context manager that closes its connections on leaving.
 
     Example::
@@ -36,13 +37,6 @@ class DenClient:
         """Close the connections to Den."""
         self._http.close()
 
-    def __enter__(self) -> DenClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

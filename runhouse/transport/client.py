@@ -21,13 +21,13 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import httptools
 
 from runhouse import protocol, serialization
 from runhouse.errors import ClusterUnreachableError
+from runhouse.lifetime import Closeable
 
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 0.5
@@ -187,7 +187,7 @@ class _ClosedAfter(Exception):
         self.reader = reader
 
 
-class DaemonClient:
+class DaemonClient(Closeable):
     """Sends requests to one daemon; safe to share between threads (each uses its own connection).
 
     A context manager: leaving the block closes every thread's connection.
@@ -232,13 +232,6 @@ class DaemonClient:
         for conn in connections:
             conn.close()
 
-    def __enter__(self) -> DaemonClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def request(
         self,

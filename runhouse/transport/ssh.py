@@ -64,7 +64,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from runhouse.errors import (
@@ -75,6 +75,7 @@ from runhouse.errors import (
     SSHError,
     SSHTimeoutError,
 )
+from runhouse.lifetime import Closeable
 from runhouse.paths import config_dir
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -209,7 +210,7 @@ class CommandResult:
     stderr: str
 
 
-class SSHConnection:
+class SSHConnection(Closeable):
     """One multiplexed OpenSSH connection (ControlMaster, ControlPersist) to a host, reused by every operation.
 
     Safe to share between threads. Operations connect on first use; :meth:`check` connects eagerly and
@@ -232,13 +233,6 @@ class SSHConnection:
         user = f"{self.creds.user}@" if self.creds.user else ""
         return f"SSHConnection({user}{self.creds.address})"
 
-    def __enter__(self) -> SSHConnection:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- paths and options -------------------------------------------------------------------------------
 
@@ -648,7 +642,7 @@ class SSHConnection:
         )
 
 
-class Tunnel:
+class Tunnel(Closeable):
     """A local port forward on an :class:`SSHConnection`'s master; a context manager.
 
     ``local_port`` (on 127.0.0.1 here) leads to ``remote_host:remote_port`` as seen from the host. It lasts
@@ -672,13 +666,6 @@ class Tunnel:
             f"{self.connection.creds.address}, {state})"
         )
 
-    def __enter__(self) -> Tunnel:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def is_open(self, timeout: float = 1.0) -> bool:
         """Whether the local end accepts TCP connections (the master is up and the forward in place)."""
@@ -700,7 +687,7 @@ class Tunnel:
                 self.connection._control("cancel", "-L", self._spec)
 
 
-class HostGroup:
+class HostGroup(Closeable):
     """Connections to several hosts, each operation run on all of them at once; a context manager.
 
     Hosts keep the order they were given in and are keyed by ``creds.address`` (``host:port``). Each is
@@ -751,13 +738,6 @@ class HostGroup:
     def __len__(self) -> int:
         return len(self._connections)
 
-    def __enter__(self) -> HostGroup:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def connections(self) -> Mapping[str, SSHConnection]:

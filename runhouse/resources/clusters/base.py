@@ -30,10 +30,10 @@ import functools
 import ssl
 import sys
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from runhouse import protocol
+from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
 from runhouse.protocol import LogSink, Op
 from runhouse.resources.env import Env
@@ -60,7 +60,7 @@ def print_log(prefix: str) -> LogSink:
     return sink
 
 
-class Cluster(Resource, abc.ABC):
+class Cluster(Resource, Closeable):
     """A machine (or group of machines) running a runhouse daemon; the kinds of clusters fill in the hooks.
 
     Create one with :func:`runhouse.cluster`. Clusters are context managers: leaving the block closes the
@@ -204,13 +204,6 @@ class Cluster(Resource, abc.ABC):
         self._stop_daemon()
         self.close()
 
-    def __enter__(self) -> Cluster:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def request(
         self,

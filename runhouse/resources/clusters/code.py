@@ -29,8 +29,8 @@ _TREE_MARKER = ".rh-tree-hash"
 class RepoShipper:
     """Keeps the repos of code deployed to one host in sync there, remembering what it already sent."""
 
-    def __init__(self, connection: SSHConnection, remote_config_dir: Callable[[], str]) -> None:
-        self.connection = connection
+    def __init__(self, connection: Callable[[], SSHConnection], remote_config_dir: Callable[[], str]) -> None:
+        self._connection = connection  # the host's current connection (it is replaced when a host key is accepted)
         self._remote_config_dir = remote_config_dir
         self._synced: dict[str, str] = {}  # local repo -> tree hash last synced
 
@@ -57,18 +57,20 @@ class RepoShipper:
         if self._synced.get(str(repo)) == tree:
             return remote_repo
         marker = f"{remote_repo}/{_TREE_MARKER}"
-        if self.connection.run(f"cat {marker}", timeout=STEP_TIMEOUT_S).stdout.strip() != tree:
-            self.connection.run(f"mkdir -p {shlex.quote(remote_repo)}", timeout=STEP_TIMEOUT_S, check=True)
-            self.connection.rsync(f"{repo}/", f"{remote_repo}/", files_from=files, timeout=SYNC_TIMEOUT_S)
+        connection = self._connection()
+        if connection.run(f"cat {marker}", timeout=STEP_TIMEOUT_S).stdout.strip() != tree:
+            connection.run(f"mkdir -p {shlex.quote(remote_repo)}", timeout=STEP_TIMEOUT_S, check=True)
+            connection.rsync(f"{repo}/", f"{remote_repo}/", files_from=files, timeout=SYNC_TIMEOUT_S)
             if "requirements.txt" in files:
                 install_requirements(f"{remote_repo}/requirements.txt")
-            self.connection.run(f"echo {tree} > {marker}", timeout=STEP_TIMEOUT_S, check=True)
+            connection.run(f"echo {tree} > {marker}", timeout=STEP_TIMEOUT_S, check=True)
         self._synced[str(repo)] = tree
         return remote_repo
 
-    def forget(self) -> None:
-        """Forget what was synced (the host may have lost it), so the next ship checks again."""
-        self._synced.clear()
+    @property
+    def synced(self) -> dict[str, str]:
+        """What was sent: each local repo and the tree hash it had (a copy)."""
+        return dict(self._synced)
 
 
 def repo_files(repo: Path) -> list[str]:

@@ -312,7 +312,7 @@ class SSHCluster(Cluster):
     def prepare_code(self, spec: dict[str, Any], env: str) -> dict[str, Any]:
         """Sync the git repo holding the code to the host and point the spec at its copy there."""
         if self._shipper is None:
-            self._shipper = RepoShipper(self.ssh_connection, self._state)
+            self._shipper = RepoShipper(lambda: self.ssh_connection, self._state)
 
         def install(requirements: str) -> None:
             self.run([f"python -m pip install -q -r {requirements}"], env=env)

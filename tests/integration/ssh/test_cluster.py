@@ -87,13 +87,13 @@ def test_every_call_type_works_over_ssh(ssh_box, capfd):
 
 def test_code_is_synced_once_and_skipped_when_unchanged(ssh_box):
     rh.function(funcs.add).to(ssh_box)
-    synced = dict(ssh_box._synced)
+    synced = ssh_box._shipper.synced
     assert synced, "the repo was synced to the host"
     began = time.monotonic()
     rh.function(funcs.add).to(ssh_box)
     assert time.monotonic() - began < 0.5
-    assert ssh_box._synced == synced
-    remote_repo = next(iter(ssh_box._synced))
+    assert ssh_box._shipper.synced == synced
+    remote_repo = next(iter(ssh_box._shipper.synced))
     assert remote_repo
 
 
