@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,16 +99,27 @@ def tree_hash(repo: Path, files: Sequence[str]) -> str:
 
 
 def local_wheel() -> Path:
-    """The wheel of this exact runhouse build (built once per build id from the source tree it runs from)."""
+    """The wheel of this exact runhouse build (built once per build id from the source tree it runs from).
+
+    A source tree is copied first (the package, ``pyproject.toml``, ``README.md``), so the wheel holds what
+    the build id hashes and nothing else: setuptools' ``build/`` folder in a checkout keeps modules that
+    have since been deleted, and a wheel carrying them would never match this build on the host.
+    """
     build = config_dir() / "wheels" / build_id()
     wheels = list(build.glob("runhouse-*.whl"))
     if wheels:
         return wheels[0]
     source = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").exists() else None
-    target = str(source) if source else f"runhouse=={__version__}"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps", "--wheel-dir",
-         str(build), target],
-        check=True, timeout=WHEEL_BUILD_TIMEOUT_S, capture_output=True,
-    )
+    with tempfile.TemporaryDirectory(prefix="rh-wheel-") as scratch:
+        target = f"runhouse=={__version__}"
+        if source is not None:
+            target = str(Path(scratch) / "src")
+            shutil.copytree(PACKAGE_DIR, Path(target) / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__"))
+            for name in ("pyproject.toml", "README.md"):
+                shutil.copy2(source / name, Path(target) / name)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps", "--wheel-dir",
+             str(build), target],
+            check=True, timeout=WHEEL_BUILD_TIMEOUT_S, capture_output=True,
+        )
     return next(build.glob("runhouse-*.whl"))

@@ -269,3 +269,31 @@ def test_runhouse_ssh_opens_a_shell_on_a_saved_cluster(ssh_box, tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert "hello-from-42" in out.stdout, out.stderr
+
+
+def test_the_wheel_shipped_to_hosts_holds_exactly_this_build(tmp_path, monkeypatch):
+    import zipfile
+
+    from runhouse.resources.clusters.code import local_wheel
+    from runhouse.version import PACKAGE_DIR
+
+    checkout = PACKAGE_DIR.parent
+    if not (checkout / "pyproject.toml").exists():
+        pytest.skip("runhouse is installed from a wheel here, not run from a checkout")
+    # What setuptools leaves in a checkout's build/ after a module is deleted must not reach the wheel.
+    stale = checkout / "build" / "lib" / "runhouse" / "transport" / "rh_test_deleted_module.py"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("GONE = True\n")
+    monkeypatch.setenv("RH_CONFIG_DIR", str(tmp_path / "rh"))  # an empty wheel cache
+    try:
+        wheel = local_wheel()
+    finally:
+        stale.unlink()
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.startswith("runhouse/")}
+    here = {
+        str(path.relative_to(checkout))
+        for path in PACKAGE_DIR.rglob("*")
+        if path.suffix in (".py", ".json", ".typed") and "__pycache__" not in path.parts
+    }
+    assert shipped == here

@@ -1,45 +1,6 @@
-"""SSH to a host through the system OpenSSH client (``ssh``) and ``rsync``: commands, file sync, tunnels.
+"""One host over SSH: :class:`SSHCredentials`, :class:`SSHConnection` (commands, rsync, the shared master).
 
-This is the only module in runhouse that speaks SSH. One :class:`SSHConnection` per host keeps one
-multiplexed OpenSSH connection (``ControlMaster``): the first operation authenticates, later ones reuse it
-through a control socket and cost one local process spawn, not a handshake. The master outlives a single
-operation (``ControlPersist``) and is ended with :meth:`SSHConnection.close`.
-
-Every ssh invocation gets these options (see :meth:`SSHConnection.ssh_options`):
-
-- ``BatchMode=yes``: never prompt (a prompt nobody answers is a hang); left out when a password is fed
-  through ``sshpass``, which needs the prompt.
-- ``ConnectTimeout``: bound on the TCP connect and the SSH handshake.
-- ``ServerAliveInterval=5``, ``ServerAliveCountMax=3``: a host that stops answering (without closing the
-  connection) is noticed within 15-20 s, and every command on the connection then fails instead of hanging.
-- ``StrictHostKeyChecking=yes`` (or ``accept-new`` when asked) with ``UserKnownHostsFile``: unknown hosts
-  are refused unless accepted, and a changed host key is always refused.
-- ``ControlMaster=auto``, ``ControlPath``, ``ControlPersist=600``: the shared connection; a stale control
-  socket (its master died) is replaced by ssh itself.
-- ``ExitOnForwardFailure=yes``: a port forward that cannot be set up is an error, not a warning.
-- ``-p``, ``-l``, ``-i`` with ``IdentitiesOnly=yes``, ``ProxyCommand``: where and as whom to connect.
-
-ssh reports its own failures as exit code 255 plus a line on stderr; those become the typed errors of
-:mod:`runhouse.errors` (:class:`HostKeyError`, :class:`SSHAuthenticationError`, :class:`SSHConnectionError`,
-:class:`SSHTimeoutError`), each naming ``host:port`` and saying what to do.
-
-Example::
-
-    creds = SSHCredentials("10.0.0.5", user="ubuntu", private_key="~/.ssh/id_ed25519")
-    with SSHConnection(creds) as conn:
-        conn.run("nproc", check=True).stdout
-        conn.rsync("src/", "~/project/", excludes=[".git"])
-        with conn.forward(remote_port=32300) as tunnel:
-            ...  # the daemon on the host is at 127.0.0.1:tunnel.local_port
-
-A :class:`HostGroup` drives several hosts' connections at once (a thread per host, bounded): it returns a
-result per host in the group's order, and when some hosts fail it raises one :class:`HostGroupError`
-carrying every host's outcome (its result, or the exception where it failed)::
-
-    with HostGroup([SSHCredentials(ip, user="ubuntu") for ip in ips]) as group:
-        group.rsync("src/", "~/project/")
-        for address, result in group.run("nproc", check=True).items():
-            print(address, result.stdout)
+See the package docstring for the options every ssh invocation gets and how failures become typed errors.
 """
 
 from __future__ import annotations
@@ -61,14 +22,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 from runhouse.errors import (
-    HostGroupError,
     HostKeyError,
     SSHAuthenticationError,
     SSHConnectionError,
@@ -77,6 +35,7 @@ from runhouse.errors import (
 )
 from runhouse.lifetime import Closeable
 from runhouse.paths import config_dir
+from runhouse.transport.ssh.tunnel import Tunnel
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_COMMAND_TIMEOUT_S = 600.0
@@ -86,15 +45,12 @@ CONTROL_TIMEOUT_S = 5.0
 CONTROL_PERSIST_S = 600
 SERVER_ALIVE_INTERVAL_S = 5
 SERVER_ALIVE_COUNT_MAX = 3
-# A host group runs at most this many hosts' operations at a time (each one a local ssh or rsync process).
-DEFAULT_GROUP_CONCURRENCY = 32
 # Authentication and a proxy command may take a while after the TCP connect itself.
 _MASTER_EXTRA_TIMEOUT_S = 10.0
 # Unix socket paths are limited to 104 bytes on macOS (108 on Linux), and ssh binds the control socket
 # under a temporary name 17 characters longer before renaming it.
 _MAX_CONTROL_PATH = 80
 _PIPE_BUF = select.PIPE_BUF
-_T = TypeVar("_T")
 # Lines ssh itself prints on stderr about the shared connection, kept out of the command's stderr. The first
 # two appear when the host refuses one more session on the master (sshd's MaxSessions, 10 by default) and
 # ssh falls back to a connection of the command's own.
@@ -113,16 +69,6 @@ _CREDS_FIELDS = {
     "accept_new_host_keys": "accept_new_host_keys",
 }
 
-__all__ = [
-    "DEFAULT_COMMAND_TIMEOUT_S",
-    "DEFAULT_CONNECT_TIMEOUT_S",
-    "DEFAULT_GROUP_CONCURRENCY",
-    "CommandResult",
-    "HostGroup",
-    "SSHConnection",
-    "SSHCredentials",
-    "Tunnel",
-]
 
 
 @dataclass(frozen=True)
@@ -640,203 +586,6 @@ class SSHConnection(Closeable):
             f"{who} refused {offered}. Check the user name, and that the matching public key is in that "
             "user's ~/.ssh/authorized_keys on the host."
         )
-
-
-class Tunnel(Closeable):
-    """A local port forward on an :class:`SSHConnection`'s master; a context manager.
-
-    ``local_port`` (on 127.0.0.1 here) leads to ``remote_host:remote_port`` as seen from the host. It lasts
-    until :meth:`close` or until the master connection ends.
-    """
-
-    def __init__(
-        self, connection: SSHConnection, spec: str, *, local_port: int, remote_port: int, remote_host: str
-    ) -> None:
-        self.connection = connection
-        self.local_port = local_port
-        self.remote_port = remote_port
-        self.remote_host = remote_host
-        self._spec = spec
-        self._closed = False
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return (
-            f"Tunnel(127.0.0.1:{self.local_port} -> {self.remote_host}:{self.remote_port} via "
-            f"{self.connection.creds.address}, {state})"
-        )
-
-
-    def is_open(self, timeout: float = 1.0) -> bool:
-        """Whether the local end accepts TCP connections (the master is up and the forward in place)."""
-        if self._closed:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", self.local_port), timeout=timeout):
-                return True
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        """Cancel the forward (``ssh -O cancel``). Never raises: a dead master took the forward with it."""
-        if self._closed:
-            return
-        self._closed = True
-        if self.connection.control_path.exists():
-            with contextlib.suppress(SSHError):
-                self.connection._control("cancel", "-L", self._spec)
-
-
-class HostGroup(Closeable):
-    """Connections to several hosts, each operation run on all of them at once; a context manager.
-
-    Hosts keep the order they were given in and are keyed by ``creds.address`` (``host:port``). Each is
-    given as :class:`SSHCredentials` (the group makes the connection, and :meth:`close` ends it) or as an
-    existing :class:`SSHConnection` (shared with its owner, for example a cluster's head node, and left open
-    by :meth:`close`). Operations run in threads, at most ``max_concurrency`` hosts at a time, each with its
-    own timeout. They return ``{address: outcome}`` in the group's order; when any host fails they raise one
-    :class:`HostGroupError` whose ``results`` holds every host's outcome (the exception where it failed).
-
-    Example::
-
-        with HostGroup([SSHCredentials("10.0.0.5"), SSHCredentials("10.0.0.6")]) as group:
-            group.run("nproc", check=True)  # {"10.0.0.5:22": CommandResult(...), "10.0.0.6:22": ...}
-
-    Raises:
-        ValueError: no hosts, two hosts with the same address, or ``max_concurrency`` below 1.
-    """
-
-    def __init__(
-        self,
-        hosts: Sequence[SSHCredentials | SSHConnection],
-        *,
-        control_dir: Path | None = None,
-        max_concurrency: int = DEFAULT_GROUP_CONCURRENCY,
-    ) -> None:
-        if not hosts:
-            raise ValueError("a host group needs at least one host")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency!r}")
-        connections: dict[str, SSHConnection] = {}
-        self._owned: list[SSHConnection] = []
-        for host in hosts:
-            if isinstance(host, SSHConnection):
-                connection = host
-            else:
-                connection = SSHConnection(host, control_dir=control_dir)
-                self._owned.append(connection)
-            address = connection.creds.address
-            if address in connections:
-                raise ValueError(f"{address} is in the host group twice; each host may appear once")
-            connections[address] = connection
-        self._connections = MappingProxyType(connections)
-        self._max_concurrency = max_concurrency
-
-    def __repr__(self) -> str:
-        return f"HostGroup({', '.join(self._connections)})"
-
-    def __len__(self) -> int:
-        return len(self._connections)
-
-
-    @property
-    def connections(self) -> Mapping[str, SSHConnection]:
-        """Each host's connection by address, in the group's order (read-only)."""
-        return self._connections
-
-    def check(self) -> None:
-        """Connect to every host now (or confirm its master is up), as :meth:`SSHConnection.check` does.
-
-        Raises:
-            HostGroupError: some hosts could not be reached; ``results`` holds None for the connected ones.
-        """
-        self._on_every_host(lambda connection: connection.check())
-
-    def run(
-        self,
-        command: str,
-        *,
-        timeout: float = DEFAULT_COMMAND_TIMEOUT_S,
-        check: bool = False,
-        input: bytes | None = None,
-    ) -> dict[str, CommandResult]:
-        """Run ``command`` on every host at once, as :meth:`SSHConnection.run` does on one.
-
-        Args:
-            timeout: seconds each host's command may take before its ssh process is killed.
-            check: count a non-zero exit as that host's failure (an :class:`SSHError` with its stderr).
-            input: bytes fed to the command's stdin on every host.
-
-        Returns:
-            Each host's result by address, in the group's order.
-
-        Raises:
-            HostGroupError: some hosts failed (could not connect, timed out, or exited non-zero with
-                ``check``); ``results`` holds every host's result or exception.
-        """
-        return self._on_every_host(
-            lambda connection: connection.run(command, timeout=timeout, check=check, input=input)
-        )
-
-    def rsync(
-        self,
-        source: str,
-        destination: str,
-        *,
-        files_from: Sequence[str] | None = None,
-        delete: bool = False,
-        excludes: Sequence[str] = (),
-        timeout: float = DEFAULT_COMMAND_TIMEOUT_S,
-    ) -> dict[str, CommandResult]:
-        """Upload local ``source`` to ``destination`` on every host at once, as :meth:`SSHConnection.rsync`.
-
-        Only uploads: fetching from several hosts into one local folder would mix their files.
-
-        Returns:
-            Each host's rsync result (its ``--itemize-changes`` listing) by address, in the group's order.
-
-        Raises:
-            HostGroupError: rsync failed or timed out on some hosts; ``results`` holds every host's outcome.
-        """
-        return self._on_every_host(
-            lambda connection: connection.rsync(
-                source, destination, files_from=files_from, delete=delete, excludes=excludes, timeout=timeout
-            )
-        )
-
-    def close(self) -> None:
-        """End the connections the group made from credentials; connections it was given stay open.
-
-        Safe to call twice; a later operation reconnects.
-        """
-        self._on_every_host(lambda connection: connection.close(), self._owned)
-
-    def _on_every_host(
-        self, operation: Callable[[SSHConnection], _T], connections: Sequence[SSHConnection] | None = None
-    ) -> dict[str, _T]:
-        """``operation`` on each connection (default: all) in threads; its outcomes by address, in order.
-
-        Raises:
-            HostGroupError: ``operation`` raised on some connections.
-        """
-        targets = list(self._connections.values()) if connections is None else list(connections)
-        if not targets:
-            return {}
-        workers = min(self._max_concurrency, len(targets))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rh-host-group") as pool:
-            futures = {connection.creds.address: pool.submit(operation, connection) for connection in targets}
-        # The pool has shut down, so every future is done (each operation is bounded by its own timeout).
-        results: dict[str, _T] = {}
-        outcomes: dict[str, object] = {}
-        for address, future in futures.items():
-            error = future.exception()
-            if error is None:
-                results[address] = outcomes[address] = future.result()
-            else:
-                outcomes[address] = error
-        if len(results) < len(outcomes):
-            raise HostGroupError(outcomes)
-        return results
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
