@@ -41,6 +41,8 @@ HEALTH_PATH = "/health"
 CONTROL_PREFIX = "/_/"
 # The method name that calls a function itself (``POST /{function}/call``).
 CALL_METHOD = "call"
+# The address the daemon binds unless told otherwise: reached through an SSH tunnel, or with TLS when bound wider.
+DEFAULT_BIND_HOST = "127.0.0.1"
 # The env that code runs in when none is named; it runs in the daemon's own interpreter.
 DEFAULT_ENV = "default"
 

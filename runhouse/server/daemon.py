@@ -13,8 +13,7 @@ from pathlib import Path
 
 from runhouse.daemon_files import DaemonFiles, ensure_tls_cert, ensure_token
 from runhouse.paths import default_server_port
-
-HOST = "127.0.0.1"
+from runhouse.protocol import DEFAULT_BIND_HOST as HOST
 
 
 def serve(port: int, host: str = HOST, tls: bool = False) -> None:

@@ -18,9 +18,9 @@ from runhouse import daemon_files
 from runhouse.daemon_files import DaemonFiles, ensure_tls_cert, ensure_token
 from runhouse.errors import DaemonStartError
 from runhouse.paths import default_server_port
+from runhouse.protocol import DEFAULT_BIND_HOST as HOST
 from runhouse.transport.client import health, pinned_ssl_context
 
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 _LOG_TAIL_LINES = 30
