@@ -76,6 +76,14 @@ class Cluster(Resource, Closeable):
     # How long a request keeps retrying a refused connection (a daemon restarting); 0 fails at once.
     RECONNECT_WINDOW_S: ClassVar[float] = RECONNECT_WINDOW_S
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Cluster:
+        if cls is Cluster:
+            raise TypeError(
+                "rh.Cluster is the base of every kind of cluster; make one with rh.cluster(...): host= and "
+                "server_port= for a daemon reached directly, ips= and ssh_creds= for machines over SSH"
+            )
+        return super().__new__(cls)
+
     def __init__(self, name: str | None = None, server_port: int | None = None, token: str | None = None) -> None:
         super().__init__(name)
         self.server_port = server_port or default_server_port()
