@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +25,15 @@ class Env(Resource):
 
     def __init__(
         self,
-        reqs: Sequence[str] | None = None,
+        reqs: str | Sequence[str] | None = None,
         env_vars: Mapping[str, str] | None = None,
         name: str | None = None,
         memory_limit_mb: int | None = None,
     ) -> None:
-        self.reqs = [str(r) for r in reqs or []]
+        self.reqs = _requirements(reqs)
         self.env_vars = {str(k): str(v) for k, v in (env_vars or {}).items()}
-        if memory_limit_mb is not None and (not isinstance(memory_limit_mb, int) or memory_limit_mb <= 0):
+        limit = memory_limit_mb
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
             raise ValueError(f"memory_limit_mb must be a positive integer, not {memory_limit_mb!r}")
         self.memory_limit_mb = memory_limit_mb
         if name is None:
@@ -75,8 +77,22 @@ class Env(Resource):
         )
 
 
+def _requirements(reqs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None) -> list[str]:
+    """``reqs`` as a list of requirement strings; one string (or path) is one requirement, never its letters."""
+    if reqs is None:
+        return []
+    if isinstance(reqs, (str, os.PathLike)):
+        reqs = [reqs]
+    if not isinstance(reqs, Sequence):
+        raise TypeError(f"reqs must be a list of requirements like ['numpy>=1.26'], not {type(reqs).__name__}")
+    for req in reqs:
+        if not isinstance(req, (str, os.PathLike)) or not str(req).strip():
+            raise TypeError(f"each requirement is a non-empty string like 'numpy>=1.26' or a path, not {req!r}")
+    return [str(req) for req in reqs]
+
+
 def env(
-    reqs: Sequence[str] | None = None,
+    reqs: str | Sequence[str] | None = None,
     env_vars: Mapping[str, str] | None = None,
     name: str | None = None,
     memory_limit_mb: int | None = None,

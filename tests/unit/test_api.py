@@ -107,3 +107,13 @@ def test_client_side_methods_of_rh_module_are_never_offered_remotely():
 
     assert set(describe(Counter)["methods"]) == {"increment"}
     assert "to" in describe(Plain)["methods"]
+
+
+def test_a_requirement_string_is_one_requirement_never_its_letters():
+    assert rh.env(reqs="numpy").reqs == ["numpy"]
+    assert rh.env(reqs=["numpy", "pandas>=2"]).reqs == ["numpy", "pandas>=2"]
+    for bad in (5, ["numpy", 3], [""], {"numpy": "1.26"}):
+        with pytest.raises(TypeError, match="requirement"):
+            rh.env(reqs=bad)
+    with pytest.raises(ValueError, match="memory_limit_mb"):
+        rh.env(reqs=["numpy"], memory_limit_mb=True)
