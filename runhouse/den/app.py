@@ -32,11 +32,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runhouse.den import DEFAULT_HOST, DEFAULT_PORT, api, auth
+from runhouse.den.access import run_as_caller
 from runhouse.den.api.schemas import Health
 from runhouse.den.crypto import SecretBox
 from runhouse.den.db import Database
 from runhouse.den.service import MAX_CONFIG_BYTES
-from runhouse.errors import RunhouseError
+from runhouse.errors import AuthenticationError, RunhouseError
 from runhouse.protocol import error_envelope
 from runhouse.version import __version__
 
@@ -60,9 +61,14 @@ _SECURITY_SCHEME = {"type": "http", "scheme": "bearer",
 # ------------------------------------------------------------------------------------------- errors
 
 
+def _text(value: str) -> str:
+    """``value`` safe to send as UTF-8: lone surrogates from the input are shown as ``\\udXXX`` escapes."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error(status: int, type_name: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_envelope(type_name, message, details), status_code=status, headers=headers)
+    return JSONResponse(error_envelope(type_name, _text(message), details), status_code=status, headers=headers)
 
 
 async def _runhouse_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -70,17 +76,27 @@ async def _runhouse_error(_request: Request, exc: Exception) -> JSONResponse:
     return _error(status, type(exc).__name__, str(exc))
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    # FastAPI reads the body before a route runs its access check: check the token first, so that callers
+    # without a valid one learn nothing about the API's schema.
+    try:
+        await run_as_caller(request, _nothing, read_only=True)
+    except AuthenticationError as denied:
+        return _error(401, type(denied).__name__, str(denied))
     errors = exc.errors()
     invalid_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
     if invalid_json is not None:
         reason = (invalid_json.get("ctx") or {}).get("error", "")
         return _error(400, "BadRequestError", f"the request body is not valid JSON: {reason}".rstrip(": "))
-    details = [{"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", "")),
+    details = [{"loc": [_text(str(part)) for part in e.get("loc", ())], "msg": _text(str(e.get("msg", ""))),
                 "type": str(e.get("type", ""))} for e in errors]
     summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
     return _error(422, "ValidationError", f"invalid request: {summary}", details)
+
+
+def _nothing(_caller: auth.Caller) -> None:
+    """The action of a request that only needs its token checked."""
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -153,3 +153,29 @@ def test_bad_parameters_are_422(alice: DenUser) -> None:
 def test_unknown_routes_and_methods_are_typed_errors(alice: DenUser) -> None:
     assert_error(alice.http.get("/v1/nothing"), 404, "NotFoundError")
     assert_error(alice.http.post(f"/v1/resources/{alice.name}/x", json={}), 405, "MethodNotAllowedError")
+
+
+# Requests an unauthenticated caller might send with a malformed body or parameters: each must be refused for
+# the missing or unknown token, before Den says anything about what a well-formed request looks like.
+MALFORMED_REQUESTS = {
+    "body not json": ("PUT", "/v1/resources/alice/x", b"not json at all"),
+    "body truncated": ("PUT", "/v1/resources/alice/x", b'{"config": '),
+    "wrong field": ("PUT", "/v1/resources/alice/x", b'{"wrong": 1}'),
+    "list body": ("PUT", "/v1/defaults", b"[1, 2]"),
+    "org without name": ("POST", "/v1/orgs", b"{}"),
+    "secret without values": ("PUT", "/v1/secrets/alice/aws", b'{"provider": "aws"}'),
+    "bad share level": ("PUT", "/v1/shares/alice/x", b'{"users": ["bob"], "access_level": "owner"}'),
+    "bad query": ("GET", "/v1/audit?limit=0&since=yesterday", b""),
+    "bad version": ("GET", "/v1/resources/alice/x?version=abc", b""),
+}
+
+
+@pytest.mark.parametrize("token", [None, "rh_not-a-real-token"], ids=["no-token", "unknown-token"])
+@pytest.mark.parametrize(("method", "path", "body"), MALFORMED_REQUESTS.values(), ids=MALFORMED_REQUESTS.keys())
+@pytest.mark.usefixtures("nothing_stored")
+def test_unauthenticated_malformed_requests_get_401_and_no_schema(den: DenServer, token: str | None, method: str,
+                                                                  path: str, body: bytes) -> None:
+    response = den.client(token).request(method, path, content=body, headers={"content-type": "application/json"})
+    message = assert_error(response, 401, "AuthenticationError")
+    assert "details" not in response.json()["error"]
+    assert "token" in message and not any(word in message for word in ("config", "field", "JSON", "limit"))
