@@ -32,6 +32,8 @@ from runhouse.errors import BadRequestError, InvalidNameError, ObjectNotFoundErr
 from runhouse.rns.names import DEN, Address, parse, parse_folder
 
 MAX_CONFIG_BYTES = 1 << 20
+MAX_JSON_DEPTH = 100
+"""How deep objects and lists may nest in a config, defaults or a secret (deeper JSON is not written)."""
 MAX_RESOURCE_TYPE_LENGTH = 255
 MAX_SHARE_USERS = 100
 MAX_AUDIT_LIMIT = 1000
@@ -62,12 +64,56 @@ def _stored(text: str) -> Address:
     return Address(DEN, tuple(text[1:].split("/")))
 
 
+def _nested_over(value: Any, limit: int) -> bool:
+    """Whether objects and lists nest more than ``limit`` deep in ``value`` (a JSON value)."""
+    pending: list[tuple[int, Any]] = [(1, value)]
+    while pending:
+        depth, item = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((depth + 1, child) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """Where in ``value`` (a JSON value) a key or string holds a lone surrogate, as ``['a'][0]``; None if nowhere."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return where or "its top level"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                pending.extend([(f"{where}[{ascii(key)}]", key), (f"{where}[{ascii(key)}]", child)])
+        elif isinstance(item, list):
+            pending.extend((f"{where}[{index}]", child) for index, child in enumerate(item))
+    return None
+
+
 def check_json_size(value: Any, what: str) -> int:
-    """The size of ``value`` as compact JSON; 400 for NaN/Infinity, 413 over :data:`MAX_CONFIG_BYTES`."""
+    """The size of ``value`` as compact JSON; 400 for NaN/Infinity, nesting over :data:`MAX_JSON_DEPTH` or text
+    that is not Unicode (a lone surrogate, which could be stored but never sent back as UTF-8), 413 over
+    :data:`MAX_CONFIG_BYTES`."""
+    if _nested_over(value, MAX_JSON_DEPTH):
+        raise BadRequestError(f"the {what} nests objects and lists over {MAX_JSON_DEPTH} deep; flatten it")
     try:
-        size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except ValueError:
         raise BadRequestError(f"the {what} contains NaN or Infinity, which JSON does not allow") from None
+    # Every surrogate, paired or not, is escaped here as \ud800-\udfff: only then look closer.
+    where = _lone_surrogate(value) if "\\ud" in text else None
+    if where is not None:
+        raise BadRequestError(
+            f"the {what} holds text that is not Unicode at {where}: a lone surrogate (\\ud800-\\udfff without "
+            "its pair), which cannot be sent back as UTF-8; send valid text (binary data encoded, e.g. as base64)"
+        )
+    size = len(text)
     if size > MAX_CONFIG_BYTES:
         raise PayloadTooLargeError(f"the {what} is {size:,} bytes as JSON; Den accepts at most {MAX_CONFIG_BYTES:,}")
     return size

@@ -179,3 +179,59 @@ def test_unauthenticated_malformed_requests_get_401_and_no_schema(den: DenServer
     message = assert_error(response, 401, "AuthenticationError")
     assert "details" not in response.json()["error"]
     assert "token" in message and not any(word in message for word in ("config", "field", "JSON", "limit"))
+
+
+# JSON can spell text that is not Unicode: a lone surrogate, escaped or as raw (CESU-8) bytes. Stored, it
+# could never be sent back as UTF-8, so every write of it is refused, wherever it sits in the body.
+LONE_SURROGATES = {
+    "config value": ("/v1/resources/{me}/s", b'{"config": {"a": "\\ud800"}}'),
+    "config key": ("/v1/resources/{me}/s", b'{"config": {"\\udfff": 1}}'),
+    "nested in a list": ("/v1/resources/{me}/s", b'{"config": {"a": [{"b": ["ok", "x\\udc00y"]}]}}'),
+    "nested key": ("/v1/resources/{me}/s", b'{"config": {"a": {"k\\ud800": 1}}}'),
+    "high then high": ("/v1/resources/{me}/s", b'{"config": {"a": "\\ud83d\\ud83d"}}'),
+    "raw bytes": ("/v1/resources/{me}/s", b'{"config": {"a": "\xed\xa0\x80"}}'),
+    "defaults": ("/v1/defaults", b'{"defaults": {"a": {"b": "\\ud83d"}}}'),
+    "secret values": ("/v1/secrets/{me}/s", b'{"provider": "custom", "values": {"k": ["\\ud800"]}}'),
+    "secret key": ("/v1/secrets/{me}/s", b'{"provider": "custom", "values": {"\\ud800": "v"}}'),
+}
+
+
+@pytest.mark.parametrize(("path", "body"), LONE_SURROGATES.values(), ids=LONE_SURROGATES.keys())
+@pytest.mark.usefixtures("nothing_stored")
+def test_lone_surrogates_are_refused_before_anything_is_written(den: DenServer, alice: DenUser, path: str,
+                                                                body: bytes) -> None:
+    stored = {table: den.count(table) for table in ("user_defaults", "secrets")}
+    response = alice.http.put(path.format(me=alice.name), content=body, headers={"content-type": "application/json"})
+    message = assert_error(response, 400, "BadRequestError")
+    assert "surrogate" in message and message.isascii()
+    assert {table: den.count(table) for table in stored} == stored
+    assert alice.http.get("/v1/defaults").status_code == 200
+
+
+@pytest.mark.usefixtures("nothing_stored")
+def test_a_lone_surrogate_in_an_unknown_field_name_is_a_clean_422(alice: DenUser) -> None:
+    response = alice.http.put(f"/v1/resources/{alice.name}/s", content=b'{"config": {}, "\\ud800": 1}',
+                              headers={"content-type": "application/json"})
+    assert_error(response, 422, "ValidationError")
+    assert response.json()["error"]["details"][0]["loc"][0] == "body"
+
+
+def test_escaped_surrogate_pairs_are_ordinary_text(alice: DenUser) -> None:
+    body = b'{"config": {"smile": "\\ud83d\\ude00", "\\ud83d\\ude00": 1}}'
+    saved = alice.http.put(f"/v1/resources/{alice.name}/emoji", content=body,
+                           headers={"content-type": "application/json"})
+    assert saved.status_code == 200, saved.text
+    config = alice.http.get(f"/v1/resources/{alice.name}/emoji").json()["config"]
+    assert config == {"smile": "\U0001f600", "\U0001f600": 1}
+
+
+@pytest.mark.usefixtures("nothing_stored")
+def test_deeply_nested_json_is_refused_before_anything_is_written(den: DenServer, alice: DenUser) -> None:
+    stored = den.count("user_defaults")
+    for depth in (101, 500, 900, 930, 960):  # deep enough to exhaust a JSON encoder's recursion further down
+        nested = b"[" * depth + b"]" * depth
+        for path, body in [(f"/v1/resources/{alice.name}/deep", b'{"config": {"a": ' + nested + b"}}"),
+                           ("/v1/defaults", b'{"defaults": {"a": ' + nested + b"}}")]:
+            response = alice.http.put(path, content=body, headers={"content-type": "application/json"})
+            assert_error(response, 400, "BadRequestError")
+    assert den.count("user_defaults") == stored
