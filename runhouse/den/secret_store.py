@@ -68,13 +68,16 @@ def put_secret(caller: Caller, box: SecretBox, owner: str, name: str, provider: 
 
 
 def get_secret(caller: Caller, box: SecretBox, owner: str, name: str) -> dict[str, Any]:
-    """The secret ``name`` of ``owner``, with its values."""
+    """The secret ``name`` of ``owner``, with its values.
+
+    Runs in a write transaction: the read's audit entry is committed with it, before any value is returned.
+    """
     _secret_address(owner, name)
     _require_owner(caller, owner, "read")
     row = _find(caller, owner, name)
     if row is None:
         raise ObjectNotFoundError(f"{owner} has no secret {name!r}")
-    audit(caller, "secret_read", f"/{owner}", secret=name, provider=row.provider)
+    audit(caller, "secret_read", f"/{owner}", at_once=True, secret=name, provider=row.provider)
     return {**_summary(row), "values": box.open(row.ciphertext)}
 
 

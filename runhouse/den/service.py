@@ -203,10 +203,14 @@ def _existing(resource: Resource | None, address: Address) -> Resource:
     return resource
 
 
-def audit(caller: Caller, action: str, address: Address | str, **detail: Any) -> None:
-    """Record who did ``action`` at ``address``: now, or after the request when it is read-only."""
+def audit(caller: Caller, action: str, address: Address | str, at_once: bool = False, **detail: Any) -> None:
+    """Record who did ``action`` at ``address``: in the request's transaction, or after the request when it
+    is read-only. ``at_once`` entries (a secret read) must be committed before the request answers, so such
+    requests run in a write transaction."""
     entry = {"time": utcnow(), "user": caller.name, "action": action, "address": str(address), "detail": detail}
     if caller.read_only:
+        if at_once:
+            raise RuntimeError(f"the {action} audit entry must be written with the request: run it read_only=False")
         caller.queued_audit.append(entry)
     else:
         caller.session.add(AuditEntry(**entry))

@@ -8,7 +8,9 @@ As root, PostgreSQL runs as the ``postgres`` user (it refuses to run as root).
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +21,14 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
 import runhouse as rh
 from runhouse.config import configs
 from runhouse.den import auth
 from runhouse.den.app import create_app
+from runhouse.den.crypto import KEY_ENV
 from runhouse.den.db import Base, Database
 from tests.conftest import free_port
 from tests.support.postgres import PostgresServer, postgres_bin, postgres_unavailable
@@ -133,6 +137,56 @@ class DenServer:
             query = query.where(model.c[column] == value)
         with self.database.engine.connect() as conn:
             return conn.scalar(query) or 0
+
+
+class DenProcess:
+    """``runhouse den serve`` over ``url`` in a process of its own, as an administrator runs it, so that a test
+    can kill it outright; ``stop()`` always ends it."""
+
+    def __init__(self, url: str, folder: Path) -> None:
+        self.url, self.folder, self.port = url, folder, free_port()
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"den-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DenProcess:
+        env = {**os.environ, "RH_CONFIG_DIR": str(self.folder / "rh"), KEY_ENV: Fernet.generate_key().decode()}
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "runhouse.cli", "den", "serve", "--port", str(self.port), "--db", self.url],
+                env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                httpx.get(f"{self.http_url}/health", timeout=HTTP_TIMEOUT_S)
+                return self
+            except httpx.TransportError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"Den did not start on port {self.port}: {self.log.read_text()}") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL): nothing it queued gets written."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=START_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new empty database of the test's own, on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'den.sqlite'}"
+    return str(request.getfixturevalue("postgres_server").new_database())
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

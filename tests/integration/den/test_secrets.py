@@ -13,14 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select
 
 from runhouse.den import auth
 from runhouse.den.crypto import KEY_ENV, SecretBox
-from runhouse.den.db import MIGRATIONS, SCHEMA_VERSION, Database, SchemaVersion
+from runhouse.den.db import MIGRATIONS, SCHEMA_VERSION, AuditEntry, Database, SchemaVersion
 from runhouse.errors import ConfigError
 from tests.conftest import free_port
-from tests.integration.den.conftest import DenServer, DenUser, assert_error
+from tests.integration.den.conftest import DenProcess, DenServer, DenUser, assert_error
 
 VALUE = "sk-live-4f9c2b7e1d8a6035"  # the plaintext that must never show up anywhere but a read's body
 VALUES = {"access_key": "AKIA-visible-in-body-only", "secret_key": VALUE}
@@ -168,3 +168,22 @@ def test_a_version_1_database_gains_the_secrets_table(tmp_path: Path) -> None:
         assert database.migrate() == SCHEMA_VERSION == 2
         assert "secrets" in inspect(database.engine).get_table_names()
         assert database.run(lambda session: auth.authenticate(session, token).name) == "old"
+
+
+def test_a_secret_read_is_in_the_audit_log_before_its_value_is_returned(database_url: str, tmp_path: Path) -> None:
+    """Den killed outright right after answering a read still has the read in its log."""
+    with Database(database_url) as database:
+        database.migrate()
+        token = database.run(lambda session: auth.add_user(session, "kim"))
+    den = DenProcess(database_url, tmp_path).start()
+    try:
+        client = httpx.Client(base_url=den.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert client.put("/v1/secrets/kim/aws", json={"provider": "aws", "values": VALUES}).status_code == 200
+        for _ in range(3):
+            assert client.get("/v1/secrets/kim/aws").json()["values"] == VALUES
+        den.kill()
+    finally:
+        den.stop()
+    with Database(database_url) as database, database.engine.connect() as conn:
+        reads = conn.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "secret_read"))
+    assert reads == 3
