@@ -42,13 +42,18 @@ def home_path(path: str) -> Path:
 
 
 class Provider:
-    """One kind of credentials. Subclasses set ``name`` and fill in :meth:`parse` and :meth:`render`."""
+    """One kind of credentials. Subclasses set ``name``, the value keys, and fill in :meth:`parse` and
+    :meth:`render`."""
 
     name: str = ""
     paths: tuple[str, ...] = ()
     """The files, ``~/...``; the first one present means the provider is configured here."""
     env: dict[str, tuple[str, ...]] = {}
     """Value key -> the environment variables that may hold it, first found wins."""
+    required: tuple[str, ...] = ()
+    """The value keys :meth:`render` needs, each non-empty text."""
+    optional: tuple[str, ...] = ()
+    """Value keys :meth:`render` uses when present, each text."""
 
     def is_configured(self) -> bool:
         """Whether credentials of this provider are on this machine (files or environment)."""
@@ -89,14 +94,38 @@ class Provider:
         raise NotImplementedError
 
     def render(self, values: dict[str, Any]) -> Files:
-        """The files that hold ``values``."""
+        """The files that hold ``values``; :class:`ConfigError` (from :meth:`check`) if it cannot write them."""
         raise NotImplementedError
 
-    def _require(self, values: dict[str, Any], *keys: str) -> list[Any]:
-        missing = [key for key in keys if not values.get(key)]
+    def check(self, values: object) -> dict[str, Any]:
+        """``values`` if :meth:`render` can write them (and a secret store can keep them as JSON).
+
+        Raises:
+            ConfigError: naming the provider, the keys it expects and what is wrong.
+        """
+        if not isinstance(values, dict) or not values:
+            raise self._invalid(f"got {type(values).__name__ if values else 'nothing'}, not a dict of values")
+        missing = [key for key in self.required if not values.get(key)]
         if missing:
-            raise ConfigError(f"{self.name} secrets need {', '.join(keys)}; missing {', '.join(missing)}")
-        return [values[key] for key in keys]
+            raise self._invalid(f"missing {', '.join(missing)}")
+        problems = [self._problem(key, values[key]) for key in (*self.required, *self.optional)
+                    if values.get(key) is not None]
+        if any(problems):
+            raise self._invalid("; ".join(problem for problem in problems if problem))
+        try:
+            json.dumps(values, allow_nan=False, ensure_ascii=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise self._invalid(f"the values must be plain JSON (text, numbers, lists, dicts): {exc}") from None
+        return values
+
+    def _problem(self, key: str, value: Any) -> str | None:
+        """What is wrong with ``value`` under ``key`` (None if nothing): by default it must be text."""
+        return None if isinstance(value, str) else f"{key} is {type(value).__name__}, not text"
+
+    def _invalid(self, problem: str) -> ConfigError:
+        keys = " and ".join(self.required) or "a non-empty dict of values"
+        extra = f" (optional: {', '.join(self.optional)})" if self.optional else ""
+        return ConfigError(f"{self.name} secrets need {keys}{extra}; {problem}")
 
 
 def _ini(text: str) -> configparser.ConfigParser:
@@ -117,6 +146,7 @@ class AWS(Provider):
     name = "aws"
     paths = ("~/.aws/credentials",)
     env = {"access_key": ("AWS_ACCESS_KEY_ID",), "secret_key": ("AWS_SECRET_ACCESS_KEY",)}
+    required = ("access_key", "secret_key")
 
     def parse(self, texts: Files) -> dict[str, Any]:
         parser = _ini(texts[self.paths[0]])
@@ -124,13 +154,15 @@ class AWS(Provider):
         return {"access_key": section.get("aws_access_key_id"), "secret_key": section.get("aws_secret_access_key")}
 
     def render(self, values: dict[str, Any]) -> Files:
-        access, secret = self._require(values, "access_key", "secret_key")
-        return {self.paths[0]: _ini_text("default", {"aws_access_key_id": access, "aws_secret_access_key": secret})}
+        self.check(values)
+        items = {"aws_access_key_id": values["access_key"], "aws_secret_access_key": values["secret_key"]}
+        return {self.paths[0]: _ini_text("default", items)}
 
 
 class GCP(Provider):
     name = "gcp"
     paths = ("~/.config/gcloud/application_default_credentials.json",)
+    required = ("credentials",)
 
     def from_env(self) -> dict[str, Any]:
         path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
@@ -139,8 +171,18 @@ class GCP(Provider):
     def parse(self, texts: Files) -> dict[str, Any]:
         return {"credentials": json.loads(texts[self.paths[0]])}
 
+    def _problem(self, key: str, value: Any) -> str | None:
+        if isinstance(value, dict):
+            return None
+        try:
+            if isinstance(value, str) and isinstance(json.loads(value), dict):
+                return None
+        except ValueError:
+            pass
+        return f"{key} must be a dict or the text of a JSON object (got {type(value).__name__} that is not)"
+
     def render(self, values: dict[str, Any]) -> Files:
-        (credentials,) = self._require(values, "credentials")
+        credentials = self.check(values)["credentials"]
         text = credentials if isinstance(credentials, str) else json.dumps(credentials, indent=2)
         return {self.paths[0]: text}
 
@@ -149,58 +191,61 @@ class Azure(Provider):
     name = "azure"
     paths = ("~/.azure/clouds.config",)
     env = {"subscription_id": ("AZURE_SUBSCRIPTION_ID",)}
+    required = ("subscription_id",)
 
     def parse(self, texts: Files) -> dict[str, Any]:
         return {"subscription_id": _ini(texts[self.paths[0]]).get("AzureCloud", "subscription", fallback=None)}
 
     def render(self, values: dict[str, Any]) -> Files:
-        (subscription,) = self._require(values, "subscription_id")
-        return {self.paths[0]: _ini_text("AzureCloud", {"subscription": subscription})}
+        return {self.paths[0]: _ini_text("AzureCloud", {"subscription": self.check(values)["subscription_id"]})}
 
 
 class Lambda(Provider):
     name = "lambda"
     paths = ("~/.lambda_cloud/lambda_keys",)
     env = {"api_key": ("LAMBDA_API_KEY",)}
+    required = ("api_key",)
 
     def parse(self, texts: Files) -> dict[str, Any]:
         pairs = dict(line.split("=", 1) for line in texts[self.paths[0]].splitlines() if "=" in line)
         return {"api_key": next((v.strip() for k, v in pairs.items() if k.strip() == "api_key"), None)}
 
     def render(self, values: dict[str, Any]) -> Files:
-        (api_key,) = self._require(values, "api_key")
-        return {self.paths[0]: f"api_key = {api_key}\n"}
+        return {self.paths[0]: f"api_key = {self.check(values)['api_key']}\n"}
 
 
 class HuggingFace(Provider):
     name = "huggingface"
     paths = ("~/.cache/huggingface/token",)
     env = {"token": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    required = ("token",)
 
     def parse(self, texts: Files) -> dict[str, Any]:
         return {"token": texts[self.paths[0]].strip()}
 
     def render(self, values: dict[str, Any]) -> Files:
-        (token,) = self._require(values, "token")
-        return {self.paths[0]: token}
+        return {self.paths[0]: self.check(values)["token"]}
 
 
 class GitHub(Provider):
     name = "github"
     paths = ("~/.config/gh/hosts.yml",)
     env = {"oauth_token": ("GH_TOKEN", "GITHUB_TOKEN")}
+    required = ("oauth_token",)
 
     def parse(self, texts: Files) -> dict[str, Any]:
         hosts = yaml.safe_load(texts[self.paths[0]]) or {}
         return {"oauth_token": (hosts.get("github.com") or {}).get("oauth_token")}
 
     def render(self, values: dict[str, Any]) -> Files:
-        (token,) = self._require(values, "oauth_token")
-        return {self.paths[0]: yaml.safe_dump({"github.com": {"oauth_token": token}})}
+        return {self.paths[0]: yaml.safe_dump({"github.com": {"oauth_token": self.check(values)["oauth_token"]}})}
 
 
 class KeyPair(Provider):
     """A private key file and its ``.pub`` beside it."""
+
+    required = ("private_key",)
+    optional: tuple[str, ...] = ("public_key",)
 
     def parse(self, texts: Files) -> dict[str, Any]:
         private, public = self.paths
@@ -209,9 +254,8 @@ class KeyPair(Provider):
         return {"private_key": texts[private], "public_key": texts.get(public, "")}
 
     def render(self, values: dict[str, Any]) -> Files:
-        (private,) = self._require(values, "private_key")
-        private_path, public_path = self.key_paths(values)
-        files = {private_path: private}
+        private_path, public_path = self.key_paths(self.check(values))
+        files = {private_path: values["private_key"]}
         if values.get("public_key"):
             files[public_path] = values["public_key"]
         return files
@@ -231,6 +275,7 @@ class SSH(KeyPair):
 
     name = "ssh"
     KEY_NAMES = ("id_ed25519", "id_rsa", "id_ecdsa")
+    optional = ("public_key", "key_name")
 
     @property
     def paths(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -241,10 +286,14 @@ class SSH(KeyPair):
         values = super().from_files(file_path)
         return {**values, "key_name": Path(file_path or self.paths[0]).name}
 
+    def _problem(self, key: str, value: Any) -> str | None:
+        if key == "key_name" and isinstance(value, str) and ("/" in value or value.startswith(".")
+                                                             or not value.isprintable()):
+            return f"key_name must be a plain file name in ~/.ssh, not {value!r}"
+        return super()._problem(key, value)
+
     def key_paths(self, values: dict[str, Any]) -> tuple[str, ...]:
         key = values.get("key_name") or self.KEY_NAMES[0]
-        if "/" in key or key.startswith("."):
-            raise ConfigError(f"ssh key_name must be a plain file name in ~/.ssh, not {key!r}")
         return (f"~/.ssh/{key}", f"~/.ssh/{key}.pub")
 
 

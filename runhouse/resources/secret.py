@@ -209,8 +209,13 @@ class Secrets:
 
         Values come from ``secret``, the file at ``file_path``, the environment (``from_env``), or else what
         is on this machine.
+
+        Raises:
+            ConfigError: the values are not what the provider can write as its files (``download_into_env``,
+                ``to(cluster)``); the message names the keys it expects.
         """
-        values = _values_from(find_provider(provider), from_env, file_path, secret)
+        known = find_provider(provider)
+        values = known.check(_values_from(known, from_env, file_path, secret))
         name = name or provider
         secret_store(owner).put(name, provider, values)
         return name

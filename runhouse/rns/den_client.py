@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from runhouse import protocol
 from runhouse.errors import AuthenticationError, ConfigError, DenUnreachableError
 from runhouse.lifetime import Closeable
+from runhouse.rns.names import validate_owner
 
 DEN_TIMEOUT_S = 30.0
 
@@ -82,17 +84,25 @@ class DenClient(Closeable):
         return self._request("DELETE", f"/v1/shares{address}", params={"users": users})
 
     # --- secrets (values are sent and received only here, over the token-authenticated API) -----------
+    # Owner and name are single path segments, escaped whole: a name holding / ? # or % reaches Den as
+    # written (which refuses it), never as another secret's path, a query or a fragment.
     def put_secret(self, owner: str, name: str, provider: str, values: dict[str, Any]) -> dict[str, Any]:
-        return self._request("PUT", f"/v1/secrets/{owner}/{name}", json={"provider": provider, "values": values})
+        return self._request("PUT", _secret_path(owner, name), json={"provider": provider, "values": values})
 
     def get_secret(self, owner: str, name: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/secrets/{owner}/{name}")
+        return self._request("GET", _secret_path(owner, name))
 
     def list_secrets(self, owner: str) -> list[dict[str, Any]]:
-        return list(self._request("GET", f"/v1/secrets/{owner}")["secrets"])
+        return list(self._request("GET", _secret_path(owner))["secrets"])
 
     def delete_secret(self, owner: str, name: str) -> dict[str, Any]:
-        return self._request("DELETE", f"/v1/secrets/{owner}/{name}")
+        return self._request("DELETE", _secret_path(owner, name))
+
+
+def _secret_path(owner: str, name: str | None = None) -> str:
+    """``/v1/secrets/<owner>[/<name>]`` with each part percent-escaped, ``/`` included."""
+    validate_owner(owner)
+    return "/v1/secrets/" + "/".join(quote(part, safe="") for part in (owner, name) if part is not None)
 
 
 _shared: DenClient | None = None

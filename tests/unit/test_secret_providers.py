@@ -137,3 +137,31 @@ def test_a_secret_shows_no_values_in_repr_or_config() -> None:
     assert secret.config() == {"name": "work-aws", "resource_type": "secret", "resource_subtype": "Secret",
                                "provider": "aws"}
     assert secret.write()["written"] == ["~/.aws/credentials"]
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_check_accepts_exactly_what_render_can_write(name: str) -> None:
+    provider = find_provider(name)
+    assert provider.check(SAMPLES[name]) == SAMPLES[name]
+    assert write_files(provider.render(SAMPLES[name]))["written"]
+    for key in provider.required:
+        for broken in ({**SAMPLES[name], key: ""}, {**SAMPLES[name], key: 7}, {k: v for k, v in SAMPLES[name].items()
+                                                                              if k != key}):
+            for step in (provider.check, provider.render):
+                with pytest.raises(ConfigError, match=f"^{name} secrets need {' and '.join(provider.required)}"):
+                    step(broken)
+
+
+@pytest.mark.parametrize("values", [{}, {"k": b"bytes"}, {"k": float("nan")}, {"k": "\ud800"}, ["k"]])
+def test_values_must_be_a_non_empty_dict_of_plain_json(values: object) -> None:
+    for name in ("my-api", "huggingface"):
+        with pytest.raises(ConfigError, match=f"^{name} secrets need"):
+            find_provider(name).check(values)
+
+
+def test_gcp_credentials_are_a_dict_or_json_object_text() -> None:
+    gcp = find_provider("gcp")
+    assert gcp.check({"credentials": '{"type": "authorized_user"}'})
+    for credentials in ("[1, 2]", "not json", 5):
+        with pytest.raises(ConfigError, match="gcp secrets need credentials; credentials must be a dict or the text"):
+            gcp.check({"credentials": credentials})

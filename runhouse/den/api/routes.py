@@ -256,7 +256,7 @@ async def list_secrets(owner: str, request: Request) -> Any:
     return JSONResponse(result)
 
 
-@router.get("/secrets/{owner}/{name}", response_model=SecretOut, tags=["secrets"])
+@router.get("/secrets/{owner}/{name:address}", response_model=SecretOut, tags=["secrets"])
 async def get_secret(owner: str, name: str, request: Request) -> Any:
     """A secret with its values; the read is in the audit log before they are sent."""
     box = request.app.state.secret_box
@@ -264,7 +264,7 @@ async def get_secret(owner: str, name: str, request: Request) -> Any:
     return JSONResponse(result)
 
 
-@router.put("/secrets/{owner}/{name}", response_model=SecretSummary, tags=["secrets"])
+@router.put("/secrets/{owner}/{name:address}", response_model=SecretSummary, tags=["secrets"])
 async def put_secret(owner: str, name: str, body: SecretPut, request: Request) -> Any:
     """Store or replace a secret; the values are encrypted before they reach the database."""
     box = request.app.state.secret_box
@@ -274,7 +274,7 @@ async def put_secret(owner: str, name: str, body: SecretPut, request: Request) -
     return JSONResponse(result)
 
 
-@router.delete("/secrets/{owner}/{name}", response_model=SecretSummary, tags=["secrets"])
+@router.delete("/secrets/{owner}/{name:address}", response_model=SecretSummary, tags=["secrets"])
 async def delete_secret(owner: str, name: str, request: Request) -> Any:
     """Delete a secret."""
     return JSONResponse(await run_as_caller(request, lambda caller: secret_store.delete_secret(caller, owner, name)))

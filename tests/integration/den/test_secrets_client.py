@@ -9,14 +9,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import runhouse as rh
 from runhouse.config import configs
-from runhouse.errors import ObjectNotFoundError
+from runhouse.errors import ConfigError, InvalidNameError, ObjectNotFoundError
 from runhouse.paths import daemon_dir
-from runhouse.resources._secret_providers import BUILTIN
+from runhouse.resources._secret_providers import BUILTIN, find_provider
 from tests.conftest import running_daemon
 from tests.integration.den.conftest import DenServer, DenUser
 
@@ -140,3 +141,45 @@ def test_login_offers_to_upload_and_download_secrets_and_logout_to_remove_them(
     assert "removed ~/.lambda_cloud/lambda_keys" in out.stdout
     assert not (fresh / ".lambda_cloud" / "lambda_keys").exists()
     assert (home / ".lambda_cloud" / "lambda_keys").exists()
+
+
+# Shapes download_into_env could not write as the provider's files, refused when stored instead.
+UNWRITABLE = {
+    "aws without secret_key": ("aws", {"access_key": "AKIA"}, "missing secret_key"),
+    "aws key not text": ("aws", {"access_key": "AKIA", "secret_key": {"nested": "x"}}, "secret_key is dict"),
+    "huggingface wrong key": ("huggingface", {"hf_token": "hf_x"}, "missing token"),
+    "gcp credentials not json": ("gcp", {"credentials": "not json"}, "JSON object"),
+    "ssh key_name a path": ("ssh", {"private_key": "k", "key_name": "../authorized_keys"}, "plain file name"),
+    "lambda key a number": ("lambda", {"api_key": 12345}, "api_key is int"),
+}
+
+
+@pytest.mark.parametrize(("provider", "values", "problem"), UNWRITABLE.values(), ids=UNWRITABLE.keys())
+def test_put_refuses_values_the_provider_could_not_write(alice: DenUser, home: Path, provider: str,
+                                                         values: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{provider} secrets need .*; .*{problem}") as refused:
+        rh.Secrets.put(provider, secret=values)
+    expected = " and ".join(find_provider(provider).required)
+    assert expected in str(refused.value) and "12345" not in str(refused.value)
+    assert rh.Secrets.names() == {}
+
+
+def test_put_checks_what_it_reads_from_files_too(alice: DenUser, home: Path) -> None:
+    (home / ".aws").mkdir()
+    (home / ".aws" / "credentials").write_text("[default]\naws_access_key_id = ONLY_THE_ID\n")
+    with pytest.raises(ConfigError, match="aws secrets need access_key and secret_key; missing secret_key"):
+        rh.Secrets.put("aws")
+    assert rh.Secrets.names() == {}
+
+
+@pytest.mark.parametrize("name", ["aws/x", "aws?x=1", "aws#x", "a%41", "aws%2F..%2Fx", "../aws"])
+def test_secret_names_reach_den_whole_and_touch_no_other_secret(alice: DenUser, home: Path, name: str) -> None:
+    rh.Secrets.put("aws", secret=AWS)
+    rh.Secrets.put("custom", secret={"key": "value-of-aA"}, name="aA")
+    for attempt in (lambda: rh.Secrets.get(name), lambda: rh.Secrets.delete(name),
+                    lambda: rh.Secrets.put("custom", secret={"key": "v"}, name=name),
+                    lambda: rh.Secrets.put(name, secret={"key": "v"})):
+        with pytest.raises(InvalidNameError, match="Invalid"):
+            attempt()
+    assert rh.Secrets.names() == {"aws": "aws", "aA": "custom"}
+    assert rh.Secrets.get("aws") == AWS and rh.Secrets.get("aA") == {"key": "value-of-aA"}
