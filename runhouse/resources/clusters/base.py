@@ -208,10 +208,11 @@ class Cluster(Resource, Closeable):
         return self.up_if_not()
 
     def teardown(self) -> None:
-        """Stop the daemon and its workers, then close the connections."""
-        self._stop_daemon()
-        self.close()
-
+        """Stop the daemon and its workers, then close the connections (also when stopping failed)."""
+        try:
+            self._stop_daemon()
+        finally:
+            self.close()
 
     def request(
         self,

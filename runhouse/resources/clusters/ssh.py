@@ -195,8 +195,11 @@ class SSHCluster(Cluster):
             if not ask_yes_no(f"{exc}\nAccept the host key of {self.creds.address} and record it? [y/N] "):
                 raise
             self.accept_new_host_keys = True
-            self.creds = dataclasses.replace(self.creds, accept_new_host_keys=True)
+            # The new policy is another master (its control socket is named by it): what was made on the old
+            # connection (the host group, the tunnel) is closed so nothing opens a second master on it later.
+            self.close()
             self._ssh = None
+            self.creds = dataclasses.replace(self.creds, accept_new_host_keys=True)
             self.ssh_connection.check()
 
     def request(self, path: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (),
