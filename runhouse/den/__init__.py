@@ -23,6 +23,9 @@ from runhouse.errors import ConflictError, PayloadTooLargeError, PermissionDenie
 DEFAULT_PORT = 32400
 """Port of ``runhouse den serve`` unless ``--port`` says otherwise."""
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_ORGS_PER_USER = 10
+"""How many orgs one user may create through the API unless ``--max-orgs-per-user`` says otherwise."""
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConflictError", "PayloadTooLargeError", "PermissionDeniedError"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_MAX_ORGS_PER_USER", "DEFAULT_PORT", "ConflictError", "PayloadTooLargeError",
+           "PermissionDeniedError"]

@@ -152,9 +152,11 @@ class _BodyLimit:
 # ----------------------------------------------------------------------------------------- the app
 
 
-def create_app(database: Database, secret_box: SecretBox | None = None) -> FastAPI:
+def create_app(database: Database, secret_box: SecretBox | None = None,
+               org_policy: auth.OrgPolicy | None = None) -> FastAPI:
     """The Den ASGI app over ``database`` (already migrated); secrets are sealed with ``secret_box``
-    (default: :meth:`SecretBox.load`, the key from the environment or the key file).
+    (default: :meth:`SecretBox.load`, the key from the environment or the key file); users create orgs as
+    ``org_policy`` allows (default: :class:`~runhouse.den.auth.OrgPolicy`).
 
     Example::
 
@@ -168,9 +170,11 @@ def create_app(database: Database, secret_box: SecretBox | None = None) -> FastA
         description="runhouse's shared metadata service: resources by name with versions, sharing, audit, "
         "defaults. Send `Authorization: Bearer <token>`; errors are `{\"error\": {\"type\", \"message\"}}`.",
     )
-    # What the access check (database, token_cache) and the routes (secret_box) read from each request's app.
+    # What the access check (database, token_cache) and the routes (secret_box, org_policy) read from each
+    # request's app.
     app.state.database = database
     app.state.secret_box = secret_box or SecretBox.load()
+    app.state.org_policy = org_policy or auth.OrgPolicy()
     app.state.token_cache = auth.TokenCache()
     for router in ROUTERS:
         app.include_router(router)
@@ -202,11 +206,12 @@ def create_app(database: Database, secret_box: SecretBox | None = None) -> FastA
 
 
 def serve(database: Database, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "info",
-          access_log: bool = False, secret_box: SecretBox | None = None) -> None:
+          access_log: bool = False, secret_box: SecretBox | None = None,
+          org_policy: auth.OrgPolicy | None = None) -> None:
     """Serve Den over ``database`` (migrated first) until interrupted.
 
     ``access_log`` logs every request (about 0.2 ms each); the audit log records who did what either way.
     """
     database.migrate()
-    uvicorn.run(create_app(database, secret_box), host=host, port=port, log_level=log_level,
+    uvicorn.run(create_app(database, secret_box, org_policy), host=host, port=port, log_level=log_level,
                 access_log=access_log)

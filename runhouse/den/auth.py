@@ -3,6 +3,10 @@
 A token is ``rh_`` followed by 43 URL-safe characters from :func:`secrets.token_urlsafe` (256 bits), so a
 plain SHA-256 is enough to store it: there is nothing to brute-force, unlike a password. It is shown once,
 when made, and never stored or logged.
+
+Users and orgs share one namespace of owners whose names are unique regardless of case. Users come from the
+server's administrators (``runhouse den user add``); orgs from them too, and from users as far as the
+server's :class:`OrgPolicy` allows.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
-from runhouse.den import ConflictError, PermissionDeniedError
-from runhouse.den.db import Membership, Org, Share, Token, User, utcnow
+from runhouse.den import DEFAULT_MAX_ORGS_PER_USER, ConflictError, PermissionDeniedError
+from runhouse.den.db import Membership, Org, Owner, Share, Token, User, owner_key, utcnow
 from runhouse.errors import AuthenticationError, BadRequestError, ObjectNotFoundError
 from runhouse.rns.names import validate_owner
 
@@ -31,6 +35,17 @@ TOKEN_CACHE_TTL_S = 5.0
 TOKEN_CACHE_ENTRIES = 10_000
 MAX_EMAIL_LENGTH = 320
 ROLES = ("admin", "member")
+
+
+@dataclass(frozen=True)
+class OrgPolicy:
+    """Which orgs users may create through the API (``runhouse den serve --no-user-orgs``,
+    ``--max-orgs-per-user N``); server administrators create any with ``runhouse den org add``."""
+
+    users_create_orgs: bool = True
+    """Whether users may create orgs at all."""
+    max_orgs_per_user: int = DEFAULT_MAX_ORGS_PER_USER
+    """How many orgs one user may create (orgs they created, whoever administers them now)."""
 
 
 def new_token() -> str:
@@ -183,17 +198,28 @@ def _validate_email(email: str) -> str:
     return email
 
 
-def _check_owner_free(session: Session, name: str) -> None:
-    if session.scalar(select(User.id).where(User.name == name)) is not None:
-        raise ConflictError(f"{name!r} is already a user; users and orgs share one namespace (/{name})")
-    if session.scalar(select(Org.id).where(Org.name == name)) is not None:
-        raise ConflictError(f"{name!r} is already an org; users and orgs share one namespace (/{name})")
+def _claim_owner_name(session: Session, name: str, kind: str) -> None:
+    """Reserve ``name`` for a new user or org (``kind``); :class:`ConflictError` if an owner has it in any case.
+
+    Two requests claiming names that differ only by case race on the ``owners`` key: the loser's transaction
+    fails, and :meth:`~runhouse.den.db.Database.run` retries it into this error.
+    """
+    taken = session.get(Owner, owner_key(name))
+    if taken is not None and taken.name == name:
+        article = "an" if taken.kind == "org" else "a"
+        raise ConflictError(f"{name!r} is already {article} {taken.kind}; users and orgs share one namespace (/{name})")
+    if taken is not None:
+        raise ConflictError(
+            f"{name!r} differs only by case from the {taken.kind} {taken.name!r}: owner names (users and orgs) "
+            "are unique regardless of case; choose another name"
+        )
+    session.add(Owner(key=owner_key(name), name=name, kind=kind))
 
 
 def add_user(session: Session, name: str, email: str | None = None) -> str:
     """Create user ``name`` and return their first token (the only time it is visible)."""
     validate_owner_name(name)
-    _check_owner_free(session, name)
+    _claim_owner_name(session, name, "user")
     if email is not None:
         _validate_email(email)
         if session.scalar(select(User.id).where(User.email == email)) is not None:
@@ -259,23 +285,38 @@ def _set_member(session: Session, org: Org, user: User, role: str) -> None:
 
 
 def add_org(session: Session, name: str, members: dict[str, str]) -> None:
-    """Create org ``name`` if it does not exist, and add or update ``members`` (user name to role)."""
+    """Create org ``name`` if it does not exist, and add or update ``members`` (user name to role), as a
+    server administrator (counted against no user's :class:`OrgPolicy` limit)."""
     validate_owner_name(name, "org")
-    org = session.scalar(select(Org).where(Org.name == name))
-    if org is None:
-        _check_owner_free(session, name)
-        org = Org(name=name, created_at=utcnow())
-        session.add(org)
-        session.flush()
+    org = session.scalar(select(Org).where(Org.name == name)) or _new_org(session, name, None)
     for user_name, role in members.items():
         _set_member(session, org, find_user(session, user_name), role)
 
 
-def create_org(caller: Caller, name: str) -> dict[str, object]:
-    """A new org with the caller as its admin."""
+def _new_org(session: Session, name: str, created_by: int | None) -> Org:
+    _claim_owner_name(session, name, "org")
+    org = Org(name=name, created_at=utcnow(), created_by=created_by)
+    session.add(org)
+    session.flush()
+    return org
+
+
+def create_org(caller: Caller, name: str, policy: OrgPolicy = OrgPolicy()) -> dict[str, object]:
+    """A new org with the caller as its admin, if ``policy`` lets the caller create one more."""
     validate_owner_name(name, "org")
-    _check_owner_free(caller.session, name)
-    add_org(caller.session, name, {caller.name: "admin"})
+    if not policy.users_create_orgs:
+        raise PermissionDeniedError(
+            f"this Den lets only its administrators create orgs: ask one to run `runhouse den org add {name}`")
+    # The caller's row, locked: their concurrent requests count their orgs one after the other.
+    caller.session.execute(select(User.id).where(User.id == caller.user.id).with_for_update())
+    created = caller.session.scalar(select(func.count()).select_from(Org).where(Org.created_by == caller.user.id))
+    if created is not None and created >= policy.max_orgs_per_user:
+        raise PermissionDeniedError(
+            f"{caller.name} has created {created} orgs; this Den lets a user create at most "
+            f"{policy.max_orgs_per_user}: ask a Den administrator for more (`runhouse den org add`)")
+    org = _new_org(caller.session, name, caller.user.id)
+    caller.session.add(Membership(org_id=org.id, user_id=caller.user.id, role="admin"))
+    caller._orgs = None
     return org_info(caller, name)
 
 

@@ -6,6 +6,7 @@ Example::
     runhouse den org add acme --member alice --member bob
     runhouse den serve --port 32400                          # SQLite in ~/.rh/den/den.sqlite
     runhouse den serve --db postgresql://den@db.internal/den
+    runhouse den serve --max-orgs-per-user 3                 # or --no-user-orgs: only `den org add` makes orgs
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from runhouse.den import DEFAULT_HOST, DEFAULT_PORT
+from runhouse.den import DEFAULT_HOST, DEFAULT_MAX_ORGS_PER_USER, DEFAULT_PORT
 from runhouse.errors import RunhouseError
 
 den_app = typer.Typer(help="Den, the shared metadata service: serve it and manage its users.", no_args_is_help=True)
@@ -44,18 +45,23 @@ def serve(
     secret_key_file: Path | None = typer.Option(
         None, help="Key that encrypts stored secrets (default ~/.rh/den/secret.key, made on first start; "
         "RH_DEN_SECRET_KEY overrides it)."),
+    user_orgs: bool = typer.Option(True, help="Let users create orgs (administrators always can: den org add)."),
+    max_orgs_per_user: int = typer.Option(
+        DEFAULT_MAX_ORGS_PER_USER, min=0, help="How many orgs one user may create."),
 ) -> None:
     """Run Den in the foreground; the schema is created or migrated first."""
     from runhouse.den.app import serve as run
+    from runhouse.den.auth import OrgPolicy
     from runhouse.den.crypto import SecretBox
     from runhouse.den.db import Database
 
     try:
         box = SecretBox.load(secret_key_file)
+        policy = OrgPolicy(users_create_orgs=user_orgs, max_orgs_per_user=max_orgs_per_user)
         with Database(db) as database:
             version = database.migrate()
             console.print(f"Den on http://{host}:{port}, database {database.display_url} (schema version {version})")
-            run(database, host=host, port=port, access_log=access_log, secret_box=box)
+            run(database, host=host, port=port, access_log=access_log, secret_box=box, org_policy=policy)
     except RunhouseError as exc:
         raise _fail(exc) from None
 

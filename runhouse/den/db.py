@@ -5,7 +5,8 @@ Tables::
     schema_version   version (PK), description, applied_at          one row per applied migration
     users            id, name (unique), email (unique), created_at
     tokens           id, user_id -> users, token_hash (unique SHA-256 hex), created_at
-    orgs             id, name (unique), created_at
+    orgs             id, name (unique), created_at, created_by -> users (who created it through the API)
+    owners           key (PK: the name case-folded), name, kind: "user" | "org"; one row per user and org
     memberships      (org_id -> orgs, user_id -> users) PK, role: "admin" | "member"
     resources        id, address (unique, e.g. /alice/proj/fn), owner, resource_type, public,
                      current_version, created_at, updated_at
@@ -18,7 +19,9 @@ Tables::
     secrets          id, owner (a user or org), name, provider, ciphertext (Fernet, see crypto.py),
                      updated_by, created_at, updated_at; unique (owner, name)
 
-Times are naive UTC. Users and orgs share one namespace of owners (``/<owner>/...``).
+Times are naive UTC. Users and orgs share one namespace of owners (``/<owner>/...``), whose names are unique
+regardless of case (the ``owners`` table's key), so no owner can match another's addresses where a database
+compares text without case.
 
 Every request runs in one transaction (:meth:`Database.run`). A request that writes starts on SQLite with
 ``BEGIN IMMEDIATE`` (one writer at a time, no lock upgrades that fail mid-request), on PostgreSQL at READ
@@ -43,13 +46,17 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     JSON,
     Boolean,
+    Column,
     DateTime,
     Engine,
     ForeignKey,
     Integer,
+    MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     event,
     func,
@@ -59,7 +66,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, QueryableAttribute, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import ColumnElement
 
 from runhouse.den import ConflictError
 from runhouse.errors import ConfigError
@@ -83,6 +91,17 @@ AUDIT_FLUSH_INTERVAL_S = 0.25
 AUDIT_BATCH = 500
 AUDIT_MAX_PENDING = 100_000  # beyond this (the database refusing writes), the oldest queued entries go
 _READ_ONLY = "rh_read_only"  # execution option of read-only connections
+
+
+def starts_with(session: Session, column: QueryableAttribute[str] | ColumnElement[str],
+                prefix: str) -> ColumnElement[bool]:
+    """SQL for ``column`` beginning with ``prefix``, exactly (case and every character as given) on both
+    databases: SQLite's LIKE ignores ASCII case, so there it is the range of strings from ``prefix`` up to
+    the next string that does not begin with it (SQLite compares text byte by byte), which an index serves;
+    PostgreSQL's LIKE, with its wildcards escaped, is exact."""
+    if session.get_bind().dialect.name == "sqlite":
+        return and_(column >= prefix, column < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+    return column.startswith(prefix, autoescape=True)
 
 
 def utcnow() -> datetime:
@@ -122,6 +141,21 @@ class Org(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+
+
+def owner_key(name: str) -> str:
+    """``name`` case-folded: the key under which an owner name is unique (names are ASCII)."""
+    return name.lower()
+
+
+class Owner(Base):
+    """Every user and org name under its :func:`owner_key`, so that no two differ only by case."""
+
+    __tablename__ = "owners"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))
 
 
 class Membership(Base):
@@ -204,21 +238,52 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
-def _create_tables(*names: str) -> Callable[[Connection], None]:
+def _create_tables(*names: str, frozen: tuple[Table, ...] = ()) -> Callable[[Connection], None]:
     # Each migration creates the tables it introduced, from the models. When a later migration alters one of
-    # them, the earlier step must be frozen as explicit DDL first, so that old databases still get exactly
-    # the tables of that version before migrating.
+    # them, the earlier step creates it from a frozen copy instead (below), so that new databases get exactly
+    # the tables of that version before migrating on, as old ones did.
     def apply(conn: Connection) -> None:
+        _FROZEN.create_all(conn, tables=list(frozen))
         Base.metadata.create_all(conn, tables=[Base.metadata.tables[name] for name in names])
 
     return apply
 
 
+# Tables as an earlier migration made them, where a later one alters them.
+_FROZEN = MetaData()
+_ORGS_1 = Table("orgs", _FROZEN, Column("id", Integer, primary_key=True),
+                Column("name", String(64), nullable=False, unique=True), Column("created_at", DateTime, nullable=False))
+
+
+def _unique_owner_names(conn: Connection) -> None:
+    """Migration 3: the ``owners`` table (refused while names differ only by case), and ``orgs.created_by``."""
+    owners = [("user", name) for name in conn.scalars(text("SELECT name FROM users ORDER BY name"))]
+    owners += [("org", name) for name in conn.scalars(text("SELECT name FROM orgs ORDER BY name"))]
+    by_key: dict[str, list[tuple[str, str]]] = {}
+    for kind, name in owners:
+        by_key.setdefault(owner_key(name), []).append((kind, name))
+    clashes = [" and ".join(f"{kind} {name!r}" for kind, name in group) for group in by_key.values() if len(group) > 1]
+    if clashes:
+        raise ConfigError(
+            "Den cannot upgrade its database to schema version 3, where owner names (users and orgs) are unique "
+            f"regardless of case: {len(clashes)} sets of names differ only by case: {'; '.join(clashes[:20])}"
+            f"{' ...' if len(clashes) > 20 else ''}. Nothing was changed; rename or remove all but one name of "
+            "each set in the database (with the resources under it), then start Den again"
+        )
+    Owner.__table__.create(conn)  # type: ignore[attr-defined]
+    if owners:
+        conn.execute(insert(Owner), [{"key": owner_key(name), "name": name, "kind": kind} for kind, name in owners])
+    conn.execute(text("ALTER TABLE orgs ADD COLUMN created_by INTEGER REFERENCES users (id) ON DELETE SET NULL"))
+    for index in Org.__table__.indexes:  # type: ignore[attr-defined]
+        index.create(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "users, tokens, orgs, resources, shares, audit log, defaults",
-              _create_tables("users", "tokens", "orgs", "memberships", "resources", "resource_versions", "shares",
-                             "audit_log", "user_defaults")),
+              _create_tables("users", "tokens", "memberships", "resources", "resource_versions", "shares",
+                             "audit_log", "user_defaults", frozen=(_ORGS_1,))),
     Migration(2, "secrets, encrypted with the server key", _create_tables("secrets")),
+    Migration(3, "owner names unique regardless of case; who created each org", _unique_owner_names),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from runhouse.den import PayloadTooLargeError, PermissionDeniedError
 from runhouse.den.auth import Caller, find_user, validate_owner_name
-from runhouse.den.db import AuditEntry, Resource, ResourceVersion, Share, User, UserDefaults, utcnow
+from runhouse.den.db import AuditEntry, Resource, ResourceVersion, Share, User, UserDefaults, starts_with, utcnow
 from runhouse.errors import BadRequestError, InvalidNameError, ObjectNotFoundError
 from runhouse.rns.names import DEN, Address, parse, parse_folder
 
@@ -358,7 +358,7 @@ def delete_resource(caller: Caller, text: str) -> dict[str, Any]:
     session.execute(delete(ResourceVersion).where(ResourceVersion.resource_id == resource.id))
     session.delete(resource)
     session.flush()
-    below = select(Resource.id).where(Resource.address.startswith(f"{address}/", autoescape=True)).limit(1)
+    below = select(Resource.id).where(starts_with(session, Resource.address, f"{address}/")).limit(1)
     if session.scalar(below) is None:  # not a folder either: a later resource here starts unshared
         session.execute(delete(Share).where(Share.address == str(address)))
     audit(caller, "delete", address, versions=summary["current_version"])
@@ -371,7 +371,7 @@ def list_folder(caller: Caller, text: str) -> dict[str, Any]:
     prefix = f"{folder}/"
     rows = caller.session.execute(
         select(Resource.address, Resource.resource_type, Resource.updated_at, Resource.public)
-        .where(Resource.address.startswith(prefix, autoescape=True))
+        .where(starts_with(caller.session, Resource.address, prefix))
     )
     whole = access(caller, folder) is not None
     shares = None if whole else caller.shares
@@ -482,7 +482,7 @@ def audit_log(
     if prefix is not None:
         folder = str(folder_address(prefix))
         query = query.where(or_(AuditEntry.address == folder,
-                                AuditEntry.address.startswith(f"{folder}/", autoescape=True)))
+                                starts_with(caller.session, AuditEntry.address, f"{folder}/")))
     if user is not None:
         query = query.where(AuditEntry.user == validate_owner_name(user))
     if action is not None:

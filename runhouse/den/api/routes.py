@@ -106,8 +106,9 @@ async def revoke_token(request: Request) -> Any:
 
 @router.post("/orgs", response_model=OrgOut, tags=["orgs"])
 async def create_org(body: OrgCreate, request: Request) -> Any:
-    """A new org, with the caller as its admin."""
-    return JSONResponse(await run_as_caller(request, lambda caller: auth.create_org(caller, body.name)))
+    """A new org, with the caller as its admin (as far as the server's org policy allows)."""
+    policy = request.app.state.org_policy
+    return JSONResponse(await run_as_caller(request, lambda caller: auth.create_org(caller, body.name, policy)))
 
 
 @router.get("/orgs/{org}", response_model=OrgOut, tags=["orgs"])

@@ -81,13 +81,13 @@ class DenUser:
 class DenServer:
     """Den served by uvicorn in a thread on a free port, over ``url``; ``stop()`` always frees both."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, org_policy: auth.OrgPolicy | None = None) -> None:
         self.database = Database(url)
         self.database.migrate()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(self.database), host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
+        app = create_app(self.database, org_policy=org_policy)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"den-{self.port}", daemon=True)
         self._clients: list[httpx.Client] = []
@@ -140,11 +140,11 @@ class DenServer:
 
 
 class DenProcess:
-    """``runhouse den serve`` over ``url`` in a process of its own, as an administrator runs it, so that a test
-    can kill it outright; ``stop()`` always ends it."""
+    """``runhouse den serve`` over ``url`` (with more options ``args``) in a process of its own, as an
+    administrator runs it, so that a test can kill it outright; ``stop()`` always ends it."""
 
-    def __init__(self, url: str, folder: Path) -> None:
-        self.url, self.folder, self.port = url, folder, free_port()
+    def __init__(self, url: str, folder: Path, *args: str) -> None:
+        self.url, self.folder, self.args, self.port = url, folder, args, free_port()
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.log = folder / f"den-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -153,7 +153,8 @@ class DenProcess:
         env = {**os.environ, "RH_CONFIG_DIR": str(self.folder / "rh"), KEY_ENV: Fernet.generate_key().decode()}
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "runhouse.cli", "den", "serve", "--port", str(self.port), "--db", self.url],
+                [sys.executable, "-m", "runhouse.cli", "den", "serve", "--port", str(self.port), "--db", self.url,
+                 *self.args],
                 env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

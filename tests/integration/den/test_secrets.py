@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 
 from runhouse.den import auth
 from runhouse.den.crypto import KEY_ENV, SecretBox
-from runhouse.den.db import MIGRATIONS, SCHEMA_VERSION, AuditEntry, Database, SchemaVersion
+from runhouse.den.db import MIGRATIONS, SCHEMA_VERSION, AuditEntry, Database, SchemaVersion, utcnow
 from runhouse.errors import ConfigError
 from tests.conftest import free_port
 from tests.integration.den.conftest import DenProcess, DenServer, DenUser, assert_error
@@ -163,9 +163,13 @@ def test_a_version_1_database_gains_the_secrets_table(tmp_path: Path) -> None:
             MIGRATIONS[0].apply(conn)
             conn.execute(SchemaVersion.__table__.insert().values(  # type: ignore[attr-defined]
                 version=1, description=MIGRATIONS[0].description))
-        token = database.run(lambda session: auth.add_user(session, "old"))
+            token = auth.new_token()  # a user and token, as Den of version 1 added them
+            user_id = conn.execute(text("INSERT INTO users (name, created_at) VALUES ('old', :now) RETURNING id"),
+                                   {"now": utcnow()}).scalar_one()
+            conn.execute(text("INSERT INTO tokens (user_id, token_hash, created_at) VALUES (:user, :hash, :now)"),
+                         {"user": user_id, "hash": auth.hash_token(token), "now": utcnow()})
         assert "secrets" not in inspect(database.engine).get_table_names()
-        assert database.migrate() == SCHEMA_VERSION == 2
+        assert database.migrate() == SCHEMA_VERSION == 3
         assert "secrets" in inspect(database.engine).get_table_names()
         assert database.run(lambda session: auth.authenticate(session, token).name) == "old"
 
