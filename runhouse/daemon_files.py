@@ -4,23 +4,32 @@ The daemon writes these files and clients read them: on this machine directly, o
 derive every path from :class:`DaemonFiles`, so the layout is spelled once::
 
     <runhouse folder>/daemons/<port>/
-        token            the bearer token (0600), made at first start and kept across restarts
+        token            the bearer token, made at first start and kept across restarts
         pid              the running daemon's pid
         daemon.log       its output
         launch.json      how it was last started (bound address, TLS), for restarting it the same way
-        registry.json    its envs and named objects
+        registry.json    its envs (with their env var values) and named objects
         tls/cert.pem     the certificate it serves HTTPS with (``--tls``); clients pin it
-        tls/key.pem      its private key (0600)
+        tls/key.pem      its private key
+
+All of it is owner-only, folders 0700 and files 0600 (``daemons/`` too): files are created so, and the
+daemon fixes what an older version or a shell redirect left more open at every start (:func:`make_private`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
+from typing import BinaryIO
 
 from runhouse.paths import daemon_dir
+
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_FOLDER_MODE = 0o700
 
 # The runhouse folder on a host as a word of a POSIX shell command (the daemon there honours RH_CONFIG_DIR).
 REMOTE_CONFIG_DIR = '"${RH_CONFIG_DIR:-$HOME/.rh}"'
@@ -71,6 +80,34 @@ class DaemonFiles:
         return self.folder / "tls" / "key.pem"
 
 
+def make_private(files: DaemonFiles) -> None:
+    """Make the local daemon's folder and everything in it owner-only (0700 folders, 0600 files)."""
+    folder = Path(files.folder)
+    for path in [folder, *folder.rglob("*")]:
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile (a temporary file of an atomic write)
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):  # chmod would change what it points to
+                continue
+            mode = PRIVATE_FOLDER_MODE if stat.S_ISDIR(info.st_mode) else PRIVATE_FILE_MODE
+            if stat.S_IMODE(info.st_mode) != mode:
+                path.chmod(mode)
+
+
+def write_private(path: PurePath, text: str) -> None:
+    """Replace the content of the file at ``path`` with ``text``, the file owner-only (also if it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        file.write(text)
+
+
+def open_log(files: DaemonFiles) -> BinaryIO:
+    """The local daemon's log, opened for appending (created owner-only; an older one is made so)."""
+    fd = os.open(files.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
+    os.fchmod(fd, PRIVATE_FILE_MODE)
+    return os.fdopen(fd, "ab")
+
+
 def read_token(files: DaemonFiles) -> str | None:
     """The local daemon's token, or None before its first start."""
     try:
@@ -86,7 +123,7 @@ def ensure_token(files: DaemonFiles) -> str:
         return token
     token = secrets.token_urlsafe(32)
     try:
-        fd = os.open(files.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(files.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     except FileExistsError:  # another process made it first: use theirs
         return Path(files.token).read_text().strip()
     with os.fdopen(fd, "w") as f:
@@ -107,7 +144,7 @@ def ensure_tls_cert(files: DaemonFiles, host: str) -> Path:
     cert_path, key_path = Path(files.tls_cert), Path(files.tls_key)
     if cert_path.exists() and key_path.exists():
         return cert_path
-    cert_path.parent.mkdir(mode=0o700, exist_ok=True)
+    cert_path.parent.mkdir(mode=PRIVATE_FOLDER_MODE, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "runhouse daemon")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -122,9 +159,9 @@ def ensure_tls_cert(files: DaemonFiles, host: str) -> Path:
         .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
     with os.fdopen(fd, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM).decode())
     return cert_path

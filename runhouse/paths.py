@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 import sys
 from pathlib import Path
 
@@ -44,9 +45,16 @@ def default_server_port() -> int:
 
 
 def daemon_dir(port: int) -> Path:
-    """State folder of the local daemon on ``port``: token, pid file, log, registry."""
-    path = config_dir() / "daemons" / str(port)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """State folder of the local daemon on ``port``: token, pid file, log, registry.
+
+    It and ``daemons/`` are owner-only (0700): created so, and made so if an older version left them open.
+    """
+    path = config_dir()
+    for name in ("daemons", str(port)):
+        path = path / name
+        path.mkdir(mode=0o700, exist_ok=True)
+        if stat.S_IMODE(path.stat().st_mode) != 0o700:
+            path.chmod(0o700)
     return path
 
 

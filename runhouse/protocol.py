@@ -56,12 +56,17 @@ class Op:
     MAP = "map"
     PUT = "put"
     GET = "get"
+    READY = "ready"
     DELETE = "delete"
     KEYS = "keys"
     GETATTR = "getattr"
     SETATTR = "setattr"
     RUN = "run"
     STATUS = "status"
+
+
+# The longest timeout a request may ask for (a call's, or a ``get``'s wait), in seconds: a year.
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
 
 
 def control_path(op: str) -> str:

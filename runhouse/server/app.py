@@ -7,6 +7,12 @@ ERROR frame). Any other client sends JSON (``{"args": [...], "kwargs": {...}}``)
 The ASGI callable is written by hand rather than on a framework's router: the call path is the hot path,
 and each framework layer measurably adds to the per-call latency. Workers are not its concern: a worker's
 :class:`~runhouse.server.backend.Reply` is passed through as it came, whichever backend ran the call.
+
+Input is checked before anything runs: every route's options (name, JSON type, range, default) are one
+table, :data:`_CALL_OPTIONS` and the options column of ``App._routes``; an unknown, missing or ill-typed
+option, malformed or too deeply nested JSON, or a body over ``max_body_bytes`` (checked against
+``Content-Length`` before reading it) is a 4xx naming the problem. Answers to JSON clients are always
+valid JSON: a result's NaN and infinities, which JSON cannot represent, are sent as ``null``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sys
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from runhouse import protocol, serialization
 from runhouse.errors import (
@@ -28,6 +34,7 @@ from runhouse.errors import (
     BadRequestError,
     DaemonError,
     ObjectNotFoundError,
+    PayloadTooLargeError,
     RunhouseError,
     SerializationError,
 )
@@ -37,40 +44,145 @@ from runhouse.server.envs import EnvSpec
 from runhouse.server.runtime import Runtime
 from runhouse.version import __version__, build_id
 
+# The largest request body accepted unless the daemon is started with another cap.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024**3
+# The environment variable (read where the daemon starts) that sets the cap.
+MAX_BODY_ENV = "RH_MAX_BODY_BYTES"
 _JSON = b"application/json"
 # A call still running after this long starts watching for its client going away.
 _WATCH_AFTER_S = 0.02
 _CT = protocol.CONTENT_TYPE.encode()
+_CLOSE = [(b"connection", b"close")]
 
 
 class ClientGone(Exception):
     """The HTTP client disconnected before the request finished."""
 
 
+# --- options (the X-Rh-Meta header) ----------------------------------------------------------------------
+class _Kind(NamedTuple):
+    """What an option's value must be: ``expected`` says it in an error message, ``fits`` checks it."""
+
+    expected: str
+    fits: Callable[[Any], bool]
+
+
+def _is_seconds(value: Any, zero_allowed: bool) -> bool:
+    """A JSON number of seconds up to ``MAX_TIMEOUT_S`` (NaN fails every comparison, infinity the last)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (value >= 0 if zero_allowed else value > 0) and value <= protocol.MAX_TIMEOUT_S
+
+
+def _is_texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+_TEXT = _Kind("a string", lambda v: isinstance(v, str))
+_FLAG = _Kind("true or false", lambda v: isinstance(v, bool))
+_OBJECT = _Kind("a JSON object", lambda v: isinstance(v, dict))
+_TEXTS = _Kind("a list of strings", _is_texts)
+_COMMANDS = _Kind("a list of strings without NUL characters", lambda v: _is_texts(v) and not any("\0" in c for c in v))
+_SIZES = _Kind(
+    "a list of byte counts (integers >= 0)",
+    lambda v: isinstance(v, list) and all(type(n) is int and n >= 0 for n in v),
+)
+_TIMEOUT = _Kind(
+    f"a number of seconds, more than 0 and at most {protocol.MAX_TIMEOUT_S:.0f}",
+    lambda v: _is_seconds(v, zero_allowed=False),
+)
+_WAIT = _Kind(
+    f"a number of seconds from 0 to {protocol.MAX_TIMEOUT_S:.0f} (omit it to wait until the value exists)",
+    lambda v: _is_seconds(v, zero_allowed=True),
+)
+_REQUIRED: Any = object()
+# Option name -> (kind, default); ``None`` sent for an option means "not given".
+_Options = dict[str, tuple[_Kind, Any]]
+
+_CALL_OPTIONS: _Options = {
+    "stream_logs": (_FLAG, False),
+    "remote": (_FLAG, False),
+    "enqueue": (_FLAG, False),
+    "shm": (_FLAG, False),
+    "refs": (_TEXTS, ()),
+    "timeout": (_TIMEOUT, None),
+}
+
+
+def _parse_options(raw: bytes | None, table: _Options, path: str) -> dict[str, Any]:
+    """The options of a request, checked against its route's table, with defaults filled in."""
+    given = _load_json(raw, "the X-Rh-Meta header") if raw else {}
+    if not isinstance(given, dict):
+        raise BadRequestError('the X-Rh-Meta header must be a JSON object of options, e.g. {"timeout": 10}')
+    for name in given:
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise BadRequestError(f"unknown option {name!r} for {path}; its options are: {known}")
+    options = {}
+    for name, (kind, default) in table.items():
+        value = given.get(name)
+        if value is None:
+            if default is _REQUIRED:
+                raise BadRequestError(f"missing field {name!r}: {path} needs it ({kind.expected}) in the X-Rh-Meta "
+                                      "header")
+            value = default
+        elif not kind.fits(value):
+            raise BadRequestError(f"option {name!r} must be {kind.expected}, not {_shown(value)}")
+        options[name] = value
+    return options
+
+
+def _shown(value: Any) -> str:
+    """A short description of a value for an error message (never recursing into containers)."""
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)[:40]
+    if isinstance(value, str):
+        return repr(value[:80])
+    return "a JSON object" if isinstance(value, dict) else "a JSON list"
+
+
+def _load_json(data: bytes | bytearray | memoryview, what: str) -> Any:
+    try:
+        return json.loads(bytes(data))
+    except RecursionError:
+        raise BadRequestError(f"{what} is JSON nested too deeply; keep it to a few hundred levels") from None
+    except ValueError as exc:
+        raise BadRequestError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _serialized_json(value: Any, what: str) -> memoryview:
+    """A value parsed from JSON, serialized for a worker (JSON values always pickle, unless nested too deeply)."""
+    try:
+        return memoryview(serialization.join(serialization.serialize(value)))
+    except (RecursionError, SerializationError):
+        raise BadRequestError(f"{what} is JSON nested too deeply; keep it to a few hundred levels") from None
+
+
+def _checked_payload(body: memoryview) -> memoryview:
+    """``body`` as a serialized value, its framing checked (an empty body means no value)."""
+    if body.nbytes:
+        try:
+            serialization.split(body)
+        except SerializationError as exc:
+            raise BadRequestError(f"malformed body: {exc}") from None
+    return body
+
+
 class _Request:
-    __slots__ = ("path", "meta", "body", "json_mode")
+    __slots__ = ("path", "options", "body", "json_mode")
 
-    def __init__(self, path: str, meta: dict[str, Any], body: memoryview, json_mode: bool) -> None:
-        self.path, self.meta, self.body, self.json_mode = path, meta, body, json_mode
-
-    def arg(self, key: str, kind: type | tuple[type, ...] = str, default: Any = ...) -> Any:
-        if key not in self.meta:
-            if default is ...:
-                raise BadRequestError(f"missing field {key!r}")
-            return default
-        value = self.meta[key]
-        if value is not None and not isinstance(value, kind):
-            raise BadRequestError(f"field {key!r} has the wrong type ({type(value).__name__})")
-        return value
+    def __init__(self, path: str, options: dict[str, Any], body: memoryview, json_mode: bool) -> None:
+        self.path, self.options, self.body, self.json_mode = path, options, body, json_mode
 
     def payload(self) -> memoryview:
-        """The body as a serialized value, its framing checked (an empty body means no value)."""
-        if self.body.nbytes:
-            try:
-                serialization.split(self.body)
-            except SerializationError as exc:
-                raise BadRequestError(f"malformed body: {exc}") from None
-        return self.body
+        """The body as a serialized value (see :func:`_checked_payload`)."""
+        return _checked_payload(self.body)
+
+    def value_payload(self) -> memoryview:
+        """The serialized value the body holds; for JSON clients, the JSON document itself is the value."""
+        if not self.json_mode:
+            return self.payload()
+        return _serialized_json(_load_json(self.body, "the body"), "the body")
 
     def call_payload(self) -> memoryview:
         """The serialized (args, kwargs) of a call, converted from JSON for non-runhouse clients."""
@@ -79,16 +191,13 @@ class _Request:
         if not self.body.nbytes:
             args, kwargs = [], {}
         else:
-            try:
-                data = json.loads(bytes(self.body))
-            except ValueError as exc:
-                raise BadRequestError(f"body is not valid JSON: {exc}") from None
+            data = _load_json(self.body, "the body")
             if not isinstance(data, dict):
                 raise BadRequestError('body must be a JSON object like {"args": [1, 2], "kwargs": {}}')
             args, kwargs = data.get("args", []), data.get("kwargs", {})
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise BadRequestError('"args" must be a JSON list and "kwargs" a JSON object')
-        return memoryview(serialization.join(serialization.serialize((tuple(args), kwargs))))
+        return _serialized_json((tuple(args), kwargs), "the body")
 
 
 class _Response:
@@ -134,10 +243,12 @@ class _Response:
             await self.send({"type": "http.response.body", "body": part, "more_body": True})
         await self.send({"type": "http.response.body", "body": b""})
 
-    async def json(self, status: int, data: Any) -> None:
-        body = json.dumps(data, default=repr).encode()
-        await self.send({"type": "http.response.start", "status": status,
-                         "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]})
+    async def json(self, status: int, data: Any, headers: list | None = None) -> None:
+        await self.json_bytes(status, json.dumps(data, default=repr, allow_nan=False).encode(), headers)
+
+    async def json_bytes(self, status: int, body: bytes, headers: list | None = None) -> None:
+        hdrs = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *(headers or [])]
+        await self.send({"type": "http.response.start", "status": status, "headers": hdrs})
         await self.send({"type": "http.response.body", "body": body})
         self.started = True
 
@@ -159,40 +270,63 @@ class _Response:
             else:
                 await self.frame(protocol.ERROR, [reply.payload])
         elif self.json_mode:
-            body = bytes(reply.payload) if reply.payload.nbytes else b"null"
-            await self.json(200, {"result": json.loads(body)})
+            await self.json_bytes(200, _json_result(bytes(reply.payload)))
         else:
             await self.frame(protocol.RESULT, [reply.payload])
 
-    async def error(self, exc: RunhouseError | Exception, status: int) -> None:
+    async def error(self, exc: RunhouseError | Exception, status: int, headers: list | None = None) -> None:
         envelope = protocol.error_envelope(type(exc).__name__, str(exc), protocol.exception_details(exc))
         if not self.started:
-            await self.json(status, envelope)
+            await self.json(status, envelope, headers)
         else:  # logs were already streamed with a 200: report in-band
             info = {**envelope["error"], "traceback": "", "pickled": None}
             await self.frame(protocol.ERROR, [protocol.encode_meta(info)])
 
 
-class App:
-    """The ASGI application of the daemon."""
+def _json_result(body: bytes) -> bytes:
+    """The JSON answer ``{"result": ...}`` around a worker's JSON-encoded result.
 
-    def __init__(self, runtime: Runtime, token: str) -> None:
+    Python's encoder writes NaN and the infinities as bare words, which are not JSON; a result holding one is
+    re-encoded with ``null`` in their place. Any other result is wrapped as it came, never parsed.
+    """
+    if not body:
+        return b'{"result": null}'
+    if b"NaN" in body or b"Infinity" in body:  # may also be inside a string: then re-encoding changes nothing
+        try:
+            value = json.loads(body, parse_constant=lambda _: None)
+            body = json.dumps(value, allow_nan=False).encode()
+        except RecursionError:
+            raise SerializationError("the result is nested too deeply to send as JSON; call it with the runhouse "
+                                     "client, or return a flatter value") from None
+    return b'{"result": ' + body + b"}"
+
+
+class App:
+    """The ASGI application of the daemon; bodies over ``max_body_bytes`` are refused (413) unread."""
+
+    def __init__(self, runtime: Runtime, token: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.runtime = runtime
+        self.max_body_bytes = max_body_bytes
         self._auth = f"Bearer {token}".encode()
         self._health = {"status": "ok", "pid": os.getpid(), "version": __version__, "build": build_id()}
-        self._routes: dict[str, Callable[[_Request, _Response], Awaitable[None]]] = {
-            Op.ENV: self._env,
-            Op.DEPLOY: self._deploy,
-            Op.INSTANTIATE: self._instantiate,
-            Op.MAP: self._map,
-            Op.PUT: self._put,
-            Op.GET: self._get,
-            Op.DELETE: self._delete,
-            Op.KEYS: self._keys,
-            Op.GETATTR: self._getattr,
-            Op.SETATTR: self._setattr,
-            Op.RUN: self._run,
-            Op.STATUS: self._status,
+        # Each control operation: its handler, and its options (the one place they are checked).
+        text, env, flag, refs = (_TEXT, _REQUIRED), (_TEXT, None), (_FLAG, False), (_TEXTS, ())
+        self._routes: dict[str, tuple[Callable[[_Request, _Response], Awaitable[None]], _Options]] = {
+            Op.ENV: (self._env, {"env": (_OBJECT, _REQUIRED)}),
+            Op.DEPLOY: (self._deploy, {"name": text, "env": env, "kind": text,
+                                       "spec": (_OBJECT, _REQUIRED), "version": text}),
+            Op.INSTANTIATE: (self._instantiate, {"name": text, "class_name": text, "refs": refs}),
+            Op.MAP: (self._map, {"name": text, "method": text, "sizes": (_SIZES, _REQUIRED), "stream_logs": flag,
+                                 "refs": refs, "shm": flag}),
+            Op.PUT: (self._put, {"key": text, "env": env}),
+            Op.GET: (self._get, {"key": text, "shm": flag, "timeout": (_WAIT, None)}),
+            Op.READY: (self._ready, {"keys": (_TEXTS, _REQUIRED)}),
+            Op.DELETE: (self._delete, {"keys": (_TEXTS, _REQUIRED)}),
+            Op.KEYS: (self._keys, {"env": env}),
+            Op.GETATTR: (self._getattr, {"name": text, "attr": text, "shm": flag}),
+            Op.SETATTR: (self._setattr, {"name": text, "attr": text}),
+            Op.RUN: (self._run, {"cmds": (_COMMANDS, _REQUIRED), "env": env, "stream_logs": flag, "python": flag}),
+            Op.STATUS: (self._status, {}),
         }
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -206,24 +340,30 @@ class App:
         response = _Response(send, json_mode)
         try:
             if path == protocol.HEALTH_PATH and scope["method"] == "GET":
-                await response.json(200, self._health)
+                await response.json(200, self._health, _CLOSE)  # one answer per connection for strangers
                 return
             headers = dict(scope["headers"])
             if not hmac.compare_digest(headers.get(b"authorization", b""), self._auth):
+                # Closed after the answer: a stranger's connection never waits for a body nobody reads.
                 await response.error(AuthenticationError("missing or wrong token: send 'Authorization: Bearer "
-                                                         "<token>' (`runhouse token` prints it)"), 401)
+                                                         "<token>' (`runhouse token` prints it)"), 401, _CLOSE)
                 return
             response.json_mode = json_mode = headers.get(b"content-type", b"") != _CT
             if scope["method"] != "POST":
                 raise BadRequestError(f"use POST for {path} (only GET /health exists)")
-            meta = _parse_meta(headers.get(b"x-rh-meta"))
-            body = await _read_body(receive, headers.get(b"content-length"))
-            request = _Request(path, meta, body, json_mode)
+            handler: Callable[[_Request, _Response], Awaitable[None]] | None = None
             if path.startswith(protocol.CONTROL_PREFIX):
                 route = self._routes.get(path[len(protocol.CONTROL_PREFIX):])
                 if route is None:
                     raise ObjectNotFoundError(f"no such endpoint {path}")
-                await route(request, response)
+                handler, table = route
+            else:
+                table = _CALL_OPTIONS
+            options = _parse_options(headers.get(b"x-rh-meta"), table, path)
+            body = await _read_body(receive, headers.get(b"content-length"), self.max_body_bytes)
+            request = _Request(path, options, body, json_mode)
+            if handler is not None:
+                await handler(request, response)
             else:
                 await self._call(request, response, receive)
         except ClientGone:
@@ -253,19 +393,18 @@ class App:
         if len(parts) != 2 or not all(parts):
             raise ObjectNotFoundError(f"no such endpoint {request.path}; call /<name>/<method>")
         name, method = parts
-        meta = request.meta
-        timeout = request.arg("timeout", (int, float), None)
+        options = request.options
         call = self.runtime.call(
             name,
             method,
             request.call_payload(),
-            stream_logs=bool(meta.get("stream_logs")) and not request.json_mode,
-            remote=bool(meta.get("remote")),
-            refs=request.arg("refs", list, ()),
-            timeout=timeout,
-            enqueue=bool(meta.get("enqueue")),
+            stream_logs=options["stream_logs"] and not request.json_mode,
+            remote=options["remote"],
+            refs=options["refs"],
+            timeout=options["timeout"],
+            enqueue=options["enqueue"],
             json_result=request.json_mode,
-            shm=bool(meta.get("shm")) and not request.json_mode,
+            shm=options["shm"] and not request.json_mode,
             on_log=response.log,
         )
         reply = await _cancel_on_disconnect(call, receive)
@@ -277,26 +416,25 @@ class App:
     async def _map(self, request: _Request, response: _Response) -> None:
         if request.json_mode:
             raise BadRequestError("map needs the runhouse client (serialized items)")
-        sizes = request.arg("sizes", list)
+        options = request.options
+        sizes = options["sizes"]
         if sum(sizes) != request.body.nbytes:
-            raise BadRequestError("item sizes do not add up to the body length")
+            raise BadRequestError(f"item sizes add up to {sum(sizes)} bytes, the body has {request.body.nbytes}")
         items, offset = [], 0
         for size in sizes:
-            item = request.body[offset : offset + size]
-            _Request(request.path, {}, item, False).payload()
-            items.append(item)
+            items.append(_checked_payload(request.body[offset : offset + size]))
             offset += size
 
         def on_log(index: int, data: bytes) -> None:
             response.log(b"".join(f"[{index}] ".encode() + line for line in data.splitlines(keepends=True)))
 
         results = await self.runtime.map(
-            request.arg("name"),
-            request.arg("method"),
+            options["name"],
+            options["method"],
             items,
-            stream_logs=bool(request.meta.get("stream_logs")),
-            refs=request.arg("refs", list, ()),
-            shm=bool(request.meta.get("shm")),
+            stream_logs=options["stream_logs"],
+            refs=options["refs"],
+            shm=options["shm"],
             on_log=on_log,
         )
         frames = []
@@ -314,118 +452,107 @@ class App:
 
     # --- control -------------------------------------------------------------------------------------
     async def _env(self, request: _Request, response: _Response) -> None:
-        data = request.arg("env", dict)
         try:
-            spec = EnvSpec.from_dict(data)
-        except (KeyError, TypeError) as exc:
+            spec = EnvSpec.from_dict(request.options["env"])
+        except (KeyError, TypeError, ValueError) as exc:
             raise BadRequestError(f"invalid env spec: {exc}") from None
         result = await self.runtime.create_env(spec, lambda line: response.log((line + "\n").encode()))
         await response.value(result)
 
     async def _deploy(self, request: _Request, response: _Response) -> None:
+        options = request.options
         reply = await self.runtime.deploy(
-            request.arg("name"),
-            request.arg("env", str, DEFAULT_ENV) or DEFAULT_ENV,
-            request.arg("kind"),
-            request.arg("spec", dict),
+            options["name"],
+            options["env"] or DEFAULT_ENV,
+            options["kind"],
+            options["spec"],
             bytes(request.body),
-            request.arg("version"),
+            options["version"],
         )
         await (response.value(reply.meta["info"]) if reply.kind == protocol.RESULT else response.reply(reply))
 
     async def _instantiate(self, request: _Request, response: _Response) -> None:
+        options = request.options
         reply = await self.runtime.instantiate(
-            request.arg("name"), request.arg("class_name"), request.payload(), request.arg("refs", list, ())
+            options["name"], options["class_name"], request.call_payload(), options["refs"]
         )
         await (response.value(reply.meta["info"]) if reply.kind == protocol.RESULT else response.reply(reply))
 
     async def _put(self, request: _Request, response: _Response) -> None:
-        if request.json_mode:  # the JSON document itself is the value
-            try:
-                value = json.loads(bytes(request.body))
-            except ValueError as exc:
-                raise BadRequestError(f"body is not valid JSON: {exc}") from None
-            payload = memoryview(serialization.join(serialization.serialize(value)))
-        else:
-            payload = request.payload()
-        await self.runtime.put(request.arg("key"), request.arg("env", str, DEFAULT_ENV) or DEFAULT_ENV, payload)
+        options = request.options
+        await self.runtime.put(options["key"], options["env"] or DEFAULT_ENV, request.value_payload())
         await response.value(None)
 
     async def _get(self, request: _Request, response: _Response) -> None:
-        entry, reply = await self.runtime.get(request.arg("key"), shm=bool(request.meta.get("shm")))
+        options = request.options
+        entry, reply = await self.runtime.get(options["key"], shm=options["shm"], timeout=options["timeout"])
         if reply is None:
             handle = {"kind": entry.kind, "env": entry.env, "info": entry.info}
             await response.value(handle, [(protocol.KIND_HEADER.encode(), protocol.HANDLE_KIND.encode())])
-        elif request.json_mode:
+        elif request.json_mode and reply.kind != protocol.ERROR:
             raise BadRequestError("stored values are serialized Python objects; use the runhouse client")
         else:
             await response.reply(reply)
 
+    async def _ready(self, request: _Request, response: _Response) -> None:
+        await response.value(self.runtime.ready(request.options["keys"]))
+
     async def _delete(self, request: _Request, response: _Response) -> None:
-        await response.value(await self.runtime.delete(request.arg("keys", list)))
+        await response.value(await self.runtime.delete(request.options["keys"]))
 
     async def _keys(self, request: _Request, response: _Response) -> None:
-        await response.value(self.runtime.keys(request.arg("env", str, None)))
+        await response.value(self.runtime.keys(request.options["env"]))
 
     async def _getattr(self, request: _Request, response: _Response) -> None:
-        shm = bool(request.meta.get("shm"))
-        await response.reply(await self.runtime.getattr(request.arg("name"), request.arg("attr"), shm=shm))
+        if request.json_mode:
+            raise BadRequestError("attributes are sent as serialized Python objects; use the runhouse client, or "
+                                  "call a method that returns the attribute")
+        options = request.options
+        await response.reply(await self.runtime.getattr(options["name"], options["attr"], shm=options["shm"]))
 
     async def _setattr(self, request: _Request, response: _Response) -> None:
-        await response.reply(await self.runtime.setattr(request.arg("name"), request.arg("attr"), request.payload()))
+        options = request.options
+        await response.reply(await self.runtime.setattr(options["name"], options["attr"], request.value_payload()))
 
     async def _run(self, request: _Request, response: _Response) -> None:
-        cmds = request.arg("cmds", list)
-        if not all(isinstance(c, str) for c in cmds):
-            raise BadRequestError("'cmds' must be a list of strings")
-        on_log = response.log if request.meta.get("stream_logs") and not request.json_mode else None
-        results = await self.runtime.run(cmds, request.arg("env", str, None), on_log, bool(request.meta.get("python")))
+        options = request.options
+        on_log = response.log if options["stream_logs"] and not request.json_mode else None
+        results = await self.runtime.run(options["cmds"], options["env"], on_log, options["python"])
         await response.value(results)
 
     async def _status(self, request: _Request, response: _Response) -> None:
         await response.value(self.runtime.status())
 
 
-def _parse_meta(raw: bytes | None) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        meta = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequestError(f"X-Rh-Meta header is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise BadRequestError("X-Rh-Meta header must be a JSON object")
-    return meta
+async def _read_body(receive: Callable, length_header: bytes | None, limit: int) -> memoryview:
+    """Read the whole body into one writable buffer that grows with what arrives, up to ``limit`` bytes.
 
-
-async def _read_body(receive: Callable, length_header: bytes | None) -> memoryview:
-    """Read the whole body into one writable buffer (sized up front when Content-Length is known)."""
+    A declared ``Content-Length`` over the limit is refused before anything is read; the buffer is never
+    sized from the header, so a large declaration costs nothing until the bytes come.
+    """
     try:
-        expected = int(length_header) if length_header else None
+        declared = int(length_header) if length_header else 0
     except ValueError:
         raise BadRequestError("Content-Length is not a number") from None
-    if expected is not None:
-        buf = bytearray(expected)
-        pos = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            if pos + len(chunk) > expected:
-                raise BadRequestError("body is longer than Content-Length")
-            buf[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
-            if not message.get("more_body"):
-                return memoryview(buf)[:pos]
-    chunks = bytearray()
+    if declared > limit:
+        raise _too_large(f"{declared} bytes", limit)
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone()
-        chunks += message.get("body", b"")
+        body += message.get("body", b"")
+        if len(body) > limit:  # only without Content-Length (chunked): otherwise it was checked above
+            raise _too_large(f"over {limit} bytes", limit)
         if not message.get("more_body"):
-            return memoryview(chunks)
+            return memoryview(body)
+
+
+def _too_large(size: str, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the request body is {size}; this daemon accepts at most {limit} bytes per request (start it with "
+        f"{MAX_BODY_ENV}=<bytes> to change that), or pass large data as files or in several calls"
+    )
 
 
 async def _cancel_on_disconnect(call: Awaitable[Reply], receive: Callable) -> Reply:
