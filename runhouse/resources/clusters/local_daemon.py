@@ -85,7 +85,7 @@ def start(port: int | None = None, timeout: float = START_TIMEOUT_S, host: str =
     if answer is not None:
         return int(answer["pid"])
     ensure_token(files)
-    with open(files.log, "ab") as log:
+    with daemon_files.open_log(files) as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", _BOOT, "--port", str(port), "--host", host, *(["--tls"] if tls else [])],
             stdin=subprocess.DEVNULL,
