@@ -36,25 +36,64 @@ _ANSWER_GRACE_S = 30.0
 
 
 class Ref:
-    """A result kept on the cluster by ``.remote()``. ``rh.get(ref)`` fetches it; passed as an argument to
-    another call on the same cluster, it is resolved there without crossing the network."""
+    """The result of a call started with ``.remote()``, kept on the cluster under ``key``.
+
+    ``.remote()`` returns it as soon as the cluster accepted the call; the call runs on there. ``rh.get(ref)``
+    waits for the result and fetches it (the call's error is raised there); passed as an argument to another
+    call on the same cluster, it is resolved there without crossing the network. A ref pickles as its key and
+    its cluster's config, so another process can fetch it (``cluster.get(key)`` works too) for as long as the
+    cluster keeps it (until it is deleted, or its env's main worker exits).
+    """
 
     __slots__ = ("key", "system")
 
     def __init__(self, key: str, system: Cluster) -> None:
         self.key, self.system = key, system
 
-    def get(self) -> Any:
-        """Fetch the value."""
-        return self.system.get(self.key)
+    def get(self, timeout: float | None = None) -> Any:
+        """The result, once the call finished: at most ``timeout`` seconds of waiting when given.
+
+        Raises:
+            CallTimeoutError: the call has not finished within ``timeout`` (it keeps running).
+            Exception: what the call raised (its own type, or RemoteError), or WorkerCrashedError.
+        """
+        meta: dict[str, Any] = {"key": self.key, "shm": self.system.shares_memory}
+        if timeout is not None:
+            meta["timeout"] = timeout
+        wait = CALL_READ_TIMEOUT_S if timeout is None else timeout + _ANSWER_GRACE_S
+        return self.system.request(protocol.control_path(Op.GET), meta, timeout=wait).value()
+
+    def done(self) -> bool:
+        """Whether the call has finished (successfully or not); never waits for it."""
+        return bool(self.system._control(Op.READY, {"keys": [self.key]})[self.key])
+
+    def __reduce__(self) -> tuple[Any, tuple[str, Any]]:
+        system = self.system
+        return _ref_on, (self.key, system.rns_address or system.config())
 
     def __repr__(self) -> str:
         return f"<Ref {self.key!r} on {self.system!r}>"
 
 
-def get(ref: Ref | Any) -> Any:
-    """The value of a :class:`Ref` (anything else is returned unchanged)."""
-    return ref.get() if isinstance(ref, Ref) else ref
+def _ref_on(key: str, system: str | dict[str, Any]) -> Ref:
+    """A ref rebuilt in another process from its key and its cluster's name or config."""
+    from runhouse.resources.clusters.base import Cluster
+    from runhouse.resources.resource import load_typed
+
+    cluster = load_typed(Cluster, system) if isinstance(system, str) else Cluster.from_config(system)
+    return Ref(key, cluster)
+
+
+def get(ref: Ref | Any, timeout: float | None = None) -> Any:
+    """The value of a :class:`Ref`, waiting at most ``timeout`` seconds for its call (anything else is
+    returned unchanged).
+
+    Example::
+
+        ref = remote_fn.remote(1, 2)
+        rh.get(ref, timeout=60)
+    """
+    return ref.get(timeout) if isinstance(ref, Ref) else ref
 
 
 def describe_code(obj: Any) -> tuple[dict[str, Any], bytes, str]:

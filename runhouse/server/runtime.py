@@ -23,12 +23,12 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runhouse import protocol
+from runhouse import protocol, serialization
 from runhouse.errors import (
     BadRequestError,
     CallTimeoutError,
@@ -123,6 +123,10 @@ class Runtime:
         self.envs: dict[str, EnvRuntime] = {}
         self.started_at = time.time()
         self._queues: dict[str, asyncio.Lock] = {}
+        # Calls started by .remote(): running ones by their ref's key, and the errors of those that failed
+        # (kept until the key is deleted, like a value; get() raises them).
+        self._running_refs: dict[str, asyncio.Task[Reply]] = {}
+        self._failed_refs: dict[str, Reply] = {}
         self._env_locks: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.Task | None = None
         self._command_groups: set[int] = set()  # process groups of run() commands, stopped with the daemon
@@ -239,6 +243,9 @@ class Runtime:
         cls = self.registry.entry(class_name)
         if cls.kind != CLASS:
             raise BadRequestError(f"{class_name!r} is a {cls.kind}, not a class")
+        failed = await self._settle_refs(refs)
+        if failed is not None:
+            return failed
         worker = await (await self.env_runtime(cls.env)).main_worker()
         await self._load(worker, cls)
         meta: dict[str, Any] = {"op": WorkerOp.INSTANTIATE, "name": name, "class_name": class_name}
@@ -302,6 +309,8 @@ class Runtime:
         """
         entry = self.registry.entry(name)
         self._check_method(entry, method)
+        if refs and (failed := await self._settle_refs(refs)) is not None:
+            return failed
         worker = await (await self.env_runtime(entry.env)).main_worker()
         await self._load(worker, entry)
         meta: dict[str, Any] = {"op": WorkerOp.CALL, "name": name, "method": method, "stream_logs": stream_logs}
@@ -311,16 +320,55 @@ class Runtime:
             meta["json"] = True
         if shm:
             meta["shm"] = True
-        if remote:
-            meta["store_as"] = f"{name}.{method}-{uuid.uuid4().hex[:12]}"
+        if remote:  # answered at once with the ref's key; the call runs on, its output goes to the worker's log
+            meta["store_as"] = key = f"{name}.{method}-{uuid.uuid4().hex[:12]}"
+            meta["stream_logs"], on_log = False, None
         request = worker.request(meta, [payload] if payload.nbytes else [], on_log)
         if enqueue:
             request = self._queued(name, request)
-        reply = await self._with_timeout(request, timeout, name)
-        if remote and reply.kind == protocol.RESULT:
-            key = reply.meta["stored"]
-            self.registry.entries[key] = Entry(key, entry.env, VALUE)
+        if not remote:
+            return await self._with_timeout(request, timeout, name)
+        self.registry.entries[key] = Entry(key, entry.env, VALUE)
+        task = asyncio.get_running_loop().create_task(self._run_for_ref(key, request, timeout, name))
+        self._running_refs[key] = task
+        return Reply(protocol.RESULT, {"stored": key}, memoryview(b""))
+
+    async def _run_for_ref(self, key: str, request: Awaitable[Reply], timeout: float | None, name: str) -> Reply:
+        """Run a call started by ``.remote()``; its result stays in the worker, its failure here, by ``key``."""
+        try:
+            reply = await self._with_timeout(request, timeout, name)
+        except Exception as exc:  # a crashed worker or a timeout: get() raises it, typed
+            error = protocol.encode_meta(serialization.pack_exception(exc))
+            reply = Reply(protocol.ERROR, {}, memoryview(error))
+        finally:
+            self._running_refs.pop(key, None)
+        if reply.kind == protocol.ERROR:  # kept even when its worker's crash took the entry with it
+            self._failed_refs[key] = reply
         return reply
+
+    async def _settle_refs(self, keys: Sequence[str]) -> Reply | None:
+        """Wait for the calls behind refs passed as arguments; the error of the first that failed, if any."""
+        for key in keys:
+            running = self._running_refs.get(key)
+            if running is not None:
+                await _finished(running, None)
+            failed = self._failed_refs.get(key)
+            if failed is not None:
+                return failed
+        return None
+
+    def ready(self, keys: Sequence[str]) -> dict[str, bool]:
+        """Whether the calls behind refs have finished (successfully or not), by key.
+
+        Raises:
+            ObjectNotFoundError: a key that names no stored value on this cluster.
+        """
+        answer = {}
+        for key in keys:
+            if key not in self._failed_refs and self.registry.entry(key).kind != VALUE:
+                raise ObjectNotFoundError(f"{key!r} is not a ref or stored value on this cluster")
+            answer[key] = key not in self._running_refs
+        return answer
 
     async def _queued(self, name: str, request: Any) -> Reply:
         async with self._queues.setdefault(name, asyncio.Lock()):  # asyncio.Lock wakes waiters in FIFO order
@@ -348,6 +396,9 @@ class Runtime:
         """Run one call per item in parallel over the workers the env fans out to (see ``fanout_workers``)."""
         entry = self.registry.entry(name)
         self._check_method(entry, method)
+        failed = await self._settle_refs(refs)
+        if failed is not None:
+            return [failed] * len(items)
         runtime = await self.env_runtime(entry.env)
         stateful = entry.kind != FUNCTION
         workers, slots = await runtime.fanout_workers(stateful)
@@ -392,11 +443,34 @@ class Runtime:
         if current is not None and current.kind != VALUE:
             self.registry.save()
 
-    async def get(self, key: str, shm: bool = False) -> tuple[Entry, Reply | None]:
-        """A stored value (its serialized bytes), or only the entry for functions, classes and instances."""
+    async def get(self, key: str, shm: bool = False, timeout: float | None = None) -> tuple[Entry, Reply | None]:
+        """A stored value (its serialized bytes), or only the entry for functions, classes and instances.
+
+        The value of a ref whose call still runs is waited for, at most ``timeout`` seconds when given; a ref
+        whose call failed answers with the call's error.
+
+        Raises:
+            CallTimeoutError: the call behind the ref did not finish within ``timeout`` (it keeps running).
+        """
+        failed = self._failed_refs.get(key)
+        if failed is not None:
+            return Entry(key, DEFAULT_ENV, VALUE), failed
         entry = self.registry.entry(key)
         if entry.kind != VALUE:
             return entry, None
+        running = self._running_refs.get(key)
+        if running is not None:
+            try:
+                await _finished(running, timeout)
+            except asyncio.TimeoutError:
+                raise CallTimeoutError(
+                    f"the call behind ref {key!r} has not finished within {timeout} s; it keeps running, get it "
+                    "again later"
+                ) from None
+        failed = self._failed_refs.get(key)
+        if failed is not None:
+            return entry, failed
+        entry = self.registry.entry(key)  # gone if the worker holding it died (a value dies with its worker)
         worker = await (await self.env_runtime(entry.env)).main_worker()
         return entry, await worker.request({"op": WorkerOp.GET, "key": key, "shm": shm})
 
@@ -417,6 +491,11 @@ class Runtime:
         deleted = []
         for key in keys:
             entry = self.registry.entries.pop(key, None)
+            running = self._running_refs.pop(key, None)
+            if running is not None:  # nobody can get its result any more: stop the call
+                running.cancel()
+            if self._failed_refs.pop(key, None) is not None and entry is None:
+                deleted.append(key)
             if entry is not None:
                 deleted.append(key)
                 await self._drop_from_workers(entry)
@@ -486,6 +565,16 @@ class Runtime:
             "objects": [{"name": e.name, "kind": e.kind, "env": e.env} for e in self.registry.entries.values()],
             "workers": [w.status() for env in self.envs.values() for w in env.workers()],
         }
+
+
+async def _finished(task: asyncio.Task[Reply], timeout: float | None) -> None:
+    """Wait until ``task`` is done (at most ``timeout`` seconds), never cancelling it; a task cancelled by
+    others (its ref was deleted) counts as done."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except asyncio.CancelledError:
+        if not task.cancelled():  # this waiter itself was cancelled
+            raise
 
 
 async def _collect(stream: asyncio.StreamReader | None, chunks: list[bytes], on_log: LogSink | None) -> None:
