@@ -143,6 +143,7 @@ class _Connection:
         reused, self.used = self.used, True
         sock = self.sock
         sock.settimeout(timeout)
+        send_error: OSError | None = None
         try:
             if size < protocol.SMALL_FRAME_BYTES:
                 sock.sendall(b"".join([head, *parts]))
@@ -153,7 +154,7 @@ class _Connection:
         except (BrokenPipeError, ConnectionResetError) as exc:
             if reused:
                 raise _StaleConnection() from exc
-            raise
+            send_error = exc  # the daemon may have answered first (a wrong token, a body over its cap): read it
         reader = _Reader(on_log)
         parser = httptools.HttpResponseParser(reader)
         view = memoryview(self.buffer)
@@ -166,6 +167,11 @@ class _Connection:
             if count == 0:
                 if received == 0 and reused:
                     raise _StaleConnection()
+                if received == 0 and send_error is not None:
+                    raise ClusterUnreachableError(
+                        f"the daemon at {self.host}:{self.port} closed the connection while the request was being "
+                        f"sent ({send_error})"
+                    ) from send_error
                 if received == 0:  # a tunnel that accepts but cannot reach the daemon: nothing was processed
                     refused = ConnectionRefusedError(f"nothing answered behind {self.host}:{self.port}")
                     raise refused

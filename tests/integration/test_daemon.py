@@ -250,3 +250,11 @@ def test_daemon_that_cannot_start_reports_its_log(config_dir):
         blocker.listen()
         with pytest.raises(DaemonStartError, match="address already in use|exited"):
             daemon.start(port, timeout=10)
+
+
+def test_a_large_request_with_a_wrong_token_gets_the_typed_refusal(cluster):
+    from runhouse.transport.client import DaemonClient
+
+    with DaemonClient("127.0.0.1", cluster.server_port, "wrong-token") as stranger:
+        with pytest.raises(AuthenticationError):
+            stranger.request("/_/put", {"key": "k"}, [bytes(64 * 2**20)], timeout=30)
