@@ -12,9 +12,11 @@ that call's id: concurrent calls never mix, and nothing is written to disk per c
 
 from __future__ import annotations
 
+import builtins
 import contextvars
 import ctypes
 import importlib
+import importlib.util
 import inspect
 import io
 import json
@@ -24,7 +26,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from runhouse import protocol, serialization
@@ -98,6 +100,49 @@ class _CallOutput(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self._real, "encoding", "utf-8")
+
+
+def _initialized(name: str) -> bool:
+    """Whether module ``name`` is imported and has finished running its top level."""
+    module = sys.modules.get(name)
+    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def _parents_first(original_import: Callable[..., Any]) -> Callable[..., Any]:
+    """An ``__import__`` that imports a module's parent packages one by one, from the top, before the module.
+
+    CPython locks a module before it imports the module's parent. So a thread importing ``numpy._core.numeric``
+    (as unpickling a numpy array does) while another imports ``numpy`` (whose ``__init__`` imports that
+    submodule) each hold the lock the other waits for: CPython then raises ``_DeadlockError`` or hands out a
+    partially initialized module. The worker runs calls on many threads, so it takes every parent first,
+    holding no lock of the chain while it waits: all threads then lock a package before its submodules.
+    """
+
+    def import_(
+        name: str,
+        globals: dict[str, Any] | None = None,
+        locals: dict[str, Any] | None = None,
+        fromlist: Sequence[str] = (),
+        level: int = 0,
+    ) -> Any:
+        target = name
+        if level:
+            package = globals.get("__package__") if globals else None
+            target = importlib.util.resolve_name("." * level + name, package) if package else ""
+        dot = target.find(".")
+        while dot != -1:
+            if not _initialized(target[:dot]):
+                original_import(target[:dot])
+            dot = target.find(".", dot + 1)
+        return original_import(name, globals, locals, fromlist, level)
+
+    return import_
+
+
+def _import_module(name: str) -> Any:
+    """The module ``name``, imported through ``__import__`` (in the worker: parents first)."""
+    __import__(name)
+    return sys.modules[name]
 
 
 def _resolve(root: Any, qualname: str) -> Any:
@@ -336,7 +381,7 @@ class Worker:
                 sys.path.insert(0, root)
             module_name, code_hash = spec["module"], spec.get("code_hash")
             known = self.module_hashes.get(module_name)
-            module = importlib.import_module(module_name)
+            module = _import_module(module_name)
             if known is not None and known != code_hash:
                 module = importlib.reload(module)
             self.module_hashes[module_name] = code_hash
@@ -375,6 +420,7 @@ class Worker:
             self.objects.pop(key, None)
         return None, []
 
+
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         try:
@@ -388,6 +434,7 @@ def main() -> None:
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
     _die_with_parent()
+    builtins.__import__ = _parents_first(builtins.__import__)
     sys.stdout = _CallOutput(sys.stdout)
     sys.stderr = _CallOutput(sys.stderr)
     Worker(sock).serve()
