@@ -1,8 +1,15 @@
-"""The ``runhouse`` command: thin wrappers over the library."""
+"""The ``runhouse`` command: thin wrappers over the library.
+
+A user's mistake (a port another process holds, a daemon that is not running, an unknown cluster name) is
+a runhouse error: every command prints it on stderr and exits with code 1, never with a traceback.
+"""
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,16 +22,41 @@ from runhouse.resources.clusters import local_daemon as daemon
 
 app = typer.Typer(help="runhouse: program across machines as if they were one.", no_args_is_help=True)
 console = Console()
+error_console = Console(stderr=True, soft_wrap=True)  # soft wrap: a message read by a program stays one line
 app.add_typer(den_app, name="den")
 
-PortOption = typer.Option(None, "--port", help="Daemon port (default: $RH_SERVER_PORT or 32300).")
+PortOption = typer.Option(None, "--port", min=1, max=65535, help="Daemon port (default: $RH_SERVER_PORT or 32300).")
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> NoReturn:
+    """Print ``message`` as an error and exit with code 1."""
+    error_console.print(message, style="red", markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+def command(name: str | None = None) -> Callable[[_Command], _Command]:
+    """Register a ``runhouse`` command whose runhouse errors are printed (exit code 1) instead of raised."""
+
+    def register(function: _Command) -> _Command:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except RunhouseError as exc:
+                _fail(str(exc))
+
+        app.command(name)(run)
+        return function
+
+    return register
 
 
 def _port(port: int | None) -> int:
     return port or default_server_port()
 
 
-@app.command()
+@command()
 def start(
     port: int | None = PortOption,
     host: str = typer.Option(daemon.HOST, help="Address to bind; keep 127.0.0.1 unless clients connect with TLS."),
@@ -33,23 +65,26 @@ def start(
     """Start the daemon on this machine in the background."""
     port = _port(port)
     began = time.perf_counter()
-    try:
-        pid = daemon.start(port, host=host, tls=tls)
-    except RunhouseError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    pid = daemon.start(port, host=host, tls=tls)
     took = time.perf_counter() - began
     console.print(f"daemon running on {'https' if tls else 'http'}://{host}:{port} (pid {pid}, ready in {took:.2f} s)")
 
 
-@app.command()
+@command()
 def stop(port: int | None = PortOption) -> None:
     """Stop the daemon on this machine and all its workers."""
     port = _port(port)
-    console.print(f"daemon on port {port} stopped" if daemon.stop(port) else f"no daemon running on port {port}")
+    if daemon.stop(port):
+        console.print(f"daemon on port {port} stopped")
+        return
+    answer = daemon.health(port)
+    taken = daemon.other_daemon(port, answer) if answer is not None else None
+    if taken is not None:
+        _fail(f"no daemon of this config folder runs on port {port}: {taken}")
+    console.print(f"no daemon running on port {port}")
 
 
-@app.command()
+@command()
 def restart(port: int | None = PortOption) -> None:
     """Restart the daemon; deployed envs, functions and modules come back."""
     port = _port(port)
@@ -58,13 +93,17 @@ def restart(port: int | None = PortOption) -> None:
     start(port, host, tls)
 
 
-@app.command()
+@command()
 def token(port: int | None = PortOption) -> None:
     """Print the daemon's token (for curl: -H "Authorization: Bearer $(runhouse token)")."""
-    value = daemon.read_token(_port(port))
+    port = _port(port)
+    answer = daemon.health(port)
+    taken = daemon.other_daemon(port, answer) if answer is not None else None
+    if taken is not None:  # this folder's token would not open it
+        _fail(taken)
+    value = daemon.read_token(port)
     if value is None:
-        console.print(f"[red]no token yet for port {_port(port)}: start the daemon first (runhouse start)[/red]")
-        raise typer.Exit(1)
+        _fail(f"no token yet for port {port}: start the daemon first (runhouse start --port {port})")
     print(value)
 
 
@@ -72,16 +111,14 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-@app.command()
+@command()
 def status(port: int | None = PortOption) -> None:
     """Show the daemon's envs, objects and workers."""
     from runhouse.resources.clusters import DirectCluster
 
     port = _port(port)
-    if daemon.health(port) is None:
-        console.print(f"no daemon answering on port {port} (start it with `runhouse start`)")
-        raise typer.Exit(1)
-    info = DirectCluster(name="here", host="localhost", server_port=port).status()
+    with DirectCluster(name="here", host="localhost", server_port=port) as here:
+        info = here.status()
     console.print(
         f"[bold]runhouse daemon[/bold] {info['version']} on 127.0.0.1:{port}, pid {info['pid']}, "
         f"Python {info['python']}, up {info['uptime_s']:.0f} s"
@@ -101,7 +138,7 @@ def status(port: int | None = PortOption) -> None:
         console.print(table)
 
 
-@app.command("login")
+@command("login")
 def login(
     token: str | None = typer.Option(None, help="Den token (asked for when missing)."),
     den_url: str | None = typer.Option(None, help="Den URL (default: the one in ~/.rh/config.yaml)."),
@@ -109,15 +146,11 @@ def login(
     """Log in to Den; offers to upload or download config defaults and secrets."""
     from runhouse.account import login as den_login
 
-    try:
-        user = den_login(token=token, den_url=den_url, interactive=True)
-    except RunhouseError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    user = den_login(token=token, den_url=den_url, interactive=True)
     console.print(f"logged in as {user}")
 
 
-@app.command("logout")
+@command("logout")
 def logout(
     remove_secrets: bool = typer.Option(None, "--remove-secrets/--keep-secrets",
                                         help="Delete local credential files too (asked when not given)."),
@@ -131,32 +164,23 @@ def logout(
     console.print("logged out")
 
 
-@app.command("ssh")
+@command("ssh")
 def ssh(name: str = typer.Argument(..., help="Name of a saved SSH cluster.")) -> None:
     """Open an interactive shell on a saved cluster's head node."""
     from runhouse.resources.clusters import cluster
 
-    try:
-        box = cluster(name=name)
-    except RunhouseError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    box = cluster(name=name)
     if not hasattr(box, "ssh"):
-        console.print(f"[red]{name} is reached directly, not over SSH: there is no shell to open[/red]")
-        raise typer.Exit(1)
+        _fail(f"{name} is reached directly, not over SSH: there is no shell to open")
     raise typer.Exit(box.ssh())
 
 
-@app.command("ls")
+@command("ls")
 def ls(folder: str = typer.Argument(None, help="Folder to list (default: the current folder, e.g. ~).")) -> None:
     """List saved resources with their type and last-saved time."""
     from runhouse.rns.store import current_folder, folder_contents
 
-    try:
-        entries = folder_contents(folder)
-    except RunhouseError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    entries = folder_contents(folder)
     table = Table("name", "type", "last saved", title=f"Resources in {folder or current_folder()}")
     for entry in entries:
         table.add_row(entry["name"], entry["resource_type"], entry["saved_at"] or "-")

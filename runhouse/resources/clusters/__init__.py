@@ -58,8 +58,10 @@ _here: dict[int, Cluster] = {}
 
 
 def here() -> Cluster:
-    """This machine's daemon (port ``$RH_SERVER_PORT``, default 32300)."""
+    """This machine's daemon (port ``$RH_SERVER_PORT``, default 32300), started on first use if not running."""
     port = default_server_port()
     if port not in _here:
-        _here[port] = DirectCluster(name="here", host="localhost", server_port=port)
+        this_machine = DirectCluster(name="here", host="localhost", server_port=port)
+        this_machine._starts_on_use = True
+        _here[port] = this_machine
     return _here[port]

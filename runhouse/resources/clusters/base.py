@@ -12,15 +12,22 @@ hook                        contract
 ``_start_daemon()``         bring the daemon up (install, start); raise when this cluster cannot
 ``_stop_daemon()``          stop the daemon and its workers; raise when this cluster cannot
 ``_accept_running(health)`` decide about a daemon found running (e.g. replace another build)
+``_not_running()``          the error for an operation that finds no daemon and may not start one
 ``prepare_code(spec, env)`` ship code so the daemon can import it; return the spec as seen there
 ``data_system()``           the :class:`~runhouse.resources.data.base.DataSystem` of its disk
 ``close()``                 release connections, tunnels and clients (the daemon keeps running)
 ==========================  ======================================================================
 
+Who starts a daemon: :meth:`Cluster.up_if_not` does, where the cluster can. An operation (``put``, ``get``,
+``run``, creating an env...) does only on clusters that start on use (``rh.here``, SSH clusters); on others
+it fails with the :class:`~runhouse.errors.ClusterUnreachableError` of ``_not_running()``, so a handle never
+leaves behind a daemon nobody asked for.
+
 Implementations: :class:`~runhouse.resources.clusters.direct.DirectCluster` (a daemon reached at a host and
-port, started here when it is this machine's) and :class:`~runhouse.resources.clusters.ssh.SSHCluster`
-(a machine you bring, reached over SSH). A new kind (on-demand clouds, Ray clusters) subclasses
-:class:`Cluster` and fills in the hooks; nothing else switches on the kind of a cluster.
+port; ``up_if_not()`` starts it when it is this machine's) and
+:class:`~runhouse.resources.clusters.ssh.SSHCluster` (a machine you bring, reached over SSH). A new kind
+(on-demand clouds, Ray clusters) subclasses :class:`Cluster` and fills in the hooks; nothing else switches on
+the kind of a cluster.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from runhouse import protocol
+from runhouse.errors import ClusterUnreachableError
 from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
 from runhouse.protocol import LogSink, Op
@@ -75,6 +83,8 @@ class Cluster(Resource, Closeable):
     RESOURCE_TYPE = "cluster"
     # How long a request keeps retrying a refused connection (a daemon restarting); 0 fails at once.
     RECONNECT_WINDOW_S: ClassVar[float] = RECONNECT_WINDOW_S
+    # Whether an operation starts a daemon that is not running (otherwise only up_if_not() does).
+    _starts_on_use: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Cluster:
         if cls is Cluster:
@@ -133,6 +143,13 @@ class Cluster(Resource, Closeable):
     def _accept_running(self, answer: dict[str, Any]) -> None:
         """Decide about a daemon found running (``answer`` is its ``/health``): by default use it as it is."""
 
+    def _not_running(self) -> ClusterUnreachableError:
+        """The error for an operation that finds no daemon and may not start one: where, and how to start it."""
+        return ClusterUnreachableError(
+            f"no runhouse daemon answers at {self.host}:{self.server_port}; start it on {self.host} "
+            f"(`runhouse start --port {self.server_port}`)"
+        )
+
     def prepare_code(self, spec: dict[str, Any], env: str) -> dict[str, Any]:
         """Make code described by ``spec`` importable on the cluster; returns the spec as the cluster sees it.
 
@@ -188,17 +205,27 @@ class Cluster(Resource, Closeable):
         return self._health() is not None
 
     def up_if_not(self) -> Cluster:
-        """Bring the daemon up unless it already answers; returns self."""
+        """Bring the daemon up unless it already answers (starting it, where this cluster can); returns self."""
+        self._ensure_up(start=True)
+        return self
+
+    def _ensure_up(self, start: bool = False) -> None:
+        """Make sure the daemon answers before an operation (checked once per connection).
+
+        A daemon that does not answer is started when ``start`` is true or the cluster starts on use;
+        otherwise it is :meth:`_not_running`'s error.
+        """
         if self._checked_up:
-            return self
+            return
         answer = self._health()
         if answer is None:
+            if not (start or self._starts_on_use):
+                raise self._not_running()
             self._start_daemon()
         else:
             self._accept_running(answer)
         self._client = None  # the token (or the tunnel) may have just been made
         self._checked_up = True
-        return self
 
     def restart_server(self) -> Cluster:
         """Restart the daemon; deployed envs, functions and modules come back from its registry."""
@@ -233,7 +260,7 @@ class Cluster(Resource, Closeable):
         """Create ``env`` on the daemon unless this client already did; returns its name."""
         spec = env.spec()
         if self._envs_ready.get(spec["name"]) != spec:
-            self.up_if_not()
+            self._ensure_up()
             self._control(Op.ENV, {"env": spec}, on_log=print_log(f"env {spec['name']}"), timeout=ENV_TIMEOUT_S)
             self._envs_ready[spec["name"]] = spec
         return spec["name"]
@@ -251,13 +278,13 @@ class Cluster(Resource, Closeable):
         """Store ``obj`` under ``key`` in an env's main worker (the default env unless given)."""
         from runhouse import serialization
 
-        self.up_if_not()
+        self._ensure_up()
         parts = serialization.serialize(obj, shm=self.shares_memory)
         self._control(Op.PUT, {"key": key, "env": self._env_name(env)}, parts)
 
     def get(self, key: str, default: Any = ...) -> Any:
         """The value stored under ``key``; for a function, class or instance, a handle to call it."""
-        self.up_if_not()
+        self._ensure_up()
         try:
             response = self.request(protocol.control_path(Op.GET), {"key": key, "shm": self.shares_memory})
         except KeyError:
@@ -272,12 +299,12 @@ class Cluster(Resource, Closeable):
 
     def keys(self, env: Env | str | None = None) -> list[str]:
         """Names of the objects on the cluster (in one env when given)."""
-        self.up_if_not()
+        self._ensure_up()
         return self._control(Op.KEYS, {"env": self._env_name(env) if env is not None else None})
 
     def delete(self, keys: str | Sequence[str]) -> list[str]:
         """Delete objects by name; returns the names that existed."""
-        self.up_if_not()
+        self._ensure_up()
         return self._control(Op.DELETE, {"keys": [keys] if isinstance(keys, str) else list(keys)})
 
     # --- commands ----------------------------------------------------------------------------------
@@ -308,7 +335,7 @@ class Cluster(Resource, Closeable):
     def _run(
         self, commands: str | Sequence[str], env: Env | str | None, stream_logs: bool, python: bool, timeout: float
     ) -> list[tuple[int, str, str]]:
-        self.up_if_not()
+        self._ensure_up()
         cmds = [commands] if isinstance(commands, str) else list(commands)
         meta = {"cmds": cmds, "env": self._env_name(env), "stream_logs": stream_logs, "python": python}
         on_log = print_log(self.name or self.host) if stream_logs else None
@@ -317,7 +344,7 @@ class Cluster(Resource, Closeable):
 
     def status(self) -> dict[str, Any]:
         """The daemon's envs, objects, workers (pid, memory) and uptime."""
-        self.up_if_not()
+        self._ensure_up()
         return self._control(Op.STATUS)
 
     # --- config ------------------------------------------------------------------------------------

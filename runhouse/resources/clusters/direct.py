@@ -13,7 +13,10 @@ if TYPE_CHECKING:
 
 
 class DirectCluster(Cluster):
-    """A daemon at ``host:server_port`` reached without SSH; one on this machine is started when needed.
+    """A daemon at ``host:server_port`` reached without SSH.
+
+    :meth:`up_if_not` starts one on this machine when it is not running; other operations never do (except
+    on ``rh.here``): they raise :class:`~runhouse.errors.ClusterUnreachableError` saying how to start it.
 
     Example::
 
@@ -40,8 +43,30 @@ class DirectCluster(Cluster):
 
     def _start_daemon(self) -> None:
         if not self.is_local:
-            raise ClusterUnreachableError(f"no runhouse daemon answers at {self._host}:{self.server_port}")
+            raise ClusterUnreachableError(
+                f"no runhouse daemon answers at {self._host}:{self.server_port}, and it cannot be started from "
+                f"here: start it on {self._host} with `runhouse start --port {self.server_port}`"
+            )
         local_daemon.start(self.server_port)
+
+    def _accept_running(self, answer: dict[str, Any]) -> None:
+        """A daemon of this machine is used only if it is this config folder's, unless a token was given."""
+        if not self.is_local or self._token is not None:
+            return
+        taken = local_daemon.other_daemon(self.server_port, answer)
+        if taken is not None:  # its token is not in this config folder: every request would be refused
+            raise ClusterUnreachableError(taken)
+
+    def _not_running(self) -> ClusterUnreachableError:
+        if not self.is_local:
+            return super()._not_running()
+        port = self.server_port
+        message = (
+            f"no runhouse daemon answers at {self._host}:{port}; start it with `runhouse start --port {port}` "
+            "or with `.up_if_not()` on this cluster"
+        )
+        taken = local_daemon.port_in_use(port)
+        return ClusterUnreachableError(f"{message} ({taken})" if taken else message)
 
     def _stop_daemon(self) -> None:
         if not self.is_local:

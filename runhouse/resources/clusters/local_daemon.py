@@ -2,22 +2,32 @@
 
 Its files (token, pid, log, launch options) are :class:`~runhouse.daemon_files.DaemonFiles`; the process
 itself runs :func:`runhouse.server.daemon.main`, started here as a new process, never imported.
+
+A port belongs to the daemon of one config folder (``RH_CONFIG_DIR``): the one whose pid file names the
+process that answers there. When another process holds it (a daemon of another config folder, or a program
+that is not runhouse), :func:`other_daemon` and :func:`port_in_use` say which one and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from runhouse import daemon_files
 from runhouse.daemon_files import DaemonFiles, ensure_tls_cert, ensure_token
 from runhouse.errors import DaemonStartError
-from runhouse.paths import default_server_port
+from runhouse.paths import config_dir, default_server_port
 from runhouse.protocol import DEFAULT_BIND_HOST as HOST
 from runhouse.transport.client import health, pinned_ssl_context
 
@@ -25,7 +35,9 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 _LOG_TAIL_LINES = 30
 # The daemon's entry point, run with ``python -c`` in a session of its own.
-_BOOT = "from runhouse.server.daemon import main; main()"
+_DAEMON_MODULE = "runhouse.server.daemon"
+_BOOT = f"from {_DAEMON_MODULE} import main; main()"
+_OTHER_PORT = "or use another port (`runhouse start --port N`, $RH_SERVER_PORT, or server_port=N)"
 
 
 def read_token(port: int) -> str | None:
@@ -43,18 +55,16 @@ def launch_options(port: int) -> tuple[str, bool]:
 
 
 def running_pid(port: int) -> int | None:
-    """Pid of the daemon on ``port`` if it is running."""
+    """Pid of this config folder's daemon on ``port`` if it is running.
+
+    A pid file left behind (the machine rebooted, the daemon was killed) may name a process that is not a
+    daemon by now: that one is not returned, so it is never signalled.
+    """
     try:
         pid = int(Path(DaemonFiles.local(port).pid).read_text())
     except (FileNotFoundError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
+    return pid if _is_daemon(pid) else None
 
 
 def log_tail(port: int, lines: int = _LOG_TAIL_LINES) -> str:
@@ -75,7 +85,8 @@ def start(port: int | None = None, timeout: float = START_TIMEOUT_S, host: str =
         The daemon's pid.
 
     Raises:
-        DaemonStartError: it exited or did not answer within ``timeout``; carries the end of its log.
+        DaemonStartError: another process holds the port (the message names it), or the daemon exited or did
+            not answer within ``timeout`` (carries the end of its log).
     """
     port = port or default_server_port()
     files = DaemonFiles.local(port)
@@ -83,7 +94,13 @@ def start(port: int | None = None, timeout: float = START_TIMEOUT_S, host: str =
     probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     answer = health(port, probe, ssl_context=context)
     if answer is not None:
+        taken = other_daemon(port, answer)
+        if taken is not None:
+            raise DaemonStartError(taken)
         return int(answer["pid"])
+    taken = port_in_use(port, host, tls)
+    if taken is not None:
+        raise DaemonStartError(taken)
     ensure_token(files)
     with daemon_files.open_log(files) as log:
         proc = subprocess.Popen(
@@ -104,13 +121,129 @@ def start(port: int | None = None, timeout: float = START_TIMEOUT_S, host: str =
     raise DaemonStartError(f"the daemon on port {port} did not answer within {timeout} s", log_tail(port))
 
 
+def other_daemon(port: int, answer: Mapping[str, Any]) -> str | None:
+    """What to tell a user when the daemon that answered on ``port`` is not this config folder's, else None.
+
+    ``answer`` is its ``/health``; it is this folder's when this folder's pid file names it, or when it was
+    started with this folder (a concurrent start may have left it without a pid file).
+    """
+    pid = int(answer["pid"])
+    if pid == running_pid(port) or (_is_daemon(pid) and _config_folder_of(pid) == config_dir().resolve()):
+        return None
+    return _held_by_daemon(port, pid)
+
+
+def port_in_use(port: int, host: str = HOST, tls: bool = False) -> str | None:
+    """Why a daemon could not listen on ``host:port`` now, naming the process that holds it; None if it could.
+
+    ``tls`` is how the caller expected the daemon of this config folder to answer, for when that one holds
+    the port but did not answer that way.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemon binds
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            return f"the daemon cannot listen on {host}:{port}: {exc.strerror or exc}; use another address or port"
+        return _held_by(port, host, tls)
+    return None
+
+
+def _held_by(port: int, host: str, tls: bool) -> str:
+    """Who listens on ``port`` (bound a moment ago) and what to do about it."""
+    said = f"{host}:{port}: address already in use"
+    pid = _listener(port)
+    if pid is None:
+        return f"{said} by a process this user cannot see; stop it {_OTHER_PORT}"
+    if pid == running_pid(port):
+        started_tls = launch_options(port)[1]
+        if started_tls != tls:
+            how = "with" if started_tls else "without"
+            return (
+                f"{said} by this config folder's daemon (pid {pid}), started {how} --tls; stop it "
+                f"(`runhouse stop --port {port}`) and start it again the way you want it"
+            )
+        return (
+            f"{said} by this config folder's daemon (pid {pid}), which does not answer its health check; see its "
+            f"log ({DaemonFiles.local(port).log}) and restart it (`runhouse restart --port {port}`)"
+        )
+    if _is_daemon(pid):
+        return _held_by_daemon(port, pid)
+    return f"{said} by pid {pid} ({_command_line(pid)}), which is not a runhouse daemon; stop it {_OTHER_PORT}"
+
+
+def _held_by_daemon(port: int, pid: int) -> str:
+    """The message for a runhouse daemon on ``port`` that this config folder's pid file does not name."""
+    ours = config_dir().resolve()
+    folder = _config_folder_of(pid)
+    if folder is None:
+        return (
+            f"port {port} is held by another runhouse daemon (pid {pid}) started with another config folder "
+            f"(RH_CONFIG_DIR) than this one ({ours}); stop it (`kill {pid}`) {_OTHER_PORT}"
+        )
+    if folder == ours:
+        return (
+            f"port {port} is held by a runhouse daemon (pid {pid}) of this config folder ({ours}) that its pid "
+            f"file does not name; stop it (`kill {pid}`) and start it again (`runhouse start --port {port}`)"
+        )
+    return (
+        f"port {port} is held by another runhouse daemon (pid {pid}) started with another config folder ({folder}, "
+        f"this one is {ours}); stop it (`RH_CONFIG_DIR={folder} runhouse stop --port {port}`) {_OTHER_PORT}"
+    )
+
+
+def _listener(port: int) -> int | None:
+    """The pid of the process listening on TCP ``port`` here (None when this user cannot see it)."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for connection in connections:
+        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
+            return connection.pid
+    return None
+
+
+def _is_daemon(pid: int) -> bool:
+    """Whether ``pid`` is a running runhouse daemon (of any config folder)."""
+    try:
+        return any(_DAEMON_MODULE in part for part in psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def _command_line(pid: int, limit: int = 80) -> str:
+    try:
+        line = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return "command line not readable"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _config_folder_of(pid: int) -> Path | None:
+    """The runhouse folder of the daemon ``pid`` (from its environment), or None when it cannot be read."""
+    try:
+        environment = psutil.Process(pid).environ()
+    except psutil.Error:
+        return None
+    folder = environment.get("RH_CONFIG_DIR") or (Path(environment["HOME"]) / ".rh" if "HOME" in environment else None)
+    return Path(folder).expanduser().resolve() if folder else None
+
+
 def stop(port: int | None = None, timeout: float = STOP_TIMEOUT_S) -> bool:
     """Stop the daemon and its workers; returns False if it was not running."""
     port = port or default_server_port()
     pid = running_pid(port)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it exited since running_pid looked
+        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(pid):

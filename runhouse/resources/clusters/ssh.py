@@ -132,6 +132,8 @@ class SSHCluster(Cluster):
 
     # An SSH cluster does not wait for refused connections: it re-opens its tunnel instead (see request).
     RECONNECT_WINDOW_S = 0.2
+    # Its daemon is brought up (installed, started) by whatever needs it first, and started again if found dead.
+    _starts_on_use = True
 
     def _endpoint(self) -> tuple[str, int]:
         if self.uses_tls:
@@ -167,10 +169,14 @@ class SSHCluster(Cluster):
 
     def up_if_not(self) -> SSHCluster:
         """Connect; install runhouse and start the daemon on the host when it is not answering."""
-        if not self._checked_up:
-            self._connect()
         super().up_if_not()
         return self
+
+    def _ensure_up(self, start: bool = False) -> None:
+        """Connect first (an unknown host key may be accepted at a prompt), then as every cluster does."""
+        if not self._checked_up:
+            self._connect()
+        super()._ensure_up(start)
 
     def _accept_running(self, answer: dict[str, Any]) -> None:
         """A daemon of another build is replaced by this one's (unless ``allow_upgrade`` is off)."""
@@ -215,7 +221,7 @@ class SSHCluster(Cluster):
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
-        self.up_if_not()
+        self._ensure_up()
         return super().request(path, meta, parts, on_log, timeout)
 
     # --- bring-up ------------------------------------------------------------------------------------
