@@ -34,7 +34,8 @@ def bearer_token(request: Request) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-async def run_as_caller(request: Request, action: Callable[[Caller], T], read_only: bool = False) -> T:
+async def run_as_caller(request: Request, action: Callable[[Caller], T], read_only: bool = False,
+                        grows: bool = False) -> T:
     """Authenticate the request's bearer token and run ``action`` as that caller in one transaction.
 
     Returns what ``action`` returns; raises :class:`~runhouse.errors.AuthenticationError` for a missing or
@@ -44,7 +45,8 @@ async def run_as_caller(request: Request, action: Callable[[Caller], T], read_on
     audit writer. On PostgreSQL the transaction runs in the threadpool, so requests overlap while they wait
     on the database. SQLite work is local and holds the GIL nearly throughout, so it runs right here: a
     thread handoff would cost more than it lets overlap (measured: 4.4 ms against 3.4 ms per load,
-    bench/den.py).
+    bench/den.py), unless the action ``grows`` (its work grows with the data: listings, histories, the
+    audit log), which would hold the event loop, and every other request with it, as long as it runs.
     """
     database: Database = request.app.state.database
     token = bearer_token(request)
@@ -58,4 +60,4 @@ async def run_as_caller(request: Request, action: Callable[[Caller], T], read_on
         database.audit.add(audit)
         return result
 
-    return run() if database.is_sqlite else await run_in_threadpool(run)
+    return run() if database.is_sqlite and not grows else await run_in_threadpool(run)

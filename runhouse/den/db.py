@@ -13,8 +13,9 @@ Tables::
     resource_versions id, resource_id -> resources (cascade), version, config (JSON), author, created_at;
                      unique (resource_id, version)
     shares           id, address (a resource or a folder), user_id -> users, access_level: "read" | "write",
-                     granted_by, created_at; unique (address, user_id)
-    audit_log        id, time, user, action, address, detail (JSON)
+                     granted_by, created_at; unique (address, user_id); index (user_id, address)
+    audit_log        id, time, user, action, address, owner (the address's first part), detail (JSON);
+                     indexes (time, id), (user, time, id), (owner, time, id), (address)
     user_defaults    user_id (PK) -> users, defaults (JSON), updated_at
     secrets          id, owner (a user or org), name, provider, ciphertext (Fernet, see crypto.py),
                      updated_by, created_at, updated_at; unique (owner, name)
@@ -50,6 +51,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -190,10 +192,10 @@ class ResourceVersion(Base):
 
 class Share(Base):
     __tablename__ = "shares"
-    __table_args__ = (UniqueConstraint("address", "user_id"),)
+    __table_args__ = (UniqueConstraint("address", "user_id"), Index("ix_shares_user_address", "user_id", "address"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     address: Mapped[str] = mapped_column(String(1024))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     access_level: Mapped[str] = mapped_column(String(16))
     granted_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -201,11 +203,16 @@ class Share(Base):
 
 class AuditEntry(Base):
     __tablename__ = "audit_log"
+    # Newest first, overall or for one user or one owner: each index walks one of them in that order.
+    __table_args__ = (Index("ix_audit_log_time_id", "time", "id"),
+                      Index("ix_audit_log_user_time", "user", "time", "id"),
+                      Index("ix_audit_log_owner_time", "owner", "time", "id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    time: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
-    user: Mapped[str] = mapped_column(String(64), index=True)
+    time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    user: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))
     address: Mapped[str] = mapped_column(String(1024), index=True)
+    owner: Mapped[str] = mapped_column(String(64), nullable=True)  # added by migration 4, filled for every row
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
@@ -238,21 +245,34 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
-def _create_tables(*names: str, frozen: tuple[Table, ...] = ()) -> Callable[[Connection], None]:
-    # Each migration creates the tables it introduced, from the models. When a later migration alters one of
-    # them, the earlier step creates it from a frozen copy instead (below), so that new databases get exactly
-    # the tables of that version before migrating on, as old ones did.
+def _create_tables(*tables: Table | str) -> Callable[[Connection], None]:
+    # Each migration creates the tables it introduced (in this order), from the models by name. When a later
+    # migration alters one of them, the earlier step creates it from a frozen copy instead (below), so that
+    # new databases get exactly the tables of that version before migrating on, as old ones did.
     def apply(conn: Connection) -> None:
-        _FROZEN.create_all(conn, tables=list(frozen))
-        Base.metadata.create_all(conn, tables=[Base.metadata.tables[name] for name in names])
+        for table in tables:
+            (Base.metadata.tables[table] if isinstance(table, str) else table).create(conn)
 
     return apply
 
 
-# Tables as an earlier migration made them, where a later one alters them.
+# Tables as an earlier migration made them, where a later one alters them (``users`` only for foreign keys).
 _FROZEN = MetaData()
+Table("users", _FROZEN, Column("id", Integer, primary_key=True))
 _ORGS_1 = Table("orgs", _FROZEN, Column("id", Integer, primary_key=True),
                 Column("name", String(64), nullable=False, unique=True), Column("created_at", DateTime, nullable=False))
+_SHARES_1 = Table(
+    "shares", _FROZEN, Column("id", Integer, primary_key=True), Column("address", String(1024), nullable=False),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("access_level", String(16), nullable=False), Column("granted_by", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False), UniqueConstraint("address", "user_id"),
+)
+_AUDIT_LOG_1 = Table(
+    "audit_log", _FROZEN, Column("id", Integer, primary_key=True),
+    Column("time", DateTime, nullable=False, index=True), Column("user", String(64), nullable=False, index=True),
+    Column("action", String(32), nullable=False), Column("address", String(1024), nullable=False, index=True),
+    Column("detail", JSON, nullable=False),
+)
 
 
 def _unique_owner_names(conn: Connection) -> None:
@@ -278,12 +298,30 @@ def _unique_owner_names(conn: Connection) -> None:
         index.create(conn)
 
 
+def _audit_by_owner(conn: Connection) -> None:
+    """Migration 4: ``audit_log.owner`` (filled from the addresses) and the indexes that page the audit log in
+    time order overall, by user and by owner; shares by user and address. Superseded indexes go."""
+    conn.execute(text("ALTER TABLE audit_log ADD COLUMN owner VARCHAR(64)"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("UPDATE audit_log SET owner = split_part(address, '/', 2)"))
+    else:
+        conn.execute(text("UPDATE audit_log SET owner = CASE WHEN instr(substr(address, 2), '/') = 0 "
+                          "THEN substr(address, 2) ELSE substr(address, 2, instr(substr(address, 2), '/') - 1) END"))
+    for superseded in ("ix_audit_log_time", "ix_audit_log_user", "ix_shares_user_id"):
+        conn.execute(text(f"DROP INDEX {superseded}"))
+    for table in ("audit_log", "shares"):
+        for index in Base.metadata.tables[table].indexes:
+            if index.name != "ix_audit_log_address":
+                index.create(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "users, tokens, orgs, resources, shares, audit log, defaults",
-              _create_tables("users", "tokens", "memberships", "resources", "resource_versions", "shares",
-                             "audit_log", "user_defaults", frozen=(_ORGS_1,))),
+              _create_tables("users", "tokens", _ORGS_1, "memberships", "resources", "resource_versions", _SHARES_1,
+                             _AUDIT_LOG_1, "user_defaults")),
     Migration(2, "secrets, encrypted with the server key", _create_tables("secrets")),
     Migration(3, "owner names unique regardless of case; who created each org", _unique_owner_names),
+    Migration(4, "audit log by owner and by user in time order; shares by user", _audit_by_owner),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -396,9 +434,9 @@ class Database(Closeable):
             return SCHEMA_VERSION
 
     def schema_version(self) -> int:
-        """The highest migration applied to this database (0 when none)."""
-        with self.engine.connect() as conn:
-            return conn.scalar(select(func.max(SchemaVersion.version))) or 0
+        """The highest migration applied to this database (0 when none), read without waiting for writers."""
+        with self.transaction(read_only=True) as session:
+            return session.scalar(select(func.max(SchemaVersion.version))) or 0
 
     @contextmanager
     def transaction(self, read_only: bool = False) -> Iterator[Session]:

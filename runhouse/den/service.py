@@ -17,11 +17,12 @@ missing resources alike, so others' names are not revealed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, delete, func, or_, select
+from sqlalchemy import ColumnElement, Integer, bindparam, delete, func, literal, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
@@ -40,7 +41,10 @@ MAX_AUDIT_LIMIT = 1000
 ACCESS_LEVELS = ("read", "write")
 ACTIONS = ("create", "update", "rollback", "read", "delete", "share", "unshare", "visibility", "secret_put",
            "secret_read", "secret_delete")
-_AUDIT_PAGE = 500
+AUDIT_SCAN_ENTRIES = 5000
+"""The most audit entries one audit request looks at (it answers with a cursor to go on from there)."""
+_EPOCH = datetime(1970, 1, 1)
+_CURSOR = re.compile(r"([0-9]{1,18})_([0-9]{1,18})")
 
 # ---------------------------------------------------------------------------------------------- input
 
@@ -207,7 +211,9 @@ def audit(caller: Caller, action: str, address: Address | str, at_once: bool = F
     """Record who did ``action`` at ``address``: in the request's transaction, or after the request when it
     is read-only. ``at_once`` entries (a secret read) must be committed before the request answers, so such
     requests run in a write transaction."""
-    entry = {"time": utcnow(), "user": caller.name, "action": action, "address": str(address), "detail": detail}
+    text = str(address)
+    entry = {"time": utcnow(), "user": caller.name, "action": action, "address": text,
+             "owner": text[1:].split("/", 1)[0], "detail": detail}
     if caller.read_only:
         if at_once:
             raise RuntimeError(f"the {action} audit entry must be written with the request: run it read_only=False")
@@ -462,6 +468,40 @@ def list_shares(caller: Caller, text: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- audit
 
 
+def _cursor(moment: datetime, entry_id: int) -> str:
+    """The position after the entry at ``moment`` with ``entry_id`` in the audit log's order (time, then id,
+    both descending)."""
+    return f"{(moment - _EPOCH) // timedelta(microseconds=1)}_{entry_id}"
+
+
+def _position(cursor: str) -> tuple[datetime, int]:
+    match = _CURSOR.fullmatch(cursor)
+    try:
+        if match is None:
+            raise ValueError(cursor)
+        return _EPOCH + timedelta(microseconds=int(match[1])), int(match[2])
+    except (ValueError, OverflowError):
+        raise BadRequestError(
+            f"invalid audit cursor {cursor[:100]!r}: pass the next_cursor of an earlier answer unchanged"
+        ) from None
+
+
+def _visible_to(caller: Caller, entries: Any) -> ColumnElement[bool]:
+    """SQL for the audit ``entries`` (a subquery's columns) that ``caller`` may see, as :func:`access` and
+    the public flag decide: their own actions, their own and their orgs' namespaces, shares on an address or
+    a folder above it, and public resources."""
+    shared = select(Share.id).where(
+        Share.user_id == caller.user.id,
+        # Within the owner's namespace and not after the address: a narrow range of the (user_id, address) index.
+        Share.address >= literal("/") + entries.owner, Share.address <= entries.address,
+        or_(Share.address == entries.address,
+            func.substr(entries.address, 1, func.length(Share.address) + 1) == Share.address + literal("/")),
+    )
+    public = select(Resource.id).where(Resource.address == entries.address, Resource.public.is_(True))
+    return or_(entries.user == caller.name, entries.owner.in_([caller.name, *caller.orgs]), shared.exists(),
+               public.exists())
+
+
 def audit_log(
     caller: Caller,
     prefix: str | None = None,
@@ -470,62 +510,63 @@ def audit_log(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 100,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """Audit entries, newest first, that the caller may see: their own actions, and entries on addresses
     they can read now (so owners and org members see everything under their namespace).
 
     Filters: ``prefix`` (an address and everything under it), ``user`` (who acted), ``action`` (one of
     :data:`ACTIONS`), ``since`` (inclusive) and ``until`` (exclusive).
+
+    One call looks at no more than :data:`AUDIT_SCAN_ENTRIES` entries (of the user's, with ``user``; of the
+    prefix's owner, with ``prefix``; else of all), so its page may hold fewer than ``limit`` entries, or
+    none: ``next_cursor``, passed back as ``cursor``, goes on from where it stopped; it is None at the end.
     """
-    # By time: reads are queued and inserted a little after the writes that followed them.
-    query = select(AuditEntry).order_by(AuditEntry.time.desc(), AuditEntry.id.desc())
-    if prefix is not None:
-        folder = str(folder_address(prefix))
-        query = query.where(or_(AuditEntry.address == folder,
-                                starts_with(caller.session, AuditEntry.address, f"{folder}/")))
+    folder = folder_address(prefix) if prefix is not None else None
     if user is not None:
-        query = query.where(AuditEntry.user == validate_owner_name(user))
-    if action is not None:
-        if action not in ACTIONS:
-            raise BadRequestError(f"action must be one of {', '.join(ACTIONS)}, got {action[:100]!r}")
-        query = query.where(AuditEntry.action == action)
+        validate_owner_name(user)
+    if action is not None and action not in ACTIONS:
+        raise BadRequestError(f"action must be one of {', '.join(ACTIONS)}, got {action[:100]!r}")
     since, until = _naive_utc(since), _naive_utc(until)
     if since is not None and until is not None and since >= until:
         raise BadRequestError(f"since ({iso(since)}) must be before until ({iso(until)})")
-    if since is not None:
-        query = query.where(AuditEntry.time >= since)
-    if until is not None:
-        query = query.where(AuditEntry.time < until)
     if not 1 <= limit <= MAX_AUDIT_LIMIT:
         raise BadRequestError(f"limit must be 1 to {MAX_AUDIT_LIMIT}, got {limit}")
 
-    visible: dict[str, bool] = {}
-
-    def can_see(entry: AuditEntry) -> bool:
-        if entry.user == caller.name:
-            return True
-        if entry.address not in visible:
-            address = _stored(entry.address)
-            public = caller.session.scalar(select(Resource.public).where(Resource.address == entry.address))
-            visible[entry.address] = bool(public) or access(caller, address, caller.shares) is not None
-        return visible[entry.address]
-
-    found: list[dict[str, Any]] = []
-    last: AuditEntry | None = None
-    while len(found) < limit:
-        page = query if last is None else query.where(or_(
-            AuditEntry.time < last.time, and_(AuditEntry.time == last.time, AuditEntry.id < last.id)))
-        entries = list(caller.session.scalars(page.limit(_AUDIT_PAGE)))
-        for entry in entries:
-            if can_see(entry):
-                found.append({"id": entry.id, "time": iso(entry.time), "user": entry.user, "action": entry.action,
-                              "address": entry.address, "detail": entry.detail})
-                if len(found) == limit:
-                    break
-        if len(entries) < _AUDIT_PAGE:
-            break
-        last = entries[-1]
-    return {"entries": found}
+    # The scan: one index range, newest first (by time: reads are queued and inserted a little after the
+    # writes that followed them), at most AUDIT_SCAN_ENTRIES long. Every other condition filters what it found.
+    scan = []
+    if user is not None:
+        scan.append(AuditEntry.user == user)
+    elif folder is not None:
+        scan.append(AuditEntry.owner == folder.parts[0])
+    if since is not None:
+        scan.append(AuditEntry.time >= since)
+    if until is not None:
+        scan.append(AuditEntry.time < until)
+    if cursor is not None:
+        moment, entry_id = _position(cursor)
+        scan += [AuditEntry.time <= moment, or_(AuditEntry.time < moment, AuditEntry.id < entry_id)]
+    newest_first = (AuditEntry.time.desc(), AuditEntry.id.desc())
+    window = (select(AuditEntry.id, AuditEntry.time, AuditEntry.user, AuditEntry.action, AuditEntry.address,
+                     AuditEntry.owner, AuditEntry.detail)
+              .where(*scan).order_by(*newest_first).limit(AUDIT_SCAN_ENTRIES).subquery())
+    found = [_visible_to(caller, window.c)]
+    if folder is not None:
+        found += [window.c.owner == folder.parts[0],
+                  or_(window.c.address == str(folder), starts_with(caller.session, window.c.address, f"{folder}/"))]
+    if action is not None:
+        found.append(window.c.action == action)
+    rows = caller.session.execute(
+        select(window).where(*found).order_by(window.c.time.desc(), window.c.id.desc()).limit(limit)).all()
+    last = (rows[-1].time, rows[-1].id) if len(rows) == limit else None
+    if last is None:  # the scan's last entry, if it stopped short of the end
+        scanned = caller.session.execute(select(AuditEntry.time, AuditEntry.id).where(*scan).order_by(*newest_first)
+                                         .offset(AUDIT_SCAN_ENTRIES - 1).limit(1)).first()
+        last = (scanned.time, scanned.id) if scanned is not None else None
+    entries = [{"id": row.id, "time": iso(row.time), "user": row.user, "action": row.action, "address": row.address,
+                "detail": row.detail} for row in rows]
+    return {"entries": entries, "next_cursor": _cursor(*last) if last is not None else None}
 
 
 # ----------------------------------------------------------------------------------------- defaults

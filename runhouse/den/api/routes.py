@@ -12,6 +12,7 @@ to the address parser, which answers a malformed name with 400 rather than a 404
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -80,6 +81,13 @@ router = APIRouter(prefix="/v1", responses=_ERRORS)
 """Every route needs ``Authorization: Bearer <token>``; :func:`runhouse.den.app.create_app` includes it."""
 
 
+async def _listing(request: Request, action: Callable[[auth.Caller], dict[str, Any]]) -> JSONResponse:
+    """The answer of a read whose work grows with the data (a listing, a history, the audit log): its
+    database work and its JSON are made in the threadpool, so the event loop keeps serving other requests."""
+    result = await run_as_caller(request, action, read_only=True, grows=True)
+    return await run_in_threadpool(JSONResponse, result)
+
+
 # ------------------------------------------------------------------------------------------- accounts
 
 
@@ -114,7 +122,7 @@ async def create_org(body: OrgCreate, request: Request) -> Any:
 @router.get("/orgs/{org}", response_model=OrgOut, tags=["orgs"])
 async def get_org(org: str, request: Request) -> Any:
     """An org and its members (members only)."""
-    return JSONResponse(await run_as_caller(request, lambda caller: auth.org_info(caller, org), read_only=True))
+    return await _listing(request, lambda caller: auth.org_info(caller, org))
 
 
 @router.put("/orgs/{org}/members/{user}", response_model=OrgOut, tags=["orgs"])
@@ -167,8 +175,7 @@ async def delete_resource(address: str, request: Request) -> Any:
 @router.get("/history/{address:address}", response_model=History, tags=["resources"])
 async def history(address: str, request: Request) -> Any:
     """Every version of a resource: number, author and time."""
-    result = await run_as_caller(request, lambda caller: service.list_versions(caller, "/" + address), read_only=True)
-    return JSONResponse(result)
+    return await _listing(request, lambda caller: service.list_versions(caller, "/" + address))
 
 
 @router.post("/rollback/{address:address}", response_model=ResourceOut, tags=["resources"])
@@ -181,8 +188,7 @@ async def rollback(address: str, body: Rollback, request: Request) -> Any:
 @router.get("/folders/{address:address}", response_model=FolderListing, tags=["resources"])
 async def list_folder(address: str, request: Request) -> Any:
     """The direct children of a folder that the caller may read."""
-    result = await run_as_caller(request, lambda caller: service.list_folder(caller, "/" + address), read_only=True)
-    return JSONResponse(result)
+    return await _listing(request, lambda caller: service.list_folder(caller, "/" + address))
 
 
 # -------------------------------------------------------------------------------------------- sharing
@@ -191,8 +197,7 @@ async def list_folder(address: str, request: Request) -> Any:
 @router.get("/shares/{address:address}", response_model=Shares, tags=["sharing"])
 async def list_shares(address: str, request: Request) -> Any:
     """The shares in force at an address: on it and on the folders above it."""
-    result = await run_as_caller(request, lambda caller: service.list_shares(caller, "/" + address), read_only=True)
-    return JSONResponse(result)
+    return await _listing(request, lambda caller: service.list_shares(caller, "/" + address))
 
 
 @router.put("/shares/{address:address}", response_model=Shares, tags=["sharing"])
@@ -226,13 +231,13 @@ async def audit_log(
     since: Annotated[datetime | None, Query(description="Inclusive, ISO 8601")] = None,
     until: Annotated[datetime | None, Query(description="Exclusive, ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_AUDIT_LIMIT)] = 100,
+    cursor: Annotated[str | None, Query(description="The next_cursor of the previous page", max_length=64)] = None,
 ) -> Any:
-    """Audit entries the caller may see, newest first."""
+    """Audit entries the caller may see, newest first, a page at a time: a page may hold fewer than ``limit``
+    entries (one request looks at a bounded number); ``next_cursor`` continues it, until it is null."""
     await run_in_threadpool(request.app.state.database.audit.flush)  # so reads queued a moment ago are listed too
-    result = await run_as_caller(
-        request, lambda caller: service.audit_log(caller, prefix, user, action, since, until, limit), read_only=True
-    )
-    return JSONResponse(result)
+    return await _listing(
+        request, lambda caller: service.audit_log(caller, prefix, user, action, since, until, limit, cursor))
 
 
 @router.get("/defaults", response_model=Defaults, tags=["defaults"])
@@ -253,8 +258,7 @@ async def put_defaults(body: Defaults, request: Request) -> Any:
 @router.get("/secrets/{owner}", response_model=SecretList, tags=["secrets"])
 async def list_secrets(owner: str, request: Request) -> Any:
     """The names and providers of an owner's secrets (a user's own, or an org's for its members); no values."""
-    result = await run_as_caller(request, lambda caller: secret_store.list_secrets(caller, owner), read_only=True)
-    return JSONResponse(result)
+    return await _listing(request, lambda caller: secret_store.list_secrets(caller, owner))
 
 
 @router.get("/secrets/{owner}/{name:address}", response_model=SecretOut, tags=["secrets"])

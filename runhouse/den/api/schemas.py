@@ -152,6 +152,7 @@ class AuditItem(BaseModel):
 
 class AuditLog(BaseModel):
     entries: list[AuditItem]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at the end")
 
 
 class Defaults(_Body):

@@ -5,9 +5,18 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from runhouse.den.db import AUDIT_FLUSH_INTERVAL_S, AuditEntry, Resource
+from runhouse.den.db import (
+    AUDIT_FLUSH_INTERVAL_S,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    AuditEntry,
+    Database,
+    Resource,
+    SchemaVersion,
+    utcnow,
+)
 from tests.integration.den.conftest import DenServer, DenUser, assert_error, put
 
 
@@ -131,3 +140,24 @@ def test_reads_do_not_wait_for_a_writer(den: DenServer) -> None:
         waited = time.monotonic() - started
     assert response.status_code == 200, response.text
     assert waited < 5, f"the read waited {waited:.1f} s for the writer"
+
+
+OWNER_OF = {"/alice/proj/fn": "alice", "/alice": "alice", "/acme.io/x": "acme.io", "/b-2/deep/er/still": "b-2"}
+
+
+def test_a_version_3_audit_log_gains_its_owners(database_url: str) -> None:
+    with Database(database_url) as database:
+        with database.engine.begin() as conn:  # as Den of schema version 3 left it
+            SchemaVersion.__table__.create(conn)  # type: ignore[attr-defined]
+            for migration in MIGRATIONS[:3]:
+                migration.apply(conn)
+                conn.execute(SchemaVersion.__table__.insert().values(  # type: ignore[attr-defined]
+                    version=migration.version, description=migration.description))
+            for address in OWNER_OF:
+                conn.execute(text('INSERT INTO audit_log (time, "user", action, address, detail) '
+                                  "VALUES (:now, 'alice', 'read', :address, '{}')"),
+                             {"now": utcnow(), "address": address})
+        assert database.migrate() == SCHEMA_VERSION
+        with database.engine.connect() as conn:
+            owners = dict(conn.execute(select(AuditEntry.address, AuditEntry.owner)).all())
+    assert owners == OWNER_OF

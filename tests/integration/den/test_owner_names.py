@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from runhouse.den import ConflictError, auth
-from runhouse.den.db import MIGRATIONS, Database, Org, SchemaVersion, utcnow
+from runhouse.den.db import MIGRATIONS, SCHEMA_VERSION, Database, Org, SchemaVersion, utcnow
 from runhouse.errors import ConfigError
 from tests.integration.den.conftest import DenProcess, DenServer, assert_error, put, unique
 
@@ -199,7 +199,7 @@ def test_the_migration_refuses_owner_names_that_already_differ_only_by_case(data
         with database.engine.begin() as conn:
             conn.execute(text("UPDATE orgs SET name = 'alice-team' WHERE name = 'ALICE'"))
             conn.execute(text("DELETE FROM orgs WHERE name = 'Bob'"))
-        assert database.migrate() == 3
+        assert database.migrate() == SCHEMA_VERSION
         with pytest.raises(ConflictError, match="only by case"):
             database.run(lambda session: auth.add_user(session, "Alice-Team"))
         with pytest.raises(ConflictError, match="only by case"):

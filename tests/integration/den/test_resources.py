@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+
+from sqlalchemy import text
 
 from tests.integration.den.conftest import DenServer, assert_error, put, unique
 
@@ -110,3 +114,29 @@ def test_concurrent_puts_to_one_address_each_get_their_own_version(den: DenServe
         versions = sorted(pool.map(save, range(24)))
     assert versions == list(range(1, 25))
     assert den.count("resources", address=address) == 1
+
+
+def test_health_is_answered_while_a_large_folder_is_listed(den: DenServer) -> None:
+    """Listing a folder is work that grows with the folder: it runs off the event loop, which keeps
+    answering other requests meanwhile."""
+    alice, count = den.user("alice"), 30_000
+    rows = ("'/' || :owner || '/big/r' || i, :owner, 'function', false, 1, :moment, :moment")
+    numbers = (f"(WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {count - 1}) "
+               "SELECT i FROM n) AS n" if den.database.is_sqlite else f"generate_series(0, {count - 1}) AS n(i)")
+    with den.database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO resources (address, owner, resource_type, public, current_version, "
+                          f"created_at, updated_at) SELECT {rows} FROM {numbers}"),
+                     {"owner": alice.name, "moment": datetime(2020, 1, 1)})
+    health, listed = den.client(), []
+    lister = threading.Thread(target=lambda: listed.append(alice.http.get(f"/v1/folders/{alice.name}/big")))
+    started = time.perf_counter()
+    lister.start()
+    waits = []
+    while lister.is_alive():
+        asked = time.perf_counter()
+        assert health.get("/health").status_code == 200
+        waits.append(time.perf_counter() - asked)
+    lister.join()
+    took = time.perf_counter() - started
+    assert len(listed[0].json()["entries"]) == count
+    assert max(waits) < took / 2, f"/health waited up to {max(waits):.2f} s while a {took:.2f} s listing ran"
