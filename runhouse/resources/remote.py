@@ -161,7 +161,7 @@ class Deployable(Resource):
         if dryrun:
             env_name, info = env_name_of(env), {}
         else:
-            system.up_if_not()
+            system._ensure_up()
             env_name = system._env_name(env) or DEFAULT_ENV
             there = system.prepare_code(spec, env_name)  # the same code, as the cluster imports it
             if there != spec:

@@ -223,8 +223,6 @@ def serve(
     files = DaemonFiles.local(port)
     make_private(files)
     pid_file = Path(files.pid)
-    write_private(files.pid, str(os.getpid()))
-    write_private(files.launch, json.dumps({"host": host, "tls": tls}))
     open_files = raise_open_file_limit()
     allowed = max(64, open_files - max(_RESERVED_FILES, open_files // 4))
     max_connections = max_connections or DEFAULT_MAX_CONNECTIONS
@@ -254,8 +252,13 @@ def serve(
         server_header=False,
         date_header=False,
     )
+    # Bound before any state file is written: a second daemon that finds the port taken exits here (uvicorn
+    # logs why) and leaves the running daemon's pid file alone.
+    sock = config.bind_socket()
+    write_private(files.pid, str(os.getpid()))
+    write_private(files.launch, json.dumps({"host": host, "tls": tls}))
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         if pid_file.exists() and pid_file.read_text() == str(os.getpid()):
             pid_file.unlink()

@@ -258,3 +258,15 @@ def test_a_large_request_with_a_wrong_token_gets_the_typed_refusal(cluster):
     with DaemonClient("127.0.0.1", cluster.server_port, "wrong-token") as stranger:
         with pytest.raises(AuthenticationError):
             stranger.request("/_/put", {"key": "k"}, [bytes(64 * 2**20)], timeout=30)
+
+
+def test_a_second_daemon_on_a_taken_port_leaves_the_first_ones_pid_file(own_cluster):
+    port = own_cluster.server_port
+    first = daemon.running_pid(port)
+    second = subprocess.run(
+        [sys.executable, "-c", "from runhouse.server.daemon import main; main()", "--port", str(port)],
+        capture_output=True, timeout=60,
+    )
+    assert second.returncode != 0
+    assert first is not None and daemon.running_pid(port) == first
+    assert daemon.stop(port) and daemon.health(port) is None

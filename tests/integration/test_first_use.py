@@ -137,6 +137,10 @@ def test_a_handle_to_a_port_held_by_another_folders_daemon_says_so(foreign_daemo
 # --- item 17: only rh.here and up_if_not() start a daemon ------------------------------------------------------
 
 
+def _double(x: int) -> int:
+    return 2 * x
+
+
 def test_a_handle_whose_daemon_is_not_running_raises_and_starts_nothing(config_dir):
     port = free_port()
     box = rh.cluster(host="localhost", server_port=port)
@@ -144,6 +148,7 @@ def test_a_handle_whose_daemon_is_not_running_raises_and_starts_nothing(config_d
         lambda: box.put("k", 1), lambda: box.get("k"), box.keys, lambda: box.delete("k"),
         lambda: box.run(["true"]), lambda: box.run_python(["pass"]), box.status,
         lambda: box.ensure_env(rh.env(env_vars={"MODE": "first"}, name="first_use_env")),
+        lambda: rh.function(_double).to(box),
     ]
     for operation in operations:
         with pytest.raises(ClusterUnreachableError) as info:
