@@ -102,7 +102,8 @@ class WorkerHandle(Protocol):
             A RESULT reply, or an ERROR reply carrying the exception user code raised.
 
         Raises:
-            WorkerCrashedError: the worker is not alive, or died before replying.
+            WorkerCrashedError: the worker is not alive, or died before replying; this is the only error a
+                request that meets a dead worker raises, wherever in the request it met it.
         """
         ...
 

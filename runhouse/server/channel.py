@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 # How long a cancelled call may take to stop before its worker is killed (and restarted) to stop it for sure:
 # a call blocked in native code cannot be interrupted any other way.
 CANCEL_GRACE_S = 2.0
+# How long a worker whose channel closed may take to exit before it is killed: it can never serve again, and
+# the calls that meet it wait for its exit to say how it died.
+EXIT_GRACE_S = 1.0
 
 # The worker's entry point, run with ``python -c`` so the module is imported once under its own name.
 _BOOT = "from runhouse.server.worker import main; main()"
@@ -126,19 +129,21 @@ class WorkerChannel:
         size = sum(memoryview(p).nbytes for p in parts)
         self.inflight += 1
         try:
-            head = protocol.worker_frame_head(protocol.REQUEST, rid, meta_bytes, size)
-            if size < protocol.SMALL_FRAME_BYTES:  # one write, one wake-up of the worker
-                self._transport.write(b"".join([head, *parts]))
-            else:
-                self._transport.write(head)
-                for part in parts:
-                    self._transport.write(part)
-            if not self._protocol.can_write.is_set():
-                await self._protocol.can_write.wait()
+            if not self._transport.is_closing():  # else the worker is gone: _reap fails the future saying how
+                head = protocol.worker_frame_head(protocol.REQUEST, rid, meta_bytes, size)
+                if size < protocol.SMALL_FRAME_BYTES:  # one write, one wake-up of the worker
+                    self._transport.write(b"".join([head, *parts]))
+                else:
+                    self._transport.write(head)
+                    for part in parts:
+                        self._transport.write(part)
+                if not self._protocol.can_write.is_set():
+                    await self._protocol.can_write.wait()
             try:
                 return await future
             except asyncio.CancelledError:
-                if self.alive and (future.cancelled() or not future.done()):  # no reply arrived yet
+                no_reply = future.cancelled() or not future.done()
+                if self.alive and not self._transport.is_closing() and no_reply:
                     self._transport.write(protocol.worker_frame_head(protocol.CANCEL, rid, b"", 0))
                     self._cancelled.add(rid)
                     loop.call_later(CANCEL_GRACE_S, self._kill_if_still_running, rid)
@@ -179,8 +184,20 @@ class WorkerChannel:
         asyncio.get_running_loop().create_task(self._reap())
 
     async def _reap(self) -> None:
+        """The channel closed: wait for the process to exit (killing it if it lingers), then fail what is in flight.
+
+        Until this finishes the worker counts as alive, and requests that meet it wait here for the reason.
+        """
         proc = self.proc
-        code = await asyncio.get_running_loop().run_in_executor(None, _wait, proc) if proc else None
+        code = None
+        if proc is not None:
+            exited = asyncio.get_running_loop().run_in_executor(None, _wait, proc)
+            if self._on_exit is not None and self.kill_reason is None:  # not already being stopped or killed
+                try:
+                    await asyncio.wait_for(asyncio.shield(exited), EXIT_GRACE_S)
+                except asyncio.TimeoutError:
+                    self.kill(f"closed its channel to the daemon and did not exit within {EXIT_GRACE_S} s")
+            code = await exited
         self.exit_description = _describe_exit(code)
         if self.kill_reason:
             self.exit_description += f" (killed by the daemon: it {self.kill_reason})"

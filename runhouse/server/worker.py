@@ -430,9 +430,28 @@ def _die_with_parent() -> None:
             pass
 
 
+def _keep_channel_private(sock: socket.socket) -> None:
+    """Keep the channel in this process only, so that it closes exactly when this process dies.
+
+    Programs that user code runs do not inherit it, and a fork of the worker (``os.fork``, multiprocessing)
+    gets /dev/null in its place, and no call context: else the daemon would not see a dead worker while
+    such processes live, and a fork could write frames into the channel.
+    """
+    sock.set_inheritable(False)
+
+    def in_forked_child() -> None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, sock.fileno(), inheritable=False)
+        os.close(devnull)
+        _current_call.set(None)
+
+    os.register_at_fork(after_in_child=in_forked_child)
+
+
 def main() -> None:
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
+    _keep_channel_private(sock)
     _die_with_parent()
     builtins.__import__ = _parents_first(builtins.__import__)
     sys.stdout = _CallOutput(sys.stdout)

@@ -7,8 +7,11 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 import runhouse as rh
-from tests.integration import worker_funcs
+from runhouse.errors import WorkerCrashedError
+from tests.integration import funcs, worker_funcs
 
 
 def _main_worker(cluster, env="default"):
@@ -56,3 +59,72 @@ def test_concurrent_first_calls_that_import_numpy_never_fail(own_cluster):
                 assert call.result() == 100
     assert failures == [], f"{len(failures)} of {IMPORT_ROUNDS * CALLS_PER_ROUND} calls failed: {failures[:3]}"
 
+
+# --- item 10: every way a request can meet a dead worker ---------------------------------------------------
+def test_a_call_to_a_worker_whose_channel_closed_raises_worker_crashed_and_the_worker_comes_back(
+    own_cluster, tmp_path
+):
+    """The daemon sees the channel close before it sees the process exit; a call arriving in between used to
+    get an untyped 500 (``RuntimeError: ... UnixTransport closed``)."""
+    env = rh.env(name="one_thread_env", env_vars={"RH_WORKER_THREADS": "1"})
+    linger = rh.function(worker_funcs.close_channel_and_linger).to(own_cluster, env=env)
+    add = rh.function(worker_funcs.add).to(own_cluster, env=env)
+    marker = tmp_path / "closed"
+    with ThreadPoolExecutor(1) as pool:
+        lingering = pool.submit(linger, str(marker), 30)
+        deadline = time.monotonic() + 10
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the channel was never closed"
+            time.sleep(0.01)
+        time.sleep(0.2)  # the daemon has seen the channel close by now
+        began = time.monotonic()
+        with pytest.raises(WorkerCrashedError, match="one_thread_env"):
+            add(1, 2)
+        with pytest.raises(WorkerCrashedError, match="channel"):
+            lingering.result(timeout=60)
+    assert time.monotonic() - began < 5, "the daemon waited for the lingering worker instead of killing it"
+    assert add(1, 2) == 3
+
+
+SOAK_SECONDS = 8
+SOAK_CALLERS = 8
+
+
+def test_callers_of_a_worker_that_keeps_crashing_only_ever_see_worker_crashed(own_cluster):
+    """Calls racing a crash used to meet the closed channel before the daemon reaped the worker (180 untyped
+    500s in 30 s of this load)."""
+    env = rh.env(name="crashing_env", env_vars={"CRASH": "1"})
+    crash = rh.function(funcs.crash).to(own_cluster, env=env)
+    add = rh.function(worker_funcs.add).to(own_cluster, env=env)
+    stop = time.monotonic() + SOAK_SECONDS
+    outcomes: list[str] = []
+
+    def call_until_stop(fn, *args):
+        while time.monotonic() < stop:
+            try:
+                fn(*args)
+                outcomes.append("ok")
+            except WorkerCrashedError:
+                outcomes.append("crashed")
+            except Exception as exc:  # noqa: BLE001 - every other outcome is the failure this test looks for
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(SOAK_CALLERS + 1) as pool:
+        pool.submit(call_until_stop, crash, 1)
+        for _ in range(SOAK_CALLERS):
+            pool.submit(call_until_stop, add, 1, 2)
+    unexpected = [o for o in outcomes if o not in ("ok", "crashed")]
+    assert unexpected == [], f"{len(unexpected)} of {len(outcomes)} calls: {unexpected[:3]}"
+    assert outcomes.count("crashed") > SOAK_SECONDS and outcomes.count("ok") > 0
+
+
+@pytest.mark.parametrize("how", ["program", "fork"])
+def test_a_worker_that_dies_leaving_processes_it_started_is_seen_dead_at_once(own_cluster, how):
+    """Neither a program the worker runs nor a fork of it keeps the worker's channel open after it died."""
+    exit_leaving_processes = rh.function(worker_funcs.start_process_then_exit).to(own_cluster)
+    began = time.monotonic()
+    with pytest.raises(WorkerCrashedError) as info:
+        exit_leaving_processes(how, 3)
+    assert info.value.exit_code == 3
+    assert time.monotonic() - began < 5, "the crash was noticed only when the processes it started exited"
+    assert rh.function(worker_funcs.add).to(own_cluster)(1, 2) == 3
