@@ -13,6 +13,9 @@ value ever crossing the network.
 Between processes on one machine, large buffers do not travel through sockets at all: the sender writes
 each into its own file in shared memory (``/dev/shm``) and sends the file's name; the receiver maps the
 file copy-on-write (so the array is writable and nothing is copied until written) and unlinks it at once.
+A file's name carries its owner (by default the writer's pid; a worker's reply: its pid and the request's
+id), so that when a reader will never come (the writer died before sending the names) whoever knows the
+owner removes them (:func:`remove_shm`); what is left anyway is swept after ``SHM_MAX_AGE_S``.
 
 Wire layout of one serialized value::
 
@@ -33,7 +36,7 @@ import struct
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import cloudpickle
@@ -64,9 +67,18 @@ def shm_available() -> bool:
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
 
 
-def _to_shm(raw: memoryview) -> bytes:
-    name = f"{SHM_PREFIX}{uuid.uuid4().hex}"
-    fd = os.open(os.path.join(SHM_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def request_shm_owner(pid: int, request_id: int) -> str:
+    """The owner in the names of the shared-memory buffers process ``pid`` writes for its reply to a request."""
+    return f"{pid}-{request_id}"
+
+
+def _to_shm(raw: memoryview, owner: str, created: list[str]) -> bytes:
+    """Write ``raw`` into a new shared-memory file named after ``owner``; its path goes to ``created`` first,
+    for the caller to remove should anything fail."""
+    name = f"{SHM_PREFIX}{owner}-{uuid.uuid4().hex}"
+    path = os.path.join(SHM_DIR, name)
+    created.append(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = raw.cast("B")
         written = 0
@@ -75,6 +87,15 @@ def _to_shm(raw: memoryview) -> bytes:
     finally:
         os.close(fd)
     return name.encode()
+
+
+def _unlink(path: str) -> bool:
+    """Remove a file; False when it was already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _from_shm(name: bytes) -> memoryview:
@@ -111,6 +132,22 @@ def sweep_shm(max_age: float = SHM_MAX_AGE_S) -> int:
         except FileNotFoundError:
             continue
     return removed
+
+
+def remove_shm(owners: Collection[str]) -> int:
+    """Remove the shared-memory buffers written under any of ``owners`` (see :func:`serialize`), whose reader
+    will never come; returns how many there were."""
+    removed = 0
+    try:
+        entries = list(os.scandir(SHM_DIR))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        owner = entry.name[len(SHM_PREFIX) :].rpartition("-")[0]
+        if entry.name.startswith(SHM_PREFIX) and owner in owners and _unlink(entry.path):
+            removed += 1
+    return removed
+
 
 Buffer = bytes | bytearray | memoryview
 PersistentId = Callable[[Any], Any]
@@ -176,11 +213,13 @@ def _pickle(obj: Any, pickler_cls: type[pickle.Pickler], persistent_id: Persiste
     return stream.getbuffer(), buffers
 
 
-def serialize(obj: Any, persistent_id: PersistentId | None = None, shm: bool = False) -> list[Buffer]:
+def serialize(
+    obj: Any, persistent_id: PersistentId | None = None, shm: bool = False, shm_owner: str | None = None
+) -> list[Buffer]:
     """Serialize ``obj`` into a list of buffers to be sent back to back (no concatenation copy).
 
     With ``shm=True`` (receiver on this machine), buffers of ``SHM_THRESHOLD`` bytes or more are placed in
-    shared memory and only their names are sent.
+    shared memory, named after ``shm_owner`` (default: this process's pid), and only their names are sent.
 
     Raises:
         SerializationError: the value cannot be pickled, even by cloudpickle.
@@ -197,15 +236,22 @@ def serialize(obj: Any, persistent_id: PersistentId | None = None, shm: bool = F
             ) from exc
     raws: list[Buffer] = []
     head = bytearray(_HEAD.pack(VERSION, len(buffers)))
-    for buffer in buffers:
-        raw = buffer.raw()
-        if shm and raw.nbytes >= max(SHM_THRESHOLD, 1):
-            name = _to_shm(raw)
-            head += _LEN.pack(_SHARED | len(name))
-            raws.append(name)
-        else:
-            head += _LEN.pack(raw.nbytes)
-            raws.append(raw)
+    owner = shm_owner or str(os.getpid())
+    created: list[str] = []
+    try:
+        for buffer in buffers:
+            raw = buffer.raw()
+            if shm and raw.nbytes >= max(SHM_THRESHOLD, 1):
+                name = _to_shm(raw, owner, created)
+                head += _LEN.pack(_SHARED | len(name))
+                raws.append(name)
+            else:
+                head += _LEN.pack(raw.nbytes)
+                raws.append(raw)
+    except BaseException:  # (a cancelled call, a full disk) the names are never sent: nobody would read them
+        for path in created:
+            _unlink(path)
+        raise
     head += _LEN.pack(len(main))
     return [bytes(head), main, *raws]
 

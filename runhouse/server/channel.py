@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from runhouse import protocol
+from runhouse import protocol, serialization
 from runhouse.errors import WorkerCrashedError
 from runhouse.protocol import LogSink
 from runhouse.server.backend import Buffer, ExitCallback, Reply, Role
@@ -198,6 +198,10 @@ class WorkerChannel:
                 except asyncio.TimeoutError:
                     self.kill(f"closed its channel to the daemon and did not exit within {EXIT_GRACE_S} s")
             code = await exited
+            undelivered = [rid for rid, (future, _) in self._pending.items() if not future.done()]
+            owners = {serialization.request_shm_owner(proc.pid, rid) for rid in [*undelivered, *self._cancelled]}
+            if owners:  # the buffers of replies it wrote but never sent: nobody will read them
+                await asyncio.get_running_loop().run_in_executor(None, serialization.remove_shm, owners)
         self.exit_description = _describe_exit(code)
         if self.kill_reason:
             self.exit_description += f" (killed by the daemon: it {self.kill_reason})"

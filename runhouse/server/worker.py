@@ -353,7 +353,9 @@ class Worker:
             return {"stored": store_as}, []
         if meta.get("json"):
             return None, [json.dumps(value, default=repr).encode()]
-        return None, serialization.serialize(value, shm=bool(meta.get("shm")))
+        rid = _current_call.get().rid  # type: ignore[union-attr]
+        owner = serialization.request_shm_owner(os.getpid(), rid)  # lets the daemon free them if this worker dies
+        return None, serialization.serialize(value, shm=bool(meta.get("shm")), shm_owner=owner)
 
     # --- ops ---------------------------------------------------------------------------------------
     def op_call(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import runhouse as rh
+from runhouse import protocol, serialization
 from runhouse.errors import WorkerCrashedError
 from tests.integration import funcs, worker_funcs
 
@@ -128,3 +129,86 @@ def test_a_worker_that_dies_leaving_processes_it_started_is_seen_dead_at_once(ow
     assert info.value.exit_code == 3
     assert time.monotonic() - began < 5, "the crash was noticed only when the processes it started exited"
     assert rh.function(worker_funcs.add).to(own_cluster)(1, 2) == 3
+
+
+
+# --- item 11: shared memory of a dead worker -----------------------------------------------------------------
+SHM_REPLY_BYTES = 128 * 2**20  # writing this much to shared memory takes long enough to kill the writer midway
+
+
+def _shm_buffers() -> set[str]:
+    return {n for n in os.listdir(serialization.SHM_DIR) if n.startswith(serialization.SHM_PREFIX)}
+
+
+def test_a_worker_killed_while_writing_its_reply_to_shared_memory_leaves_none_of_it(own_cluster):
+    """Its buffers used to stay until the daemon's sweep, 10 minutes later."""
+    env = rh.env(name="shm_env", env_vars={"SHM": "1"})
+    ones = rh.function(worker_funcs.ones).to(own_cluster, env=env)
+    assert ones(10).sum() == 10  # the worker is up
+    pid = _main_worker(own_cluster, "shm_env")["pid"]
+    before = _shm_buffers()
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(ones, SHM_REPLY_BYTES)
+        deadline = time.monotonic() + 30
+        while not (written := _shm_buffers() - before):
+            assert time.monotonic() < deadline and not call.done(), "the reply never went to shared memory"
+        os.kill(pid, signal.SIGKILL)  # while it writes the reply's buffer
+        with pytest.raises(WorkerCrashedError):
+            call.result(timeout=30)
+    deadline = time.monotonic() + 5
+    while written & _shm_buffers():
+        assert time.monotonic() < deadline, f"buffers of the dead worker are still there: {written & _shm_buffers()}"
+        time.sleep(0.05)
+
+
+def test_buffers_in_flight_to_or_from_others_stay_when_a_worker_dies(own_cluster):
+    """The client's own buffers, and a reply's buffers the dead worker handed over before dying, are read later."""
+    import numpy as np
+
+    ones = rh.function(worker_funcs.ones).to(own_cluster)
+    meta = {"shm": True, "stream_logs": False}
+    args = serialization.serialize(((8 * 2**20,), {}))
+    handed_over = own_cluster.request(protocol.call_path("ones", protocol.CALL_METHOD), meta, args)
+    assert handed_over.kind == protocol.RESULT
+    parts = serialization.serialize(np.ones(8 * 2**20, dtype=np.uint8), shm=True)
+    before = _shm_buffers()
+    _kill_main_worker(own_cluster)
+    assert ones(10).sum() == 10  # the worker is back
+    assert _shm_buffers() >= before
+    assert serialization.deserialize(handed_over.payload).sum() == 8 * 2**20
+    assert serialization.deserialize(serialization.join(parts)).sum() == 8 * 2**20
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_serializing_interrupted_midway_removes_the_buffers_it_already_wrote():
+    """A call cancelled (an exception raised in its thread) while its reply goes to shared memory."""
+    import ctypes
+    import threading
+
+    import numpy as np
+
+    value = [np.full(16 * 2**20, i, dtype=np.uint8) for i in range(16)]
+    owner = f"interrupted-{os.getpid()}"
+    outcome: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            serialization.serialize(value, shm=True, shm_owner=owner)
+        except _Interrupted as exc:
+            outcome.append(exc)
+
+    def mine() -> set[str]:
+        return {n for n in _shm_buffers() if n.startswith(f"{serialization.SHM_PREFIX}{owner}-")}
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    deadline = time.monotonic() + 10
+    while not mine():
+        assert time.monotonic() < deadline and writer.is_alive(), "nothing was written to shared memory"
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(writer.ident), ctypes.py_object(_Interrupted))
+    writer.join()
+    assert outcome, "the interruption came too late"
+    assert mine() == set()

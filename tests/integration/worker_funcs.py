@@ -53,3 +53,9 @@ def start_process_then_exit(how, code):
         time.sleep(10)
         os._exit(0)
     os._exit(code)
+
+
+def ones(nbytes):
+    import numpy as np
+
+    return np.ones(nbytes, dtype=np.uint8)
