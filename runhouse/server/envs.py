@@ -22,13 +22,14 @@ import shutil
 import site
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runhouse.errors import EnvCreationError
+from runhouse.errors import BadRequestError, EnvCreationError
 from runhouse.paths import envs_dir
+from runhouse.protocol import object_name_problem
 from runhouse.server.backend import Role, WorkerFactory, WorkerHandle
 from runhouse.server.channel import WorkerChannel
 
@@ -56,12 +57,33 @@ class EnvSpec:
     memory_limit_mb: int | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EnvSpec:
+    def from_dict(cls, data: Mapping[str, Any]) -> EnvSpec:
+        """The env spec a client sent (or the registry kept), every field checked before anything uses it.
+
+        ``name`` is an object name; ``reqs`` a list of requirement strings (a single string is refused, never
+        split into letters); ``env_vars`` maps names (not empty, no ``=``) to string values; neither has NUL
+        or text the OS cannot encode; ``memory_limit_mb`` is a positive whole number or None.
+
+        Raises:
+            BadRequestError: a field is missing, unknown, or of the wrong type or value; says which and how to
+                fix it.
+        """
+        if not isinstance(data, Mapping):
+            raise BadRequestError(f"an env spec is a mapping like {{'name': 'my_env'}}, not {type(data).__name__}")
+        unknown = sorted(set(data) - set(_SPEC_FIELDS))
+        if unknown:
+            raise BadRequestError(f"unknown env spec fields {unknown}; an env spec has {', '.join(_SPEC_FIELDS)}")
+        if "name" not in data:
+            raise BadRequestError("an env spec needs a 'name'")
+        name = data["name"]
+        problem = object_name_problem(name) or _os_text_problem(name)
+        if problem is not None:
+            raise BadRequestError(f"env name {name!r} is not allowed: {problem}")
         return cls(
-            name=data["name"],
-            reqs=tuple(data.get("reqs") or ()),
-            env_vars=tuple(sorted((str(k), str(v)) for k, v in (data.get("env_vars") or {}).items())),
-            memory_limit_mb=data.get("memory_limit_mb"),
+            name=name,
+            reqs=_checked_reqs(data.get("reqs")),
+            env_vars=_checked_env_vars(data.get("env_vars")),
+            memory_limit_mb=_checked_memory_limit(data.get("memory_limit_mb")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +93,77 @@ class EnvSpec:
             "env_vars": dict(self.env_vars),
             "memory_limit_mb": self.memory_limit_mb,
         }
+
+
+_SPEC_FIELDS = ("name", "reqs", "env_vars", "memory_limit_mb")
+
+
+def _os_text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be an argument or environment variable of a process, or None when it can."""
+    if "\x00" in text:
+        return "it contains a NUL character"
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return "it contains characters that cannot be encoded (a lone surrogate?)"
+    return None
+
+
+def _checked_reqs(reqs: Any) -> tuple[str, ...]:
+    if reqs is None:
+        return ()
+    if isinstance(reqs, str):
+        raise BadRequestError(
+            f"reqs must be a list of requirements, not the string {reqs!r}: send [{reqs!r}] "
+            "(a string is never split into letters)"
+        )
+    if not isinstance(reqs, (list, tuple)):
+        raise BadRequestError(f"reqs must be a list of requirements like ['numpy>=1.26'], not {type(reqs).__name__}")
+    for req in reqs:
+        if not isinstance(req, str) or not req.strip():
+            raise BadRequestError(f"each requirement is a non-empty string like 'numpy>=1.26', not {req!r}")
+        problem = _control_character_problem(req) or _os_text_problem(req)
+        if problem is not None:
+            raise BadRequestError(f"requirement {req!r} is not allowed: {problem}")
+    return tuple(reqs)
+
+
+def _control_character_problem(text: str) -> str | None:
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        return "it contains control characters"
+    return None
+
+
+def _checked_env_vars(env_vars: Any) -> tuple[tuple[str, str], ...]:
+    if env_vars is None:
+        return ()
+    if not isinstance(env_vars, Mapping):
+        raise BadRequestError(
+            f"env_vars must be a mapping of names to values like {{'MODE': 'prod'}}, not {type(env_vars).__name__}"
+        )
+    for key, value in env_vars.items():
+        if not isinstance(key, str) or not key:
+            raise BadRequestError(f"env var names are non-empty strings, not {key!r}")
+        problem = "it contains '='" if "=" in key else _os_text_problem(key)
+        if problem is not None:
+            raise BadRequestError(f"env var name {key!r} is not allowed: {problem}")
+        if not isinstance(value, str):
+            raise BadRequestError(
+                f"env var {key!r} has the {type(value).__name__} value {value!r}; values are strings, "
+                f"like {str(value)!r}"
+            )
+        problem = _os_text_problem(value)
+        if problem is not None:
+            raise BadRequestError(f"the value of env var {key!r} is not allowed: {problem}")
+    return tuple(sorted(env_vars.items()))
+
+
+def _checked_memory_limit(limit: Any) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise BadRequestError(f"memory_limit_mb must be a positive whole number of MiB or null, not {limit!r}")
+    return limit
 
 
 def _venv_key(reqs: tuple[str, ...]) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 import runhouse as rh
 from runhouse import protocol, serialization
-from runhouse.errors import WorkerCrashedError
+from runhouse.errors import BadRequestError, WorkerCrashedError
 from tests.integration import funcs, worker_funcs
 
 
@@ -212,3 +212,27 @@ def test_serializing_interrupted_midway_removes_the_buffers_it_already_wrote():
     writer.join()
     assert outcome, "the interruption came too late"
     assert mine() == set()
+
+
+
+# --- items 12 and 13: env specs the daemon accepts ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"env_vars": {"MO\x00DE": "prod"}},
+        {"env_vars": {"MODE": "pr\x00od"}},
+        {"env_vars": {"MODE=x": "prod"}},
+        {"env_vars": {"MODE": 1}},
+        {"reqs": "numpy"},
+        {"reqs": ["numpy", 1]},
+        {"memory_limit_mb": -1},
+    ],
+    ids=["nul-in-name", "nul-in-value", "equals-in-name", "int-value", "reqs-string", "reqs-int", "negative-limit"],
+)
+def test_an_invalid_env_spec_is_refused_with_400_and_nothing_is_kept(cluster, fields):
+    spec = {"name": "refused_env", **fields}
+    with pytest.raises(BadRequestError) as info:
+        cluster.request(protocol.control_path(protocol.Op.ENV), {"env": spec}).value()
+    assert info.value.status == 400
+    assert "refused_env" not in [env["name"] for env in cluster.status()["envs"]]
+    assert rh.function(worker_funcs.add).to(cluster)(1, 2) == 3
