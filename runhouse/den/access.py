@@ -6,8 +6,9 @@ the same results as pages. A handler passes the action (a function of :class:`~r
 that calls :mod:`runhouse.den.service`, :mod:`runhouse.den.auth` or :mod:`runhouse.den.secret_store`);
 permission checks stay in those libraries, so every surface enforces the same rules.
 
-It reads ``request.app.state.database`` (a :class:`~runhouse.den.db.Database`) and
-``request.app.state.token_cache`` (an :class:`~runhouse.den.auth.TokenCache`), which
+It reads ``request.app.state.database`` (a :class:`~runhouse.den.db.Database`),
+``request.app.state.token_cache`` (an :class:`~runhouse.den.auth.TokenCache`) and
+``request.app.state.growing_reads`` (an :class:`anyio.CapacityLimiter`), which
 :func:`runhouse.den.app.create_app` sets. It is a plain call, not a FastAPI dependency: the security
 dependency cost about 0.2 ms a request.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio.to_thread
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -26,6 +28,10 @@ from runhouse.den.auth import Caller
 from runhouse.den.db import Database
 
 T = TypeVar("T")
+
+GROWING_READS_AT_ONCE = 4
+"""How many requests whose work grows with the data run at once; more wait their turn, so that they never
+take every worker thread from other requests (and ``/health``)."""
 
 
 def bearer_token(request: Request) -> str | None:
@@ -47,6 +53,7 @@ async def run_as_caller(request: Request, action: Callable[[Caller], T], read_on
     thread handoff would cost more than it lets overlap (measured: 4.4 ms against 3.4 ms per load,
     bench/den.py), unless the action ``grows`` (its work grows with the data: listings, histories, the
     audit log), which would hold the event loop, and every other request with it, as long as it runs.
+    Such actions run in a worker thread on both databases, at most :data:`GROWING_READS_AT_ONCE` at once.
     """
     database: Database = request.app.state.database
     token = bearer_token(request)
@@ -60,4 +67,6 @@ async def run_as_caller(request: Request, action: Callable[[Caller], T], read_on
         database.audit.add(audit)
         return result
 
-    return run() if database.is_sqlite and not grows else await run_in_threadpool(run)
+    if grows:
+        return await anyio.to_thread.run_sync(run, limiter=request.app.state.growing_reads)
+    return run() if database.is_sqlite else await run_in_threadpool(run)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import anyio
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runhouse.den import DEFAULT_HOST, DEFAULT_PORT, api, auth
-from runhouse.den.access import run_as_caller
+from runhouse.den.access import GROWING_READS_AT_ONCE, run_as_caller
 from runhouse.den.api.schemas import Health
 from runhouse.den.crypto import SecretBox
 from runhouse.den.db import Database
@@ -175,6 +176,7 @@ def create_app(database: Database, secret_box: SecretBox | None = None,
     app.state.database = database
     app.state.secret_box = secret_box or SecretBox.load()
     app.state.org_policy = org_policy or auth.OrgPolicy()
+    app.state.growing_reads = anyio.CapacityLimiter(GROWING_READS_AT_ONCE)
     app.state.token_cache = auth.TokenCache()
     for router in ROUTERS:
         app.include_router(router)

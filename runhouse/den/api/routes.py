@@ -83,9 +83,8 @@ router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 async def _listing(request: Request, action: Callable[[auth.Caller], dict[str, Any]]) -> JSONResponse:
     """The answer of a read whose work grows with the data (a listing, a history, the audit log): its
-    database work and its JSON are made in the threadpool, so the event loop keeps serving other requests."""
-    result = await run_as_caller(request, action, read_only=True, grows=True)
-    return await run_in_threadpool(JSONResponse, result)
+    database work and its JSON are made in a worker thread, so the event loop keeps serving other requests."""
+    return await run_as_caller(request, lambda caller: JSONResponse(action(caller)), read_only=True, grows=True)
 
 
 # ------------------------------------------------------------------------------------------- accounts
