@@ -25,6 +25,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, bindparam, delete, func, literal, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
+from sqlalchemy.sql.elements import KeyedColumnElement
 
 from runhouse.den import PayloadTooLargeError, PermissionDeniedError
 from runhouse.den.auth import Caller, find_user, validate_owner_name
@@ -486,7 +488,7 @@ def _position(cursor: str) -> tuple[datetime, int]:
         ) from None
 
 
-def _visible_to(caller: Caller, entries: Any) -> ColumnElement[bool]:
+def _visible_to(caller: Caller, entries: ReadOnlyColumnCollection[str, KeyedColumnElement[Any]]) -> ColumnElement[bool]:
     """SQL for the audit ``entries`` (a subquery's columns) that ``caller`` may see, as :func:`access` and
     the public flag decide: their own actions, their own and their orgs' namespaces, shares on an address or
     a folder above it, and public resources."""
