@@ -56,7 +56,7 @@ class RemoteClass(remote.Deployable):
         system = self._system()
         name = name or f"{self.remote_name}-{uuid.uuid4().hex[:8]}".lower()
         refs: list[str] = []
-        parts = remote._pack(system, (args, kwargs), refs)
+        parts = remote._pack(system, (args, kwargs), refs, kept=True)
         info = system._control(Op.INSTANTIATE, {"name": name, "class_name": self.remote_name, "refs": refs}, parts)
         return RemoteInstance(system, name, info)
 

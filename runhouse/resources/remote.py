@@ -221,8 +221,12 @@ def code_from_spec(spec: dict[str, Any]) -> Any:
 D = TypeVar("D", bound=Deployable)
 
 
-def _pack(system: Cluster, value: Any, refs: list[str]) -> list:
-    """Serialize call arguments; refs to values on ``system`` travel as keys."""
+def _pack(system: Cluster, value: Any, refs: list[str], kept: bool = False) -> list:
+    """Serialize call arguments; refs to values on ``system`` travel as keys.
+
+    Arguments the daemon ``kept`` (an instance's init arguments, to re-create it after a restart) never go
+    through shared memory: its files are gone once read.
+    """
 
     def persistent_id(obj: Any) -> Any:
         if type(obj) is Ref:
@@ -232,7 +236,7 @@ def _pack(system: Cluster, value: Any, refs: list[str]) -> list:
             raise SerializationError(f"{obj!r} lives on another cluster; pass rh.get(ref) instead")
         return None
 
-    return serialization.serialize(value, persistent_id, shm=system.shares_memory)
+    return serialization.serialize(value, persistent_id, shm=system.shares_memory and not kept)
 
 
 def _same_daemon(a: Cluster, b: Cluster) -> bool:

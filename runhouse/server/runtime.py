@@ -80,11 +80,16 @@ class Registry:
         if path.exists():
             data = json.loads(path.read_text())
             for env in data.get("envs", []):
-                spec = EnvSpec.from_dict(env)
+                try:
+                    spec = EnvSpec.from_dict(env)
+                except BadRequestError as exc:  # kept by an older daemon that did not check specs
+                    print(f"runhouse daemon: dropped a saved env that is not valid ({exc})", file=sys.stderr)
+                    continue
                 self.envs[spec.name] = spec
             for item in data.get("entries", []):
                 entry = Entry.from_json(item)
-                self.entries[entry.name] = entry
+                if entry.env in self.envs:
+                    self.entries[entry.name] = entry
 
     def save(self) -> None:
         data = {

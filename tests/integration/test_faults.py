@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,11 +10,13 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 import runhouse as rh
+from runhouse.daemon_files import DaemonFiles
 from runhouse.errors import CallTimeoutError, WorkerCrashedError
 from runhouse.resources.clusters import local_daemon as daemon
 from tests.integration import funcs
@@ -175,6 +178,26 @@ def test_restart_brings_back_envs_functions_and_instances(own_cluster):
     assert env_var("KEPT") == "yes"
     assert counter.value == 3  # re-created from its init args; in-memory state is lost
     assert own_cluster.get("kept_counter").increment() == 4
+
+
+def test_an_instance_with_large_init_arguments_comes_back_after_a_restart(own_cluster):
+    counter = rh.module(funcs.Counter).to(own_cluster)(start=b"x" * 2**21, name="big_start")
+    own_cluster.restart_server()
+    assert counter.value == b"x" * 2**21
+
+
+def test_a_saved_env_an_older_daemon_let_through_is_dropped_not_fatal(own_cluster):
+    port = own_cluster.server_port
+    rh.env(name="good_env", env_vars={"GOOD": "1"}).to(own_cluster)  # the registry is saved
+    registry = Path(DaemonFiles.local(port).registry)
+    own_cluster.teardown()
+    data = json.loads(registry.read_text())
+    data["envs"].append({"name": "bad_env", "reqs": [], "env_vars": {"A\u0000B": "1"}, "memory_limit_mb": None})
+    registry.write_text(json.dumps(data))
+    own_cluster.up_if_not()
+    assert own_cluster.run_python(["print(1)"], stream_logs=False)[0][0] == 0
+    envs = [env["name"] for env in own_cluster.status()["envs"]]
+    assert "good_env" in envs and "bad_env" not in envs
 
 
 def test_killed_daemon_started_again_serves_the_same_objects(own_cluster):
