@@ -256,6 +256,21 @@ def serialize(
     return [bytes(head), main, *raws]
 
 
+def discard(parts: Sequence[Buffer]) -> None:
+    """Remove the shared-memory files of a value from :func:`serialize` that its receiver may never read (the
+    request carrying it was refused or failed); files the receiver already took are gone and skipped."""
+    head = memoryview(parts[0]) if parts else memoryview(b"")
+    if head.nbytes < _HEAD.size:
+        return
+    _, count = _HEAD.unpack_from(head, 0)
+    for index in range(min(count, len(parts) - 2)):
+        (field,) = _LEN.unpack_from(head, _HEAD.size + index * _LEN.size)
+        if field & _SHARED:
+            name = bytes(parts[2 + index]).decode()
+            if name.startswith(SHM_PREFIX) and "/" not in name:
+                _unlink(os.path.join(SHM_DIR, name))
+
+
 def serialized_size(parts: Sequence[Buffer]) -> int:
     """Total byte length of a list of buffers from :func:`serialize`."""
     return sum(memoryview(p).nbytes for p in parts)

@@ -24,7 +24,7 @@ from runhouse.protocol import DEFAULT_ENV, LogSink, Op
 from runhouse.resources.clusters.base import print_log
 from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
-from runhouse.transport.client import CALL_READ_TIMEOUT_S
+from runhouse.transport.client import CALL_READ_TIMEOUT_S, Response
 
 if TYPE_CHECKING:
     from runhouse.resources.clusters.base import Cluster
@@ -276,10 +276,23 @@ def call(
         meta["enqueue"] = True
     on_log = _log_sink(name, method) if stream_logs else None
     read_timeout = CALL_READ_TIMEOUT_S if timeout is None else timeout + _ANSWER_GRACE_S
-    response = system.request(protocol.call_path(name, method), meta, parts, on_log, read_timeout)
+    response = _send(system, protocol.call_path(name, method), meta, [parts], on_log, read_timeout)
     if remote and response.kind == protocol.RESULT:
         return Ref(response.value()["ref"], system)
     return response.value()
+
+
+def _send(
+    system: Cluster, path: str, meta: dict[str, Any], values: list[list], on_log: LogSink | None, timeout: float
+) -> Response:
+    """Send serialized ``values`` back to back; when the request fails, their shared-memory files are removed
+    (a refused or failed request may leave them unread)."""
+    try:
+        return system.request(path, meta, [part for parts in values for part in parts], on_log, timeout)
+    except BaseException:
+        for parts in values:
+            serialization.discard(parts)
+        raise
 
 
 def _log_sink(name: str, method: str) -> LogSink:
@@ -322,12 +335,8 @@ def map_call(
     if not items:
         return []
     refs: list[str] = []
-    parts: list = []
-    sizes = []
-    for item in items:
-        packed = _pack(system, item, refs)
-        sizes.append(serialization.serialized_size(packed))
-        parts += packed
+    packed = [_pack(system, item, refs) for item in items]
+    sizes = [serialization.serialized_size(parts) for parts in packed]
     meta = {
         "name": name,
         "method": method,
@@ -337,7 +346,7 @@ def map_call(
         "shm": system.shares_memory,
     }
     on_log = _log_sink(name, method) if stream_logs else None
-    response = system.request(protocol.control_path(Op.MAP), meta, parts, on_log, CALL_READ_TIMEOUT_S)
+    response = _send(system, protocol.control_path(Op.MAP), meta, packed, on_log, CALL_READ_TIMEOUT_S)
     if response.kind == protocol.ERROR:
         response.value()
     results: list[Any] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -235,3 +236,21 @@ def test_unclaimed_shared_memory_is_swept():
     assert name not in _shm_files()
     with pytest.raises(SerializationError, match="gone"):
         serialization.deserialize(serialization.join(parts))
+
+
+def test_a_refused_request_leaves_no_shared_memory_behind(cluster):
+    from runhouse.errors import ObjectNotFoundError
+    from runhouse.resources.remote import call
+    from runhouse.serialization import SHM_DIR, SHM_PREFIX
+
+    def ours() -> set[str]:
+        return {name for name in os.listdir(SHM_DIR) if name.startswith(f"{SHM_PREFIX}{os.getpid()}-")}
+
+    assert cluster.shares_memory
+    before = ours()
+    big = b"x" * (4 * 2**20)
+    with pytest.raises(ObjectNotFoundError):
+        call(cluster, "no_such_function", "call", [big], {})
+    with pytest.raises(ObjectNotFoundError):
+        cluster.put("k", big, env="no_such_env")
+    assert ours() == before

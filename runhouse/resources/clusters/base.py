@@ -280,7 +280,11 @@ class Cluster(Resource, Closeable):
 
         self._ensure_up()
         parts = serialization.serialize(obj, shm=self.shares_memory)
-        self._control(Op.PUT, {"key": key, "env": self._env_name(env)}, parts)
+        try:
+            self._control(Op.PUT, {"key": key, "env": self._env_name(env)}, parts)
+        except BaseException:  # its shared-memory files may never be read
+            serialization.discard(parts)
+            raise
 
     def get(self, key: str, default: Any = ...) -> Any:
         """The value stored under ``key``; for a function, class or instance, a handle to call it."""
