@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -139,4 +140,7 @@ def test_health_is_answered_while_a_large_folder_is_listed(den: DenServer) -> No
     lister.join()
     took = time.perf_counter() - started
     assert len(listed[0].json()["entries"]) == count
-    assert max(waits) < took / 2, f"/health waited up to {max(waits):.2f} s while a {took:.2f} s listing ran"
+    # Were the event loop held, /health would be answered once, after the listing; on two shared cores single
+    # answers may still wait on the CPU, so the bound is on how many came and how long most took.
+    assert len(waits) >= 3, f"/health was answered {len(waits)} times while a {took:.2f} s listing ran"
+    assert statistics.median(waits) < took / 4, f"/health took {statistics.median(waits):.2f} s (median)"
