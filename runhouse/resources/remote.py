@@ -24,15 +24,13 @@ from runhouse.protocol import DEFAULT_ENV, LogSink, Op
 from runhouse.resources.clusters.base import print_log
 from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
-from runhouse.transport.client import CALL_READ_TIMEOUT_S, Response
+from runhouse.transport.client import CALL_READ_TIMEOUT_S, Response, answer_wait
 
 if TYPE_CHECKING:
     from runhouse.resources.clusters.base import Cluster
 
 # Keyword arguments of a call that are options for runhouse, never passed to the remote code.
 CALL_OPTIONS = ("stream_logs", "timeout")
-# The daemon enforces a call's timeout; the client waits this much longer to receive its answer.
-_ANSWER_GRACE_S = 30.0
 
 
 class Ref:
@@ -57,11 +55,7 @@ class Ref:
             CallTimeoutError: the call has not finished within ``timeout`` (it keeps running).
             Exception: what the call raised (its own type, or RemoteError), or WorkerCrashedError.
         """
-        meta: dict[str, Any] = {"key": self.key, "shm": self.system.shares_memory}
-        if timeout is not None:
-            meta["timeout"] = timeout
-        wait = CALL_READ_TIMEOUT_S if timeout is None else timeout + _ANSWER_GRACE_S
-        return self.system.request(protocol.control_path(Op.GET), meta, timeout=wait).value()
+        return self.system.get(self.key, timeout=timeout)
 
     def done(self) -> bool:
         """Whether the call has finished (successfully or not); never waits for it."""
@@ -275,8 +269,7 @@ def call(
     if enqueue:
         meta["enqueue"] = True
     on_log = _log_sink(name, method) if stream_logs else None
-    read_timeout = CALL_READ_TIMEOUT_S if timeout is None else timeout + _ANSWER_GRACE_S
-    response = _send(system, protocol.call_path(name, method), meta, [parts], on_log, read_timeout)
+    response = _send(system, protocol.call_path(name, method), meta, [parts], on_log, answer_wait(timeout))
     if remote and response.kind == protocol.RESULT:
         return Ref(response.value()["ref"], system)
     return response.value()

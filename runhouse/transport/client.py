@@ -35,6 +35,8 @@ HEALTH_TIMEOUT_S = 0.5
 RECONNECT_WINDOW_S = 10.0
 # Calls, maps and commands may run as long as user code needs (up to a week); bound one with ``timeout=``.
 CALL_READ_TIMEOUT_S = 7 * 24 * 3600.0
+# The daemon enforces a call's own timeout; the client waits this much longer to receive its answer.
+ANSWER_GRACE_S = 30.0
 _RECV_CHUNK = 256 * 1024
 
 
@@ -54,6 +56,11 @@ class Response:
         if not self.payload:  # operations with nothing to return
             return None
         return serialization.deserialize(self.payload)
+
+
+def answer_wait(timeout: float | None) -> float:
+    """How long to wait for the answer to a request the daemon bounds by ``timeout`` (None: unbounded)."""
+    return CALL_READ_TIMEOUT_S if timeout is None else timeout + ANSWER_GRACE_S
 
 
 def health(

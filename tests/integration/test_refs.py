@@ -39,6 +39,13 @@ def test_get_with_a_timeout_raises_while_the_call_runs_on(sleeper):
     assert rh.get(ref, timeout=30) == "finished"
 
 
+def test_the_cluster_gets_a_ref_by_its_key_waiting_like_rh_get(sleeper, cluster):
+    ref = sleeper.remote(1.0)
+    with pytest.raises(CallTimeoutError):
+        cluster.get(ref.key, timeout=0.2)
+    assert cluster.get(ref.key) == "finished"
+
+
 def test_errors_of_the_call_surface_at_get(cluster):
     ref = rh.function(funcs.raise_value_error).to(cluster).remote()
     assert isinstance(ref, rh.Ref)

@@ -46,7 +46,14 @@ from runhouse.paths import default_server_port
 from runhouse.protocol import LogSink, Op
 from runhouse.resources.env import Env
 from runhouse.resources.resource import Resource
-from runhouse.transport.client import CALL_READ_TIMEOUT_S, RECONNECT_WINDOW_S, DaemonClient, Response, health
+from runhouse.transport.client import (
+    CALL_READ_TIMEOUT_S,
+    RECONNECT_WINDOW_S,
+    DaemonClient,
+    Response,
+    answer_wait,
+    health,
+)
 
 if TYPE_CHECKING:
     from runhouse.resources.data.base import DataSystem
@@ -286,11 +293,18 @@ class Cluster(Resource, Closeable):
             serialization.discard(parts)
             raise
 
-    def get(self, key: str, default: Any = ...) -> Any:
-        """The value stored under ``key``; for a function, class or instance, a handle to call it."""
+    def get(self, key: str, default: Any = ..., timeout: float | None = None) -> Any:
+        """The value stored under ``key``; for a function, class or instance, a handle to call it.
+
+        The value of a ref (``.remote()``) whose call still runs is waited for, at most ``timeout`` seconds
+        when given (then :class:`~runhouse.errors.CallTimeoutError`; the call keeps running).
+        """
         self._ensure_up()
+        meta: dict[str, Any] = {"key": key, "shm": self.shares_memory}
+        if timeout is not None:
+            meta["timeout"] = timeout
         try:
-            response = self.request(protocol.control_path(Op.GET), {"key": key, "shm": self.shares_memory})
+            response = self.request(protocol.control_path(Op.GET), meta, timeout=answer_wait(timeout))
         except KeyError:
             if default is ...:
                 raise
