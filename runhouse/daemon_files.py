@@ -93,12 +93,12 @@ def make_private(files: DaemonFiles) -> None:
                 path.chmod(mode)
 
 
-def write_private(path: PurePath, text: str) -> None:
-    """Replace the content of the file at ``path`` with ``text``, the file owner-only (also if it existed)."""
+def write_private(path: PurePath, data: str | bytes) -> None:
+    """Replace the content of the file at ``path`` with ``data``, the file owner-only (also if it existed)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    with os.fdopen(fd, "w") as file:
+    with os.fdopen(fd, "wb") as file:
         os.fchmod(fd, PRIVATE_FILE_MODE)
-        file.write(text)
+        file.write(data.encode() if isinstance(data, str) else data)
 
 
 def open_log(files: DaemonFiles) -> BinaryIO:
@@ -159,9 +159,9 @@ def ensure_tls_cert(files: DaemonFiles, host: str) -> Path:
         .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM).decode())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_private(key_path, private)
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path

@@ -11,6 +11,7 @@ import os
 import secrets
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from runhouse.errors import ConfigError
@@ -20,7 +21,19 @@ DEFAULT_SERVER_PORT = 32300
 
 def _config_dir_path() -> Path:
     """The runhouse folder's path, without creating it (reads must not leave folders behind)."""
-    return Path(os.environ.get("RH_CONFIG_DIR") or Path.home() / ".rh").expanduser()
+    return config_dir_of(os.environ, Path.home())
+
+
+def config_dir_of(environ: Mapping[str, str], home: Path | None = None) -> Path:
+    """The runhouse folder a process with environment ``environ`` uses: ``$RH_CONFIG_DIR``, else ``.rh`` in
+    ``home`` (default: its ``$HOME``).
+
+    Raises:
+        KeyError: neither ``RH_CONFIG_DIR`` nor a home folder is known.
+    """
+    if environ.get("RH_CONFIG_DIR"):
+        return Path(environ["RH_CONFIG_DIR"]).expanduser()
+    return (home or Path(environ["HOME"])) / ".rh"
 
 
 def config_dir() -> Path:

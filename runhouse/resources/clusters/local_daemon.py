@@ -27,7 +27,7 @@ import psutil
 from runhouse import daemon_files
 from runhouse.daemon_files import DaemonFiles, ensure_tls_cert, ensure_token
 from runhouse.errors import DaemonStartError
-from runhouse.paths import config_dir, default_server_port
+from runhouse.paths import config_dir, config_dir_of, default_server_port
 from runhouse.protocol import DEFAULT_BIND_HOST as HOST
 from runhouse.transport.client import health, pinned_ssl_context
 
@@ -227,11 +227,9 @@ def _command_line(pid: int, limit: int = 80) -> str:
 def _config_folder_of(pid: int) -> Path | None:
     """The runhouse folder of the daemon ``pid`` (from its environment), or None when it cannot be read."""
     try:
-        environment = psutil.Process(pid).environ()
-    except psutil.Error:
+        return config_dir_of(psutil.Process(pid).environ()).resolve()
+    except (psutil.Error, KeyError):
         return None
-    folder = environment.get("RH_CONFIG_DIR") or (Path(environment["HOME"]) / ".rh" if "HOME" in environment else None)
-    return Path(folder).expanduser().resolve() if folder else None
 
 
 def stop(port: int | None = None, timeout: float = STOP_TIMEOUT_S) -> bool:
