@@ -27,6 +27,7 @@
     ├── DaemonStartError               the daemon did not come up (carries the last log lines)
     ├── EnvCreationError               an env's packages could not be installed
     ├── WorkerCrashedError             the worker process running a call died (carries exit code / signal)
+    │   └── NodeLostError              ... with the node it ran on (a multi-node cluster's machine stopped answering)
     ├── CallTimeoutError (TimeoutError)  a call did not finish within its timeout
     ├── CallCancelledError             a call was cancelled before it finished
     ├── RemoteError                    remote code raised an exception whose type cannot be rebuilt here
@@ -208,6 +209,17 @@ class WorkerCrashedError(RunhouseError):
         self.signal = signal
 
 
+class NodeLostError(WorkerCrashedError):
+    """A worker died with its node (the machine, or Ray on it, stopped); ``node`` is the node's address.
+
+    ``map`` retries such items on the other nodes a few times before it reports this error for them.
+    """
+
+    def __init__(self, message: str, node: str = "", exit_code: int | None = None, signal: str | None = None) -> None:
+        super().__init__(message, exit_code=exit_code, signal=signal)
+        self.node = node
+
+
 class CallTimeoutError(RunhouseError, TimeoutError):
     """A call did not finish within its ``timeout``; it was cancelled on the cluster."""
 
@@ -274,6 +286,7 @@ BY_NAME: dict[str, type[RunhouseError]] = {
         PayloadTooLargeError,
         EnvCreationError,
         WorkerCrashedError,
+        NodeLostError,
         CallTimeoutError,
         CallCancelledError,
         DaemonError,

@@ -2,15 +2,18 @@
 
 The runtime (:mod:`runhouse.server.runtime`) never runs user code. It sends requests (meta naming a
 :class:`runhouse.protocol.WorkerOp`, plus a payload) to workers through :class:`WorkerHandle` and reads
-their :class:`Reply`. Each env (:class:`runhouse.server.envs.EnvRuntime`) makes its workers with a
-:class:`WorkerFactory` and decides how a ``map`` spreads over them (``EnvRuntime.fanout_workers``).
+their :class:`Reply`. Each env (:class:`runhouse.server.envs.EnvRuntime`) asks the daemon's
+:class:`WorkerBackend` where its workers go (:meth:`WorkerBackend.layout`: one slot for its main worker, one
+per pool worker) and has it make each one; ``EnvRuntime.fanout_workers`` says how a ``map`` spreads over them.
 
 Backends:
 
-- the local process, :class:`runhouse.server.channel.WorkerChannel` (the default): a child process of the
-  daemon running :mod:`runhouse.server.worker`, reached over a Unix socket pair;
-- a Ray backend (workers on the other nodes of a multi-node cluster) plugs in by passing its own factory to
-  :class:`runhouse.server.runtime.Runtime`; its handles carry the same requests to a worker on another node.
+- :class:`runhouse.server.channel.LocalBackend` (single-node clusters): every worker is a
+  :class:`~runhouse.server.channel.WorkerChannel`, a child process of the daemon running
+  :mod:`runhouse.server.worker`, reached over a Unix socket pair;
+- :class:`runhouse.server.ray_backend.RayBackend` (multi-node clusters): Ray places workers on the nodes
+  (``node=``, ``compute=`` of the env, a pool over every node's CPUs) and its handles carry the same requests
+  to a worker on another node over an authenticated TCP channel. Workers beside the daemon stay local.
 
 The protocols here exist for the type checker only: the runtime calls a handle's methods directly, so the
 seam costs nothing per call.
@@ -19,9 +22,11 @@ seam costs nothing per call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from runhouse.errors import BadRequestError
 from runhouse.protocol import LogSink
 
 if TYPE_CHECKING:
@@ -150,4 +155,121 @@ class WorkerFactory(Protocol):
             on_exit: called once, on the event loop, when the worker exits without :meth:`WorkerHandle.stop`
                 (a crash, :meth:`WorkerHandle.kill`), after its in-flight requests failed.
         """
+        ...
+
+
+# Where one worker runs, as its backend names it; None is "beside the daemon, as a local process".
+Slot = Hashable | None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an env's workers go: its main worker's slot and one slot per pool worker."""
+
+    main: Slot
+    pool: tuple[Slot, ...]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node of the cluster as a backend sees it (for placement and ``cluster.status()``)."""
+
+    ip: str
+    index: int | None  # position in the cluster's ``ips`` (0: the head), None for a node runhouse did not list
+    alive: bool
+    resources: Mapping[str, float] = field(default_factory=dict)  # totals: "CPU", "GPU", "memory", custom ones
+    node_id: str = ""  # the backend's own name for it (Ray's node id)
+
+    @property
+    def cpus(self) -> int:
+        return max(1, int(self.resources.get("CPU", 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ip": self.ip,
+            "index": self.index,
+            "alive": self.alive,
+            "cpus": self.resources.get("CPU", 0),
+            "gpus": self.resources.get("GPU", 0),
+            "memory_bytes": int(self.resources.get("memory", 0)),
+            "resources": dict(self.resources),
+        }
+
+
+def choose_node(spec: EnvSpec, nodes: Sequence[NodeInfo]) -> NodeInfo:
+    """The node env ``spec`` runs on: the one its ``node`` names, else the first live one (head first) with its
+    ``compute``; the head when it asks for neither.
+
+    Raises:
+        BadRequestError: ``node`` names no node, names a dead one or one without the ``compute``, or no live node
+            has the ``compute``; the message lists the nodes and what each has.
+    """
+    compute = dict(spec.compute)
+    if spec.node is not None:
+        node = _named_node(spec.node, nodes)
+        if not node.alive:
+            raise BadRequestError(f"env {spec.name!r}: node {spec.node!r} ({node.ip}) is not alive; bring it back "
+                                  "with cluster.up_if_not() or place the env on another node")
+        if not fits(compute, node.resources):
+            raise BadRequestError(f"env {spec.name!r}: node {spec.node!r} ({node.ip}) has {_resources(node)}, "
+                                  f"not compute={compute}")
+        return node
+    for node in nodes:
+        if node.alive and fits(compute, node.resources):
+            return node
+    raise BadRequestError(
+        f"env {spec.name!r}: no node has compute={compute}; the nodes have: "
+        + "; ".join(f"{n.ip}{'' if n.alive else ' (dead)'}: {_resources(n)}" for n in nodes)
+    )
+
+
+def _named_node(name: int | str, nodes: Sequence[NodeInfo]) -> NodeInfo:
+    for node in nodes:
+        if name == node.index or name == node.ip:
+            return node
+    listed = ", ".join(f"{n.index}: {n.ip}" for n in nodes if n.index is not None)
+    raise BadRequestError(f"node={name!r} names no node of this cluster; use an index or an ip of: {listed}")
+
+
+def fits(compute: Mapping[str, float], resources: Mapping[str, float]) -> bool:
+    """Whether a node with ``resources`` (totals) has what ``compute`` asks for."""
+    return all(resources.get(name, 0) >= amount for name, amount in compute.items())
+
+
+def _resources(node: NodeInfo) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(node.resources.items()) if not k.startswith("node:")) or "nothing"
+
+
+class WorkerBackend(Protocol):
+    """Where an env's workers run, and how they are made: the daemon has one backend for all its envs."""
+
+    @property
+    def nodes_version(self) -> int:
+        """A number that changes whenever the set of live nodes does (envs then lay out their pools again)."""
+        ...
+
+    async def start(self) -> None:
+        """Get ready to make workers (connect to the cluster); called once, before anything else."""
+        ...
+
+    async def stop(self) -> None:
+        """Release what :meth:`start` made; the envs stopped their workers first."""
+        ...
+
+    async def layout(self, spec: EnvSpec) -> Layout:
+        """Where env ``spec``'s main worker and pool workers go, among the nodes alive now.
+
+        Raises:
+            BadRequestError: the env's ``node`` or ``compute`` cannot be met (see :func:`choose_node`), within
+                seconds: never a wait for resources that no node has.
+        """
+        ...
+
+    def worker(self, spec: EnvSpec, python: str, role: Role, on_exit: ExitCallback, slot: Slot) -> WorkerHandle:
+        """A handle (not started) on a new worker of env ``spec`` at ``slot`` (one of :meth:`layout`'s), as
+        :class:`WorkerFactory` makes them."""
+        ...
+
+    def nodes(self) -> list[NodeInfo]:
+        """The cluster's nodes as last seen (no waiting), for ``cluster.status()``."""
         ...

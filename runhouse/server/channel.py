@@ -1,7 +1,9 @@
 """The local worker backend: a worker process on the daemon's host, and the daemon's end of its channel.
 
-:class:`WorkerChannel` implements :class:`runhouse.server.backend.WorkerHandle` and is itself the default
-:class:`~runhouse.server.backend.WorkerFactory`. It spawns :mod:`runhouse.server.worker` in the env's
+:class:`LocalBackend` is the :class:`~runhouse.server.backend.WorkerBackend` of a single-node cluster: one
+node (this machine), every worker a :class:`WorkerChannel`. :class:`WorkerChannel` implements
+:class:`runhouse.server.backend.WorkerHandle` and is itself a :class:`~runhouse.server.backend.WorkerFactory`.
+It spawns :mod:`runhouse.server.worker` in the env's
 interpreter, in a process group of its own, and keeps one Unix socket pair open for the worker's life; many
 requests are in flight at once and replies are matched by request id. Frames are parsed in
 ``data_received`` without an await per frame, and each payload is copied exactly once, into a buffer of its
@@ -11,6 +13,7 @@ final size.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import signal
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from runhouse import protocol, serialization
 from runhouse.errors import WorkerCrashedError
 from runhouse.protocol import LogSink
-from runhouse.server.backend import Buffer, ExitCallback, Reply, Role
+from runhouse.server.backend import Buffer, ExitCallback, Layout, NodeInfo, Reply, Role, Slot, choose_node
 
 if TYPE_CHECKING:
     from runhouse.server.envs import EnvSpec
@@ -264,6 +267,57 @@ class WorkerChannel:
             "inflight": self.inflight,
             "uptime_s": time.time() - self.started_at if self.started_at else 0.0,
         }
+
+
+class LocalBackend:
+    """Every worker a local process on this machine, the cluster's one node; ``pool_size`` pool workers per env
+    (default: one per CPU)."""
+
+    nodes_version = 0  # one node, always
+
+    def __init__(self, pool_size: int | None = None) -> None:
+        self.pool_size = pool_size or os.cpu_count() or 1
+        self._node: NodeInfo | None = None
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def layout(self, spec: EnvSpec) -> Layout:
+        if spec.node is not None or spec.compute:
+            if isinstance(spec.node, str) and spec.node in _local_addresses():
+                spec = dataclasses.replace(spec, node=0)  # this machine, named by one of its addresses
+            choose_node(spec, self.nodes())  # raises when the env asks for what this machine does not have
+        return Layout(None, (None,) * self.pool_size)
+
+    def worker(self, spec: EnvSpec, python: str, role: Role, on_exit: ExitCallback, slot: Slot) -> WorkerChannel:
+        return WorkerChannel(spec, python, role, on_exit)
+
+    def nodes(self) -> list[NodeInfo]:
+        if self._node is None:
+            self._node = _this_machine()
+        return [self._node]
+
+
+def _this_machine() -> NodeInfo:
+    """This machine as the one node of a single-node cluster: its CPUs, GPUs (NVIDIA devices) and memory."""
+    import glob
+
+    import psutil
+
+    gpus = len(glob.glob("/dev/nvidia[0-9]*"))
+    resources = {"CPU": float(os.cpu_count() or 1), "memory": float(psutil.virtual_memory().total)}
+    if gpus:
+        resources["GPU"] = float(gpus)
+    return NodeInfo(ip="127.0.0.1", index=0, alive=True, resources=resources)
+
+
+def _local_addresses() -> set[str]:
+    import psutil
+
+    return {a.address for addrs in psutil.net_if_addrs().values() for a in addrs} | {"localhost"}
 
 
 def _wait(proc: subprocess.Popen) -> int:

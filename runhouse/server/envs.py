@@ -6,9 +6,8 @@ shared by every env with the same requirements so a second one installs nothing;
 packages (runhouse among them) after its own. Each env has one main worker (its named objects live there)
 and a pool of extra workers, started on first use, that ``map``/``starmap`` fan out over.
 
-:class:`EnvRuntime` makes its workers with the :class:`~runhouse.server.backend.WorkerFactory` it is given
-(the local process, :class:`~runhouse.server.channel.WorkerChannel`, unless a backend such as Ray passes its
-own), restarts its main worker after a crash, enforces the env's memory limit, and answers which workers a
+:class:`EnvRuntime` has the daemon's :class:`~runhouse.server.backend.WorkerBackend` place and make its
+workers (local processes, :class:`~runhouse.server.channel.WorkerChannel`, on a single-node cluster), restarts its main worker after a crash, enforces the env's memory limit, and answers which workers a
 ``map`` spreads over (:meth:`EnvRuntime.fanout_workers`).
 """
 
@@ -30,8 +29,7 @@ from typing import Any
 from runhouse.errors import BadRequestError, EnvCreationError
 from runhouse.paths import envs_dir
 from runhouse.protocol import object_name_problem
-from runhouse.server.backend import Role, WorkerFactory, WorkerHandle
-from runhouse.server.channel import WorkerChannel
+from runhouse.server.backend import Role, Slot, WorkerBackend, WorkerHandle
 
 _READY_MARKER = ".rh-ready"
 _INSTALL_TAIL_LINES = 15
@@ -55,6 +53,8 @@ class EnvSpec:
     reqs: tuple[str, ...] = ()
     env_vars: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     memory_limit_mb: int | None = None
+    node: int | str | None = None  # the node it runs on: an index into the cluster's ips, or an ip
+    compute: tuple[tuple[str, float], ...] = ()  # resources its main worker holds (and that place it): GPU, CPU, ...
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EnvSpec:
@@ -62,7 +62,9 @@ class EnvSpec:
 
         ``name`` is an object name; ``reqs`` a list of requirement strings (a single string is refused, never
         split into letters); ``env_vars`` maps names (not empty, no ``=``) to string values; neither has NUL
-        or text the OS cannot encode; ``memory_limit_mb`` is a positive whole number or None.
+        or text the OS cannot encode; ``memory_limit_mb`` is a positive whole number or None; ``node`` an index
+        (0 is the head) or an ip; ``compute`` maps resource names (``"GPU"``, ``"CPU"``, ``"memory"``, custom
+        ones) to positive amounts.
 
         Raises:
             BadRequestError: a field is missing, unknown, or of the wrong type or value; says which and how to
@@ -84,6 +86,8 @@ class EnvSpec:
             reqs=_checked_reqs(data.get("reqs")),
             env_vars=_checked_env_vars(data.get("env_vars")),
             memory_limit_mb=_checked_memory_limit(data.get("memory_limit_mb")),
+            node=_checked_node(data.get("node")),
+            compute=_checked_compute(data.get("compute")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,10 +96,12 @@ class EnvSpec:
             "reqs": list(self.reqs),
             "env_vars": dict(self.env_vars),
             "memory_limit_mb": self.memory_limit_mb,
+            "node": self.node,
+            "compute": dict(self.compute),
         }
 
 
-_SPEC_FIELDS = ("name", "reqs", "env_vars", "memory_limit_mb")
+_SPEC_FIELDS = ("name", "reqs", "env_vars", "memory_limit_mb", "node", "compute")
 
 
 def _os_text_problem(text: str) -> str | None:
@@ -164,6 +170,31 @@ def _checked_memory_limit(limit: Any) -> int | None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         raise BadRequestError(f"memory_limit_mb must be a positive whole number of MiB or null, not {limit!r}")
     return limit
+
+
+def _checked_node(node: Any) -> int | str | None:
+    if node is None:
+        return None
+    if isinstance(node, bool) or not isinstance(node, (int, str)):
+        raise BadRequestError(f"node must be an index into the cluster's ips (0 is the head) or an ip, not {node!r}")
+    if isinstance(node, int) and node < 0:
+        raise BadRequestError(f"node={node}: node indexes start at 0 (the head)")
+    if isinstance(node, str) and (not node.strip() or _control_character_problem(node)):
+        raise BadRequestError(f"node={node!r}: name a node by its ip (like '10.0.0.6') or its index")
+    return node
+
+
+def _checked_compute(compute: Any) -> tuple[tuple[str, float], ...]:
+    if compute is None:
+        return ()
+    if not isinstance(compute, Mapping):
+        raise BadRequestError(f"compute must map resource names to amounts like {{'GPU': 1}}, not {compute!r}")
+    for name, amount in compute.items():
+        if not isinstance(name, str) or not name or _control_character_problem(name):
+            raise BadRequestError(f"compute resource names are non-empty strings like 'GPU', not {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < float("inf"):
+            raise BadRequestError(f"compute[{name!r}] must be a positive number, not {amount!r}")
+    return tuple(sorted((name, float(amount)) for name, amount in compute.items()))
 
 
 def _venv_key(reqs: tuple[str, ...]) -> str:
@@ -250,23 +281,14 @@ def _link_daemon_packages(python: Path) -> None:
 
 
 class EnvRuntime:
-    """The workers of one env, made by ``worker_factory`` (by default local processes).
+    """The workers of one env, placed and made by the daemon's ``backend`` (by default local processes)."""
 
-    ``pool_size`` is the number of pool workers (default: one per CPU).
-    """
-
-    def __init__(
-        self,
-        spec: EnvSpec,
-        python: str,
-        pool_size: int | None = None,
-        worker_factory: WorkerFactory = WorkerChannel,
-    ) -> None:
+    def __init__(self, spec: EnvSpec, python: str, backend: WorkerBackend) -> None:
         self.spec, self.python = spec, python
-        self.pool_size = pool_size or os.cpu_count() or 1
         self.main: WorkerHandle | None = None
-        self.pool: list[WorkerHandle] = []
-        self._worker_factory = worker_factory
+        self.pool: list[tuple[Slot, WorkerHandle]] = []
+        self._pool_nodes = -1  # the backend's nodes_version the pool was laid out for
+        self._backend = backend
         self.on_main_exit: Callable[[EnvRuntime], None] | None = None
         self._lock = asyncio.Lock()
         self._closing = False
@@ -283,8 +305,8 @@ class EnvRuntime:
                     worker.kill(f"used {used / 2**20:.0f} MiB, over the env's memory limit of {limit_mb} MiB")
             await asyncio.sleep(MEMORY_CHECK_INTERVAL_S)
 
-    def _new_worker(self, role: Role) -> WorkerHandle:
-        return self._worker_factory(self.spec, self.python, role, self._worker_exited)
+    def _new_worker(self, role: Role, slot: Slot) -> WorkerHandle:
+        return self._backend.worker(self.spec, self.python, role, self._worker_exited, slot)
 
     async def main_worker(self) -> WorkerHandle:
         """The env's main worker, started (or restarted after a crash) when needed."""
@@ -293,21 +315,34 @@ class EnvRuntime:
             return main
         async with self._lock:
             if self.main is None or not self.main.alive:
-                worker = self._new_worker("main")
+                layout = await self._backend.layout(self.spec)
+                worker = self._new_worker("main", layout.main)
                 await worker.start()
                 self.main = worker
             return self.main
 
     async def _pool_workers(self) -> list[WorkerHandle]:
-        """The env's pool of extra workers, started on first use; dead ones are replaced."""
-        if len(self.pool) == self.pool_size and all(w.alive for w in self.pool):
-            return self.pool
+        """The env's pool of extra workers, started on first use; dead ones are replaced where the nodes alive
+        now have room (a lost node's share moves to the others)."""
+        if self._pool_ready():
+            return [w for _, w in self.pool]
         async with self._lock:
-            live = [w for w in self.pool if w.alive]
-            fresh = [self._new_worker("pool") for _ in range(self.pool_size - len(live))]
-            await asyncio.gather(*(w.start() for w in fresh))
-            self.pool = live + fresh
-            return self.pool
+            if not self._pool_ready():
+                self._pool_nodes = self._backend.nodes_version
+                wanted = list((await self._backend.layout(self.spec)).pool)
+                kept = []
+                for slot, worker in self.pool:
+                    if worker.alive and slot in wanted:
+                        wanted.remove(slot)
+                        kept.append((slot, worker))
+                dropped = [w for _, w in self.pool if not any(w is k for _, k in kept)]
+                fresh = [(slot, self._new_worker("pool", slot)) for slot in wanted]
+                self.pool = kept + fresh  # before starting: stop() reaches them even while they start
+                await asyncio.gather(*(w.stop() for w in dropped), *(w.start() for _, w in fresh))
+            return [w for _, w in self.pool]
+
+    def _pool_ready(self) -> bool:
+        return bool(self.pool) and self._pool_nodes == self._backend.nodes_version and all(w.alive for _, w in self.pool)
 
     async def fanout_workers(self, stateful: bool) -> tuple[list[WorkerHandle], int]:
         """The workers a ``map`` spreads its items over, and how many items each runs at once.
@@ -336,7 +371,7 @@ class EnvRuntime:
 
     def workers(self) -> list[WorkerHandle]:
         """Every worker of the env made so far, main first, dead ones included."""
-        return ([self.main] if self.main else []) + self.pool
+        return ([self.main] if self.main else []) + [w for _, w in self.pool]
 
     async def stop(self) -> None:
         self._closing = True

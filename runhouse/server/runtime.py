@@ -3,8 +3,9 @@
 :class:`Runtime` is everything the daemon does, independent of HTTP (:mod:`runhouse.server.app` is a thin
 layer over it). It never runs user code: it sends requests (:class:`runhouse.protocol.WorkerOp`) to the
 workers of each env through the worker-backend seam (:mod:`runhouse.server.backend`), and asks the env which
-workers a ``map`` spreads over. Workers are local processes unless a backend (Ray: workers on other nodes)
-is passed as ``Runtime(..., worker_factory=...)``.
+workers a ``map`` spreads over. Workers are local processes unless another backend is passed
+(``Runtime(..., backend=RayBackend(...))`` on a multi-node cluster: workers on every node). A map item whose
+worker was lost with its node is run again on another worker (at most ``MAP_NODE_RETRIES`` times).
 
 The registry records, for every name, how to re-create the object: a function or class by import path (or
 cloudpickled code), a stateful instance by its class and serialized init args. It is persisted atomically,
@@ -32,13 +33,14 @@ from runhouse import protocol, serialization
 from runhouse.errors import (
     BadRequestError,
     CallTimeoutError,
+    NodeLostError,
     ObjectNotFoundError,
 )
 from runhouse.paths import write_atomic
 from runhouse.protocol import DEFAULT_ENV, LogSink, WorkerOp
 from runhouse.serialization import sweep_shm, unpack_exception
-from runhouse.server.backend import Reply, WorkerFactory, WorkerHandle
-from runhouse.server.channel import WorkerChannel
+from runhouse.server.backend import Reply, WorkerBackend, WorkerHandle
+from runhouse.server.channel import LocalBackend
 from runhouse.server.envs import EnvRuntime, EnvSpec, ensure_python
 from runhouse.version import __version__
 
@@ -46,6 +48,8 @@ FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
 SHM_SWEEP_INTERVAL_S = 60.0
 # After a command exits, how long to wait for the rest of its output.
 _PIPE_DRAIN_S = 1.0
+# How many times one map item is run again after its worker was lost with its node.
+MAP_NODE_RETRIES = 3
 
 
 @dataclass
@@ -115,16 +119,12 @@ def raise_for_reply(reply: Reply) -> Reply:
 class Runtime:
     """Everything the daemon does, independent of HTTP.
 
-    ``worker_factory`` makes every env's workers (the worker backend; by default local processes) and
-    ``pool_size`` is the number of pool workers per env (default: one per CPU).
+    ``backend`` places and makes every env's workers (default: local processes, one pool worker per CPU).
     """
 
-    def __init__(
-        self, registry_path: Path, pool_size: int | None = None, worker_factory: WorkerFactory = WorkerChannel
-    ) -> None:
+    def __init__(self, registry_path: Path, backend: WorkerBackend | None = None) -> None:
         self.registry = Registry(registry_path)
-        self.pool_size = pool_size
-        self.worker_factory = worker_factory
+        self.backend: WorkerBackend = backend or LocalBackend()
         self.envs: dict[str, EnvRuntime] = {}
         self.started_at = time.time()
         self._queues: dict[str, asyncio.Lock] = {}
@@ -138,7 +138,8 @@ class Runtime:
 
     # --- envs ----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the default env's main worker so the first call does not wait for it."""
+        """Start the backend, then the default env's main worker so the first call does not wait for it."""
+        await self.backend.start()
         await (await self.env_runtime(DEFAULT_ENV)).main_worker()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_shared_memory())
 
@@ -156,6 +157,7 @@ class Runtime:
             except (ProcessLookupError, PermissionError):
                 pass
         await asyncio.gather(*(env.stop() for env in self.envs.values()))
+        await self.backend.stop()
 
     async def env_runtime(self, name: str, progress: Callable[[str], None] | None = None) -> EnvRuntime:
         runtime = self.envs.get(name)
@@ -167,24 +169,29 @@ class Runtime:
         async with self._env_locks.setdefault(name, asyncio.Lock()):
             if name not in self.envs:
                 python = await ensure_python(spec, progress or _quiet)
-                runtime = EnvRuntime(spec, python, self.pool_size, self.worker_factory)
+                runtime = EnvRuntime(spec, python, self.backend)
                 runtime.on_main_exit = self._forget_values
                 self.envs[name] = runtime
         return self.envs[name]
 
     async def create_env(self, spec: EnvSpec, progress: Callable[[str], None]) -> dict[str, Any]:
-        """Create or update an env; registered only once its requirements are installed."""
+        """Create or update an env; registered only once its requirements are installed.
+
+        Raises:
+            BadRequestError: its ``node`` or ``compute`` cannot be met (checked first, within seconds).
+        """
         _check_name(spec.name)
         old = self.registry.envs.get(spec.name)
         if old == spec and spec.name in self.envs:
             return spec.to_dict()
+        await self.backend.layout(spec)
         python = await ensure_python(spec, progress)
         async with self._env_locks.setdefault(spec.name, asyncio.Lock()):
             previous = self.envs.pop(spec.name, None)
             if previous is not None and old != spec:
                 await previous.stop()
                 previous = None
-            runtime = previous or EnvRuntime(spec, python, self.pool_size, self.worker_factory)
+            runtime = previous or EnvRuntime(spec, python, self.backend)
             runtime.on_main_exit = self._forget_values
             self.envs[spec.name] = runtime
             self.registry.envs[spec.name] = spec
@@ -414,27 +421,47 @@ class Runtime:
         async def slot(index: int) -> None:
             nonlocal workers
             for i in order:
-                worker = workers[index % len(workers)]
-                if not worker.alive:
-                    workers, _ = await runtime.fanout_workers(stateful)
-                    worker = workers[index % len(workers)]
-                meta: dict[str, Any] = {
-                    "op": WorkerOp.CALL, "name": name, "method": method, "stream_logs": stream_logs, "shm": shm
-                }
                 log = (lambda data, i=i: on_log(i, data)) if on_log else None
-                try:
-                    await self._load(worker, entry)
-                    if refs:
-                        if id(worker) not in fetched:
-                            fetched[id(worker)] = await self._fetch_refs(refs, worker)
-                        meta["refs"] = fetched[id(worker)]
-                    results[i] = await worker.request(meta, [items[i]] if items[i].nbytes else [], log)
-                except Exception as exc:  # a crashed worker, or code that fails to load there, fails the item
-                    results[i] = exc
+                for _ in range(MAP_NODE_RETRIES + 1):
+                    try:
+                        worker = workers[index % len(workers)]
+                        if not worker.alive:
+                            workers, _ = await runtime.fanout_workers(stateful)
+                            worker = workers[index % len(workers)]
+                        results[i] = await self._map_item(worker, entry, method, items[i], stream_logs, shm, refs,
+                                                          fetched, log)
+                        break
+                    except NodeLostError as exc:  # run it again on the workers of the nodes still alive
+                        results[i] = exc
+                    except Exception as exc:  # a crashed worker, or code that fails to load there, fails the item
+                        results[i] = exc
+                        break
 
         count = min(len(items), len(workers) * slots)
         await asyncio.gather(*(slot(k) for k in range(count)))
         return results  # type: ignore[return-value]
+
+    async def _map_item(
+        self,
+        worker: WorkerHandle,
+        entry: Entry,
+        method: str,
+        item: memoryview,
+        stream_logs: bool,
+        shm: bool,
+        refs: Sequence[str],
+        fetched: dict[int, dict[str, bytes]],
+        log: LogSink | None,
+    ) -> Reply:
+        meta: dict[str, Any] = {
+            "op": WorkerOp.CALL, "name": entry.name, "method": method, "stream_logs": stream_logs, "shm": shm
+        }
+        await self._load(worker, entry)
+        if refs:
+            if id(worker) not in fetched:
+                fetched[id(worker)] = await self._fetch_refs(refs, worker)
+            meta["refs"] = fetched[id(worker)]
+        return await worker.request(meta, [item] if item.nbytes else [], log)
 
     # --- key-value store -----------------------------------------------------------------------------
     async def put(self, key: str, env: str, payload: memoryview) -> None:
@@ -569,6 +596,7 @@ class Runtime:
             ],
             "objects": [{"name": e.name, "kind": e.kind, "env": e.env} for e in self.registry.entries.values()],
             "workers": [w.status() for env in self.envs.values() for w in env.workers()],
+            "nodes": [node.to_dict() for node in self.backend.nodes()],
         }
 
 
