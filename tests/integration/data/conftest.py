@@ -18,7 +18,8 @@ import runhouse as rh
 from runhouse.resources.clusters.ssh import SSHCluster
 from runhouse.resources.data.daemon import DaemonSystem
 from tests.conftest import free_port
-from tests.integration.ssh.conftest import SSHServer, sshd  # noqa: F401 - the sshd fixture, used here too
+from tests.integration.ssh.conftest import sshd  # noqa: F401 - the sshd fixture, used here too
+from tests.support.sshd import SSHServer
 
 BUCKET = "rh-test"
 _FAKE_AWS = {

@@ -23,8 +23,9 @@ import runhouse as rh
 from runhouse.config import configs
 from runhouse.errors import MissingCredentialsError
 from runhouse.resources.clusters.ssh import SSHCluster
-from tests.integration.data.conftest import BUCKET, SSHServer, Target, digest, local_tree, tree_digest
+from tests.integration.data.conftest import BUCKET, Target, digest, local_tree, tree_digest
 from tests.integration.den.conftest import DenServer
+from tests.support.sshd import SSHServer
 
 MIB = 1 << 20
 

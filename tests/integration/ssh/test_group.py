@@ -11,7 +11,7 @@ import pytest
 from runhouse.errors import HostGroupError, SSHConnectionError, SSHError, SSHTimeoutError
 from runhouse.transport.ssh import CommandResult, HostGroup, SSHConnection
 from tests.conftest import free_port
-from tests.integration.ssh.conftest import SSHServer
+from tests.support.sshd import SSHServer
 
 
 @pytest.fixture

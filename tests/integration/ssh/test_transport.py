@@ -22,7 +22,7 @@ import pytest
 from runhouse.errors import HostKeyError, SSHAuthenticationError, SSHConnectionError, SSHError, SSHTimeoutError
 from runhouse.transport.ssh import SSHConnection, SSHCredentials
 from tests.conftest import free_port
-from tests.integration.ssh.conftest import SSHServer, generate_key
+from tests.support.sshd import SSHServer, generate_key
 
 
 @pytest.fixture
