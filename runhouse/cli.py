@@ -24,6 +24,8 @@ app = typer.Typer(help="runhouse: program across machines as if they were one.",
 console = Console()
 error_console = Console(stderr=True, soft_wrap=True)  # soft wrap: a message read by a program stays one line
 app.add_typer(den_app, name="den")
+ray_node_app = typer.Typer(help="Ray on this node of a multi-node cluster (run by the client over SSH).")
+app.add_typer(ray_node_app, name="ray-node", hidden=True)
 
 PortOption = typer.Option(None, "--port", min=1, max=65535, help="Daemon port (default: $RH_SERVER_PORT or 32300).")
 _Command = TypeVar("_Command", bound=Callable[..., Any])
@@ -61,11 +63,15 @@ def start(
     port: int | None = PortOption,
     host: str = typer.Option(daemon.HOST, help="Address to bind; keep 127.0.0.1 unless clients connect with TLS."),
     tls: bool = typer.Option(False, help="Serve HTTPS with the daemon's own certificate (clients pin it)."),
+    ray_address: str | None = typer.Option(None, help="The head of this multi-node cluster's Ray (ip:port)."),
+    node_ips: str = typer.Option("", help="The cluster's node addresses, this one first: a,b,c (with --ray-address)."),
 ) -> None:
     """Start the daemon on this machine in the background."""
     port = _port(port)
     began = time.perf_counter()
-    pid = daemon.start(port, host=host, tls=tls)
+    ips = [ip for ip in node_ips.split(",") if ip] or ([ray_address.rpartition(":")[0]] if ray_address else [])
+    ray = daemon.RayOptions(ray_address, ips) if ray_address else None
+    pid = daemon.start(port, host=host, tls=tls, ray=ray)
     took = time.perf_counter() - began
     console.print(f"daemon running on {'https' if tls else 'http'}://{host}:{port} (pid {pid}, ready in {took:.2f} s)")
 
@@ -88,9 +94,9 @@ def stop(port: int | None = PortOption) -> None:
 def restart(port: int | None = PortOption) -> None:
     """Restart the daemon; deployed envs, functions and modules come back."""
     port = _port(port)
-    host, tls = daemon.launch_options(port)
+    host, tls, ray = daemon.launch_options(port)
     daemon.stop(port)
-    start(port, host, tls)
+    start(port, host, tls, ray.address if ray else None, ",".join(ray.node_ips) if ray else "")
 
 
 @command()
@@ -185,6 +191,38 @@ def ls(folder: str = typer.Argument(None, help="Folder to list (default: the cur
     for entry in entries:
         table.add_row(entry["name"], entry["resource_type"], entry["saved_at"] or "-")
     console.print(table)
+
+
+@ray_node_app.command("start")
+def ray_node_start(
+    node_ip: str = typer.Option(..., help="This node's address in the cluster."),
+    address: str | None = typer.Option(None, help="The head's Ray address to join (none: start the head)."),
+    port: int = typer.Option(6379, help="The head's Ray port."),
+    options: str = typer.Option("{}", help="ray start resource options as JSON (num_cpus, memory, ...)."),
+    token_stdin: bool = typer.Option(False, help="Read the cluster's Ray token from stdin."),
+) -> None:
+    """Start Ray on this node (or find it running); prints one JSON line."""
+    import json
+    import sys
+
+    from runhouse.server import ray_nodes
+
+    token = sys.stdin.readline().strip() if token_stdin else None
+    try:
+        answer = ray_nodes.start_node(node_ip, address, port, json.loads(options), token)
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        _fail(f"ray on {node_ip}: {exc}")
+    print(json.dumps(answer))
+
+
+@ray_node_app.command("stop")
+def ray_node_stop() -> None:
+    """Stop the Ray runhouse started on this node (by its processes); prints one JSON line."""
+    import json
+
+    from runhouse.server import ray_nodes
+
+    print(json.dumps(ray_nodes.stop_node()))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 class Env(Resource):
     """Requirements (installed with pip into a cached venv) and environment variables for workers.
 
-    Each env on a cluster has its own worker processes; code deployed into it runs there.
+    Each env on a cluster has its own worker processes; code deployed into it runs there. On a multi-node
+    cluster ``node`` (an index into the cluster's ips, 0 the head, or an ip) pins them to a node and
+    ``compute`` (``{"GPU": 1}``, Ray resource names) places them where those resources are and holds them.
     """
 
     RESOURCE_TYPE = "env"
@@ -29,16 +31,22 @@ class Env(Resource):
         env_vars: Mapping[str, str] | None = None,
         name: str | None = None,
         memory_limit_mb: int | None = None,
+        node: int | str | None = None,
+        compute: Mapping[str, float] | None = None,
     ) -> None:
         self.reqs = _requirements(reqs)
+        self.node = _node(node)
+        self.compute = _compute(compute)
         self.env_vars = {str(k): str(v) for k, v in (env_vars or {}).items()}
         limit = memory_limit_mb
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
             raise ValueError(f"memory_limit_mb must be a positive integer, not {memory_limit_mb!r}")
         self.memory_limit_mb = memory_limit_mb
         if name is None:
-            if self.reqs or self.env_vars or memory_limit_mb:
-                ident = [sorted(self.reqs), self.env_vars, memory_limit_mb]
+            if self.reqs or self.env_vars or memory_limit_mb or self.node is not None or self.compute:
+                ident: list[Any] = [sorted(self.reqs), self.env_vars, memory_limit_mb]
+                if self.node is not None or self.compute:
+                    ident += [self.node, self.compute]
                 digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
                 name = f"env-{digest.hexdigest()[:10]}"
             else:
@@ -55,6 +63,8 @@ class Env(Resource):
             "reqs": self.reqs,
             "env_vars": self.env_vars,
             "memory_limit_mb": self.memory_limit_mb,
+            "node": self.node,
+            "compute": self.compute,
         }
 
     def to(self, system: Cluster) -> Env:
@@ -74,7 +84,30 @@ class Env(Resource):
             env_vars=config.get("env_vars"),
             name=config.get("name"),
             memory_limit_mb=config.get("memory_limit_mb"),
+            node=config.get("node"),
+            compute=config.get("compute"),
         )
+
+
+def _node(node: Any) -> int | str | None:
+    if node is None or (isinstance(node, str) and node.strip()):
+        return node
+    if isinstance(node, int) and not isinstance(node, bool) and node >= 0:
+        return node
+    raise ValueError(f"node must be an index into the cluster's ips (0 is the head) or an ip, not {node!r}")
+
+
+def _compute(compute: Mapping[str, float] | None) -> dict[str, float]:
+    if compute is None:
+        return {}
+    if not isinstance(compute, Mapping):
+        raise TypeError(f"compute maps resource names to amounts, like {{'GPU': 1}}, not {compute!r}")
+    for name, amount in compute.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"compute resource names are strings like 'GPU', not {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < float("inf"):
+            raise ValueError(f"compute[{name!r}] must be a positive number, not {amount!r}")
+    return dict(compute)
 
 
 def _requirements(reqs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None) -> list[str]:
@@ -97,11 +130,16 @@ def env(
     name: str | None = None,
     memory_limit_mb: int | None = None,
     dryrun: bool = False,
+    node: int | str | None = None,
+    compute: Mapping[str, float] | None = None,
 ) -> Env:
     """An env: requirements and environment variables for code on a cluster.
 
     ``memory_limit_mb`` caps each worker process of the env: one that grows past it is killed (its calls
-    fail with :class:`~runhouse.errors.WorkerCrashedError`) and restarted.
+    fail with :class:`~runhouse.errors.WorkerCrashedError`) and restarted. On a multi-node cluster, ``node``
+    pins the env to a node (an index into the cluster's ips or an ip) and ``compute`` places it where those
+    resources are, holding them while it runs (``{"GPU": 1}``); a placement no node can meet is a
+    :class:`~runhouse.errors.BadRequestError` when the env is created.
 
     Called with only a name, loads the env saved under it.
 
@@ -109,12 +147,14 @@ def env(
 
         sd_env = rh.env(reqs=["numpy"], env_vars={"MODE": "prod"}, name="sd_env")
         fn = rh.function(my_fn).to(rh.here, env=sd_env)
+        trainer = rh.env(reqs=["torch"], name="trainer", compute={"GPU": 1})
     """
-    if name is not None and name != DEFAULT_ENV and reqs is None and env_vars is None and memory_limit_mb is None:
+    only_name = reqs is None and env_vars is None and memory_limit_mb is None and node is None and compute is None
+    if name is not None and name != DEFAULT_ENV and only_name:
         from runhouse.resources.resource import load_typed
 
         return load_typed(Env, name, dryrun=dryrun)
-    return Env(reqs=reqs, env_vars=env_vars, name=name, memory_limit_mb=memory_limit_mb)
+    return Env(reqs=reqs, env_vars=env_vars, name=name, memory_limit_mb=memory_limit_mb, node=node, compute=compute)
 
 
 

@@ -95,22 +95,27 @@ class WorkerChannel:
 
     async def start(self) -> None:
         """Spawn the worker process and connect to it."""
-        loop = asyncio.get_running_loop()
+        await self._attach(self._spawn())
+
+    def _spawn(self) -> socket.socket:
+        """Start the worker process; returns this end of its channel."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {**os.environ, **self.env_vars, "RH_ENV_NAME": self.env_name, "PYTHONUNBUFFERED": "1"}
         try:
-            self.proc = subprocess.Popen(
-                [self.python, "-c", _BOOT, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: stopping it also stops what user code spawned
-            )
+            self.proc = spawn_worker(self.python, theirs, env)
         finally:
             theirs.close()
         self.started_at = time.time()
-        ours.setblocking(False)
-        self._transport, self._protocol = await loop.create_unix_connection(lambda: _Protocol(self), sock=ours)
+        return ours
+
+    async def _attach(self, sock: socket.socket) -> None:
+        """Serve the channel on ``sock`` (a connected Unix or TCP stream socket) from now on."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        if sock.family == socket.AF_UNIX:
+            self._transport, self._protocol = await loop.create_unix_connection(lambda: _Protocol(self), sock=sock)
+        else:
+            self._transport, self._protocol = await loop.create_connection(lambda: _Protocol(self), sock=sock)
         self._transport.set_write_buffer_limits(high=4 * 1024 * 1024)
 
     async def request(
@@ -181,7 +186,7 @@ class WorkerChannel:
         """Kill the worker (and its process group) now; running calls fail naming ``reason``."""
         if self.alive and self.proc is not None:
             self.kill_reason = reason
-            _signal_group(self.proc.pid, signal.SIGKILL)
+            signal_group(self.proc.pid, signal.SIGKILL)
 
     def _on_connection_lost(self) -> None:
         asyncio.get_running_loop().create_task(self._reap())
@@ -205,7 +210,7 @@ class WorkerChannel:
             owners = {serialization.request_shm_owner(proc.pid, rid) for rid in [*undelivered, *self._cancelled]}
             if owners:  # the buffers of replies it wrote but never sent: nobody will read them
                 await asyncio.get_running_loop().run_in_executor(None, serialization.remove_shm, owners)
-        self.exit_description = _describe_exit(code)
+        self.exit_description = describe_exit(code)
         if self.kill_reason:
             self.exit_description += f" (killed by the daemon: it {self.kill_reason})"
         error = self._crash_error()
@@ -234,14 +239,14 @@ class WorkerChannel:
         if proc is None:
             return
         if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             if self._transport is not None:
                 self._transport.close()
             try:
                 await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, _wait, proc), grace)
             except asyncio.TimeoutError:
                 pass
-        _signal_group(proc.pid, signal.SIGKILL)  # whatever user code left behind in the group
+        signal_group(proc.pid, signal.SIGKILL)  # whatever user code left behind in the group
         if proc.poll() is None:
             await asyncio.get_running_loop().run_in_executor(None, _wait, proc)
         if self._transport is not None:
@@ -320,18 +325,33 @@ def _local_addresses() -> set[str]:
     return {a.address for addrs in psutil.net_if_addrs().values() for a in addrs} | {"localhost"}
 
 
+def spawn_worker(python: str, channel: socket.socket, env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:
+    """Start :mod:`runhouse.server.worker` in ``python`` serving ``channel`` (its end of the channel), in a process
+    group of its own: stopping it also stops what user code spawned."""
+    return subprocess.Popen(
+        [python, "-c", _BOOT, str(channel.fileno())],
+        pass_fds=(channel.fileno(),),
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def _wait(proc: subprocess.Popen) -> int:
     return proc.wait()
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group ``pid`` leads (nothing when it is gone)."""
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _describe_exit(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
+    """How a worker ended, from its exit code (negative: the signal that killed it), for error messages."""
     if code is None:
         return "stopped"
     if code < 0:

@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -209,8 +210,14 @@ def serve(
     tls: bool = False,
     max_body_bytes: int | None = None,
     max_connections: int | None = None,
+    ray_address: str | None = None,
+    node_ips: Sequence[str] = (),
 ) -> None:
     """Run the daemon in this process until SIGTERM/SIGINT (HTTPS with its own certificate when ``tls``).
+
+    With ``ray_address`` (the head of a multi-node cluster's Ray, ``ip:port``) it is that cluster's head
+    daemon, ``node_ips`` the cluster's node addresses (its own first): workers are placed on every node through Ray
+    (:class:`~runhouse.server.ray_backend.RayBackend`).
 
     Bodies are capped at ``max_body_bytes`` and connections at ``max_connections`` (None: the defaults),
     lowered to what the open-file limit allows (raised to its hard limit first).
@@ -230,7 +237,12 @@ def serve(
         print(f"runhouse daemon: at most {allowed} connections (open-file limit {open_files})", file=sys.stderr)
         max_connections = allowed
     token = ensure_token(files)
-    app = App(Runtime(Path(files.registry)), token, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    backend = None
+    if ray_address:
+        from runhouse.server.ray_backend import RayBackend
+
+        backend = RayBackend(ray_address, list(node_ips) or [ray_address.rpartition(":")[0]])
+    app = App(Runtime(Path(files.registry), backend), token, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
     if tls:
         ensure_tls_cert(files, host)
     config = uvicorn.Config(
@@ -256,7 +268,8 @@ def serve(
     # logs why) and leaves the running daemon's pid file alone.
     sock = config.bind_socket()
     write_private(files.pid, str(os.getpid()))
-    write_private(files.launch, json.dumps({"host": host, "tls": tls}))
+    ray = [ray_address, list(node_ips)] if ray_address else None
+    write_private(files.launch, json.dumps({"host": host, "tls": tls, "ray": ray}))
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
@@ -293,6 +306,8 @@ def main() -> None:
     parser.add_argument("--max-connections", type=_positive_int, default=None,
                         help=f"most connections open at once (default {DEFAULT_MAX_CONNECTIONS}, or "
                              f"${MAX_CONNECTIONS_ENV})")
+    parser.add_argument("--ray-address", default=None, help="the head of this multi-node cluster's Ray (ip:port)")
+    parser.add_argument("--node-ips", default="", help="the cluster's node addresses, this one first (a,b,c)")
     args = parser.parse_args()
     serve(
         args.port or default_server_port(),
@@ -300,6 +315,8 @@ def main() -> None:
         args.tls,
         args.max_body_bytes or _limit_from_env(parser, MAX_BODY_ENV),
         args.max_connections or _limit_from_env(parser, MAX_CONNECTIONS_ENV),
+        args.ray_address,
+        [ip for ip in args.node_ips.split(",") if ip],
     )
 
 

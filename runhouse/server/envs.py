@@ -7,8 +7,9 @@ packages (runhouse among them) after its own. Each env has one main worker (its 
 and a pool of extra workers, started on first use, that ``map``/``starmap`` fan out over.
 
 :class:`EnvRuntime` has the daemon's :class:`~runhouse.server.backend.WorkerBackend` place and make its
-workers (local processes, :class:`~runhouse.server.channel.WorkerChannel`, on a single-node cluster), restarts its main worker after a crash, enforces the env's memory limit, and answers which workers a
-``map`` spreads over (:meth:`EnvRuntime.fanout_workers`).
+workers (local processes, :class:`~runhouse.server.channel.WorkerChannel`, on a single-node cluster;
+every node's CPUs on a multi-node one), restarts its main worker after a crash, enforces the env's memory
+limit, and answers which workers a ``map`` spreads over (:meth:`EnvRuntime.fanout_workers`).
 """
 
 from __future__ import annotations
@@ -342,7 +343,8 @@ class EnvRuntime:
             return [w for _, w in self.pool]
 
     def _pool_ready(self) -> bool:
-        return bool(self.pool) and self._pool_nodes == self._backend.nodes_version and all(w.alive for _, w in self.pool)
+        current = self._pool_nodes == self._backend.nodes_version
+        return bool(self.pool) and current and all(w.alive for _, w in self.pool)
 
     async def fanout_workers(self, stateful: bool) -> tuple[list[WorkerHandle], int]:
         """The workers a ``map`` spreads its items over, and how many items each runs at once.

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -45,13 +45,22 @@ def read_token(port: int) -> str | None:
     return daemon_files.read_token(DaemonFiles.local(port))
 
 
-def launch_options(port: int) -> tuple[str, bool]:
-    """How the daemon on ``port`` was last started: bound address and TLS, for restarting it the same way."""
+class RayOptions(NamedTuple):
+    """How a daemon joins its multi-node cluster's Ray: the head's ``ip:port`` and the cluster's node
+    addresses (its own first)."""
+
+    address: str
+    node_ips: list[str]
+
+
+def launch_options(port: int) -> tuple[str, bool, RayOptions | None]:
+    """How the daemon on ``port`` was last started (bound address, TLS, Ray), to restart it the same way."""
     try:
         options = json.loads(Path(DaemonFiles.local(port).launch).read_text())
-        return str(options["host"]), bool(options["tls"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return HOST, False
+        ray = options.get("ray")
+        return str(options["host"]), bool(options["tls"]), RayOptions(*ray) if ray else None
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return HOST, False, None
 
 
 def running_pid(port: int) -> int | None:
@@ -75,11 +84,18 @@ def log_tail(port: int, lines: int = _LOG_TAIL_LINES) -> str:
         return ""
 
 
-def start(port: int | None = None, timeout: float = START_TIMEOUT_S, host: str = HOST, tls: bool = False) -> int:
+def start(
+    port: int | None = None,
+    timeout: float = START_TIMEOUT_S,
+    host: str = HOST,
+    tls: bool = False,
+    ray: RayOptions | None = None,
+) -> int:
     """Start the daemon in the background (if not already answering) and wait until it is ready.
 
     With ``tls``, it serves HTTPS with its own certificate (made at first start) on ``host``, for clients
-    that reach it directly rather than through an SSH tunnel.
+    that reach it directly rather than through an SSH tunnel. With ``ray``, it is the head daemon of a
+    multi-node cluster: its workers go on every node of that Ray cluster.
 
     Returns:
         The daemon's pid.
@@ -104,7 +120,8 @@ def start(port: int | None = None, timeout: float = START_TIMEOUT_S, host: str =
     ensure_token(files)
     with daemon_files.open_log(files) as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, "--port", str(port), "--host", host, *(["--tls"] if tls else [])],
+            [sys.executable, "-c", _BOOT, "--port", str(port), "--host", host, *(["--tls"] if tls else []),
+             *(["--ray-address", ray.address, "--node-ips", ",".join(ray.node_ips)] if ray else [])],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
