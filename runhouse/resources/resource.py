@@ -19,6 +19,7 @@ _MODULES = {
     "Cluster": "runhouse.resources.clusters.base",
     "DirectCluster": "runhouse.resources.clusters.direct",
     "SSHCluster": "runhouse.resources.clusters.ssh",
+    "RayCluster": "runhouse.resources.clusters.ray",
     "Env": "runhouse.resources.env",
     "Function": "runhouse.resources.function",
     "RemoteClass": "runhouse.resources.module",

@@ -94,22 +94,34 @@ def read_record() -> dict[str, Any] | None:
 
 
 def _session_processes(record: Mapping[str, Any]) -> list[psutil.Process]:
-    """The live processes of the Ray session a record names (its process group, checked to be Ray's)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+    """The live processes of the Ray session a record names: its process group, made since it started (a
+    group id the system gave out again later names other processes), and everything they started (Ray's
+    workers put themselves in groups of their own; runhouse's workers are their children)."""
+    group = []
+    for proc in psutil.process_iter(["pid", "name", "create_time"]):
         try:
-            if os.getpgid(proc.pid) != record["pgid"]:
-                continue
-            line = " ".join(proc.info["cmdline"] or [])
-            if record["temp_dir"] in line or (proc.info["name"] or "").startswith("ray::") or "/ray/" in line:
-                found.append(proc)
+            if os.getpgid(proc.pid) == record["pgid"] and proc.info["create_time"] >= record["started_at"] - 1:
+                group.append(proc)
         except (ProcessLookupError, psutil.Error):
             continue
-    return found
+    found = {proc.pid: proc for proc in group}
+    for proc in group:
+        try:
+            found.update((child.pid, child) for child in proc.children(recursive=True))
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def _is_raylet(proc: psutil.Process) -> bool:
+    try:
+        return "raylet" in proc.name()
+    except psutil.Error:
+        return False
 
 
 def _raylet_alive(record: Mapping[str, Any]) -> bool:
-    return any("raylet" in (p.info["name"] or "") for p in _session_processes(record))
+    return any(_is_raylet(p) for p in _session_processes(record))
 
 
 def start_node(
@@ -145,7 +157,8 @@ def start_node(
             _write_token(existing.read_text().strip())
         else:
             token_path().unlink(missing_ok=True)
-        record = {"attached": True, "head": True, "node_ip": node_ip, "address": address, "pgid": 0, "temp_dir": ""}
+        record = {"attached": True, "head": True, "node_ip": node_ip, "address": address, "pgid": 0, "temp_dir": "",
+                  "started_at": time.time()}
         _write_record(record)
         return _answer(record, started=False)
     if head and not token_path().exists():
@@ -202,7 +215,7 @@ def stop_node(grace: float = STOP_GRACE_S) -> dict[str, Any]:
     if record["attached"]:
         return {"stopped": 0, "attached": True}
     processes = _session_processes(record)
-    raylets = [p for p in processes if "raylet" in (p.info["name"] or "")]
+    raylets = [p for p in processes if _is_raylet(p)]
     for group in (raylets, [p for p in processes if p not in raylets]):
         for proc in group:
             _signal(proc, signal.SIGTERM)

@@ -1,6 +1,6 @@
 """Clusters: where daemons run. ``base.py`` declares the seam (the abstract :class:`Cluster` and its hooks);
-``direct.py`` and ``ssh.py`` fill it in; ``code.py`` ships code to hosts; ``local_daemon.py`` starts and
-stops the daemon on this machine.
+``direct.py``, ``ssh.py`` and ``ray.py`` (several machines made one Ray cluster) fill it in; ``code.py``
+ships code to hosts; ``local_daemon.py`` starts and stops the daemon on this machine.
 
 Example::
 
@@ -33,14 +33,23 @@ def cluster(
     """A cluster whose daemon is reached directly at ``host:server_port`` (default: this machine).
 
     With ``ips`` (and ``ssh_creds``), a machine you bring, reached over SSH (see
-    :class:`~runhouse.resources.clusters.ssh.SSHCluster` for its options). Called with only a name, loads
-    the cluster saved under it. Nothing connects until first use.
+    :class:`~runhouse.resources.clusters.ssh.SSHCluster` for its options); with several ips, a multi-node
+    cluster on Ray, ``ips[0]`` its head (:class:`~runhouse.resources.clusters.ray.RayCluster`: also
+    ``ray_port`` and ``node_resources``). Called with only a name, loads the cluster saved under it. Nothing
+    connects until first use.
 
     Example::
 
         box = rh.cluster(name="box", host="localhost", server_port=32301).up_if_not()
         rh.cluster(name="box")   # the same cluster, once saved with box.save()
+        pair = rh.cluster(name="pair", ips=["10.0.0.5", "10.0.0.6"], ssh_creds={"ssh_user": "ubuntu"})
     """
+    if isinstance(ips, str):
+        raise TypeError(f"ips is a list of addresses, like [{ips!r}], not a string")
+    if ips and len(ips) > 1:
+        from runhouse.resources.clusters.ray import RayCluster
+
+        return RayCluster(name=name, ips=ips, ssh_creds=ssh_creds, server_port=server_port, token=token, **ssh_options)
     if ips:
         from runhouse.resources.clusters.ssh import SSHCluster
 

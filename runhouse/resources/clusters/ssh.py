@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import platform
+import shlex
 import ssl
 import subprocess
 import sys
@@ -228,51 +229,58 @@ class SSHCluster(Cluster):
     def _python(self) -> str:
         return f"{self._state()}/venvs/{build_id()}/bin/python"
 
-    def _install(self) -> None:
-        """Install this client's runhouse build into a venv on the host, unless it is already there.
+    def _install(self, connection: SSHConnection | None = None, state: str | None = None, extra: str = "") -> None:
+        """Install this client's runhouse build (with ``extra``, like ``ray``) into a venv on a host (default: the
+        head, else ``connection`` whose runhouse folder is ``state``), unless it is already there.
 
         The wheel is built here; its dependencies come from the host's package index. When the host runs
         the same OS and CPU as this machine, this machine's ``uv`` binary is copied over to install them
         (seconds); otherwise the venv's pip does it.
         """
-        venv = f"{self._state()}/venvs/{build_id()}"
-        ready = f"{venv}/.rh-ready"
-        if self.ssh_connection.run(f"test -f {ready}", timeout=STEP_TIMEOUT_S).returncode == 0:
+        connection = connection or self.ssh_connection
+        state = state or self._state()
+        host = connection.creds.host
+        venv = f"{state}/venvs/{build_id()}"
+        base_ready = f"{venv}/.rh-ready"
+        ready = f"{base_ready}-{extra}" if extra else base_ready
+        if connection.run(f"test -f {ready}", timeout=STEP_TIMEOUT_S).returncode == 0:
             return
-        progress = print_log(self.host)
-        progress(f"installing runhouse {build_id()} on {self.host}\n".encode())
+        progress = print_log(host)
+        progress(f"installing runhouse {build_id()}{f'[{extra}]' if extra else ''} on {host}\n".encode())
         wheel = local_wheel()
-        remote_wheels = f"{self._state()}/wheels/{build_id()}"
-        self.ssh_connection.run(f"mkdir -p {remote_wheels} {self._state()}/bin", timeout=STEP_TIMEOUT_S, check=True)
-        self.ssh_connection.rsync(str(wheel), f"{remote_wheels}/", timeout=SYNC_TIMEOUT_S)
-        remote_wheel = f"{remote_wheels}/{wheel.name}"
-        installer = f"{venv}/bin/python -m pip install -q --disable-pip-version-check {remote_wheel}"
-        uv = self._copy_uv()
+        remote_wheels = f"{state}/wheels/{build_id()}"
+        connection.run(f"mkdir -p {remote_wheels} {state}/bin", timeout=STEP_TIMEOUT_S, check=True)
+        connection.rsync(str(wheel), f"{remote_wheels}/", timeout=SYNC_TIMEOUT_S)
+        target = shlex.quote(f"{remote_wheels}/{wheel.name}" + (f"[{extra}]" if extra else ""))
+        installer = f"{venv}/bin/python -m pip install -q --disable-pip-version-check {target}"
+        uv = self._copy_uv(connection, state)
         if uv is not None:
             # The host's own trust store, as pip uses it (some networks sit behind a TLS-inspecting proxy).
-            installer = f"{uv} pip install -q --system-certs --python {venv}/bin/python {remote_wheel}"
-        script = f"rm -rf {venv} && python3 -m venv {venv} && {installer} && touch {ready}"
-        result = self.ssh_connection.run(
+            installer = f"{uv} pip install -q --system-certs --python {venv}/bin/python {target}"
+        # A venv left half-made by an interrupted install is made again; a ready one only gains the extra.
+        script = (f"{{ test -f {base_ready} || {{ rm -rf {venv} && python3 -m venv {venv}; }}; }} && {installer} "
+                  f"&& touch {base_ready} {ready}")
+        result = connection.run(
             script, timeout=INSTALL_TIMEOUT_S, on_output=lambda line: progress((line + "\n").encode())
         )
         if result.returncode != 0:
-            raise DaemonStartError(f"installing runhouse on {self.host} failed", result.stderr[-3000:])
+            raise DaemonStartError(f"installing runhouse on {host} failed", result.stderr[-3000:])
 
-    def _copy_uv(self) -> str | None:
-        """Copy this machine's uv to the host when it can run there; returns its path on the host."""
+    def _copy_uv(self, connection: SSHConnection, state: str) -> str | None:
+        """Copy this machine's uv to a host when it can run there; returns its path on the host."""
         try:
             from uv import find_uv_bin
 
             local_uv = find_uv_bin()
         except (ImportError, FileNotFoundError):
             return None
-        remote_uv = f"{self._state()}/bin/uv"
+        remote_uv = f"{state}/bin/uv"
         here = f"{platform.system()} {platform.machine()}"
-        there = self.ssh_connection.run("uname -sm", timeout=STEP_TIMEOUT_S).stdout.strip()
+        there = connection.run("uname -sm", timeout=STEP_TIMEOUT_S).stdout.strip()
         if there != here:
             return None
-        if self.ssh_connection.run(f"test -x {remote_uv}", timeout=STEP_TIMEOUT_S).returncode != 0:
-            self.ssh_connection.rsync(local_uv, remote_uv, timeout=SYNC_TIMEOUT_S)
+        if connection.run(f"test -x {remote_uv}", timeout=STEP_TIMEOUT_S).returncode != 0:
+            connection.rsync(local_uv, remote_uv, timeout=SYNC_TIMEOUT_S)
         return remote_uv
 
     def _start_daemon(self) -> None:

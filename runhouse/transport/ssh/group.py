@@ -80,7 +80,7 @@ class HostGroup(Closeable):
         Raises:
             HostGroupError: some hosts could not be reached; ``results`` holds None for the connected ones.
         """
-        self._on_every_host(lambda connection: connection.check())
+        self.on_every_host(lambda connection: connection.check())
 
     def run(
         self,
@@ -104,7 +104,7 @@ class HostGroup(Closeable):
             HostGroupError: some hosts failed (could not connect, timed out, or exited non-zero with
                 ``check``); ``results`` holds every host's result or exception.
         """
-        return self._on_every_host(
+        return self.on_every_host(
             lambda connection: connection.run(command, timeout=timeout, check=check, input=input)
         )
 
@@ -128,7 +128,7 @@ class HostGroup(Closeable):
         Raises:
             HostGroupError: rsync failed or timed out on some hosts; ``results`` holds every host's outcome.
         """
-        return self._on_every_host(
+        return self.on_every_host(
             lambda connection: connection.rsync(
                 source, destination, files_from=files_from, delete=delete, excludes=excludes, timeout=timeout
             )
@@ -139,12 +139,14 @@ class HostGroup(Closeable):
 
         Safe to call twice; a later operation reconnects.
         """
-        self._on_every_host(lambda connection: connection.close(), self._owned)
+        self.on_every_host(lambda connection: connection.close(), self._owned)
 
-    def _on_every_host(
+    def on_every_host(
         self, operation: Callable[[SSHConnection], _T], connections: Sequence[SSHConnection] | None = None
     ) -> dict[str, _T]:
         """``operation`` on each connection (default: all) in threads; its outcomes by address, in order.
+
+        For steps of several commands per host (each bounded by its own timeouts), with the group's reporting.
 
         Raises:
             HostGroupError: ``operation`` raised on some connections.
