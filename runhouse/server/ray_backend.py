@@ -34,7 +34,8 @@ from runhouse.server.envs import EnvSpec
 from runhouse.server.ray_launcher import WorkerLauncher, tune_channel
 from runhouse.server.ray_nodes import ray_environment
 
-# How long a connection to the worker listener may take to prove itself, and how many may try at once.
+# How long a connection to the worker listener may take to prove itself, and how many may try at once (past
+# that, the oldest is dropped: idle connections cannot lock workers out).
 HANDSHAKE_TIMEOUT_S = 10.0
 MAX_HANDSHAKES = 64
 SECRET_BYTES = 32
@@ -67,7 +68,7 @@ class WorkerListener:
         self.host = host
         self._sock: socket.socket | None = None
         self._pending: dict[bytes, asyncio.Future[socket.socket]] = {}
-        self._handshakes = 0
+        self._handshakes: dict[asyncio.Task, None] = {}  # in the order they began
         self._task: asyncio.Task | None = None
 
     @property
@@ -97,26 +98,27 @@ class WorkerListener:
         assert self._sock is not None
         while True:
             conn, _ = await loop.sock_accept(self._sock)
-            if self._handshakes >= MAX_HANDSHAKES:
-                conn.close()
-                continue
-            self._handshakes += 1
-            loop.create_task(self._handshake(conn))
+            if len(self._handshakes) >= MAX_HANDSHAKES:
+                next(iter(self._handshakes)).cancel()
+            task = loop.create_task(self._handshake(conn))
+            self._handshakes[task] = None
+            task.add_done_callback(self._handshakes.pop)
 
     async def _handshake(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        handed_over = False
         try:
             secret = await asyncio.wait_for(_receive(loop, conn, SECRET_BYTES), HANDSHAKE_TIMEOUT_S)
             future = self._pending.pop(hashlib.sha256(secret).digest(), None)
             if len(secret) == SECRET_BYTES and future is not None and not future.done():
                 tune_channel(conn)
                 future.set_result(conn)
-                return
+                handed_over = True
         except (OSError, asyncio.TimeoutError):
             pass
-        finally:
-            self._handshakes -= 1
-        conn.close()
+        finally:  # also when dropped for a newer connection (cancelled)
+            if not handed_over:
+                conn.close()
 
     def close(self) -> None:
         if self._task is not None:

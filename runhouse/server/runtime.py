@@ -585,18 +585,23 @@ class Runtime:
 
     # --- status --------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """The daemon, its envs (with the nodes their workers run on), objects, workers and the cluster's nodes."""
+        nodes = self.backend.nodes()
+        here = nodes[0].ip if nodes else None  # the daemon's own node comes first
+        workers = [{"node": here, **w.status()} for env in self.envs.values() for w in env.workers()]
         return {
             "version": __version__,
             "pid": os.getpid(),
             "python": sys.version.split()[0],
             "uptime_s": time.time() - self.started_at,
             "envs": [
-                {**spec.to_dict(), "env_vars": sorted(dict(spec.env_vars)), "running": name in self.envs}
+                {**spec.to_dict(), "env_vars": sorted(dict(spec.env_vars)), "running": name in self.envs,
+                 "nodes": sorted({w["node"] for w in workers if w["env"] == name and w["alive"]})}
                 for name, spec in self.registry.envs.items()
             ],
             "objects": [{"name": e.name, "kind": e.kind, "env": e.env} for e in self.registry.entries.values()],
-            "workers": [w.status() for env in self.envs.values() for w in env.workers()],
-            "nodes": [node.to_dict() for node in self.backend.nodes()],
+            "workers": workers,
+            "nodes": [node.to_dict() for node in nodes],
         }
 
 

@@ -183,6 +183,16 @@ class RayCluster(SSHCluster):
         finally:
             self._stop_ray()
 
+    def restart_server(self) -> RayCluster:
+        """Restart the daemon on the head (each node's Ray keeps running); deployed envs and objects come back."""
+        SSHCluster._stop_daemon(self)
+        self._checked_up = False
+        self._envs_ready.clear()
+        self.up_if_not()
+        return self
+
+    restart_grpc_server = restart_server
+
     # --- code ------------------------------------------------------------------------------------------
     def prepare_code(self, spec: dict[str, Any], env: str) -> dict[str, Any]:
         """Sync the repo holding the code to every node, at the head's path, and point the spec there."""

@@ -188,8 +188,19 @@ def test_env_pinned_to_a_node_holds_a_stateful_instance_there(trio, loopback_nod
     assert tally.add() == (2, _folders(loopback_nodes)[2])
     by_ip = rh.module(ray_funcs.Tally).to(trio, env=rh.env(name="side_ip", node=loopback_nodes.ips[1]))(name="t1")
     assert by_ip.add()[1] == _folders(loopback_nodes)[1]
-    workers = trio.status()["workers"]
-    assert {w["node"] for w in workers if w["env"] == "side"} == {loopback_nodes.ips[2]}
+    status = trio.status()
+    assert {w["node"] for w in status["workers"] if w["env"] == "side"} == {loopback_nodes.ips[2]}
+    assert {e["name"]: e["nodes"] for e in status["envs"]}["side"] == [loopback_nodes.ips[2]]
+
+
+def test_restart_server_keeps_each_nodes_ray_and_brings_objects_back(trio, loopback_nodes):
+    records = [_record(home) for home in loopback_nodes.homes]
+    pid = trio.status()["pid"]
+    trio.restart_server()
+    assert trio.status()["pid"] != pid
+    assert [_record(home) for home in loopback_nodes.homes] == records
+    tally = trio.get("tally")
+    assert tally.add() == (1, _folders(loopback_nodes)[2])  # made again from its init args, on its node
 
 
 def test_env_placed_by_compute_goes_where_the_resource_is(trio, loopback_nodes):

@@ -12,7 +12,13 @@ import psutil
 import pytest
 
 import runhouse as rh
-from runhouse.errors import ClusterVersionError, HostKeyError, SSHAuthenticationError, SSHConnectionError
+from runhouse.errors import (
+    BadRequestError,
+    ClusterVersionError,
+    HostKeyError,
+    SSHAuthenticationError,
+    SSHConnectionError,
+)
 from runhouse.resources.clusters.ssh import SSHCluster
 from tests.conftest import free_port
 from tests.integration import funcs
@@ -260,6 +266,22 @@ def test_status_and_restart_server_over_ssh(ssh_box):
     ssh_box.restart_server()
     assert ssh_box.status()["pid"] != before
     assert counter.value == 9  # re-created from its init args on the restarted daemon
+
+
+def test_a_single_node_cluster_starts_no_ray(ssh_box, sshd):
+    rh.function(funcs.add).to(ssh_box).map([1, 2], [3, 4])
+    status = ssh_box.status()
+    assert [n["index"] for n in status["nodes"]] == [0]
+    assert not (sshd.home / ".rh" / "ray").exists()
+    assert not [p for p in _remote_processes(sshd) if "ray" in " ".join(p.cmdline())]
+
+
+def test_a_placement_on_a_single_node_cluster_names_its_one_node(ssh_box):
+    rh.env(name="on_head", node=0).to(ssh_box)
+    with pytest.raises(BadRequestError, match="names no node"):
+        rh.env(name="elsewhere", node=1).to(ssh_box)
+    with pytest.raises(BadRequestError, match="no node has"):
+        rh.env(name="gpu", compute={"TPU": 1}).to(ssh_box)
 
 
 def test_runhouse_ssh_opens_a_shell_on_a_saved_cluster(ssh_box, tmp_path):
