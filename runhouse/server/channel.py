@@ -210,7 +210,11 @@ class WorkerChannel:
             owners = {serialization.request_shm_owner(proc.pid, rid) for rid in [*undelivered, *self._cancelled]}
             if owners:  # the buffers of replies it wrote but never sent: nobody will read them
                 await asyncio.get_running_loop().run_in_executor(None, serialization.remove_shm, owners)
-        self.exit_description = describe_exit(code)
+        self._exited(describe_exit(code))
+
+    def _exited(self, description: str) -> None:
+        """Record how the worker ended, fail what is in flight with its crash error, and report the exit."""
+        self.exit_description = description
         if self.kill_reason:
             self.exit_description += f" (killed by the daemon: it {self.kill_reason})"
         error = self._crash_error()

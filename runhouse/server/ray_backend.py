@@ -316,21 +316,8 @@ class RemoteWorker(WorkerChannel):
             self.node_lost = True
             self._backend.node_lost(self.slot.node_id)
         self.exit_code = code
-        if self.node_lost:
-            self.exit_description = f"was lost with its node {self.slot.ip}"
-        else:
-            self.exit_description = describe_exit(code)
-            if self.kill_reason:
-                self.exit_description += f" (killed by the daemon: it {self.kill_reason})"
-        error = self._crash_error()
-        for future, _ in list(self._pending.values()):
-            if not future.done():
-                future.set_exception(error)
-        if self._transport is not None:
-            self._transport.close()
         self._end_actor()
-        if self._on_exit is not None:
-            self._on_exit(self)
+        self._exited(f"was lost with its node {self.slot.ip}" if self.node_lost else describe_exit(code))
 
     def _crash_error(self) -> WorkerCrashedError:
         where = f"the {self.role} worker of env {self.env_name!r} on node {self.slot.ip} (pid {self._pid})"

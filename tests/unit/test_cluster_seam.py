@@ -9,6 +9,7 @@ import pytest
 import runhouse as rh
 from runhouse.resources.clusters.base import Cluster
 from runhouse.resources.clusters.direct import DirectCluster
+from runhouse.resources.clusters.ray import RayCluster
 from runhouse.resources.clusters.ssh import SSHCluster
 
 
@@ -33,10 +34,12 @@ def test_a_kind_of_cluster_must_fill_in_every_hook():
 
 def test_the_factory_picks_the_kind_from_its_arguments():
     assert type(rh.cluster(name="box", host="localhost", server_port=32301)) is DirectCluster
-    ssh = rh.cluster(name="gpu", ips=["10.0.0.5", "10.0.0.6"], ssh_creds={"ssh_user": "ubuntu"})
+    ssh = rh.cluster(name="gpu", ips=["10.0.0.5"], ssh_creds={"ssh_user": "ubuntu"})
     assert type(ssh) is SSHCluster and ssh.host == "10.0.0.5"
-    assert list(ssh.hosts.connections) == ["10.0.0.5:22", "10.0.0.6:22"]
-    ssh.close()
+    several = rh.cluster(name="pair", ips=["10.0.0.5", "10.0.0.6"], ssh_creds={"ssh_user": "ubuntu"})
+    assert type(several) is RayCluster and several.host == "10.0.0.5"
+    assert list(several.hosts.connections) == ["10.0.0.5:22", "10.0.0.6:22"]
+    several.close()
 
 
 def test_configs_load_back_as_their_kind_including_those_saved_before_the_split():

@@ -261,18 +261,12 @@ class RayCluster(SSHCluster):
         return {**super().config(), "ray_port": self.ray_port, "node_resources": self.node_resources}
 
     @classmethod
-    def _from_config(cls, config: dict[str, Any], dryrun: bool) -> RayCluster:
-        return cls(
-            name=config.get("name"),
-            ips=config["ips"],
-            ssh_creds=config.get("ssh_creds") or {},
-            server_port=config.get("server_port"),
-            server_connection_type=config.get("server_connection_type", "ssh"),
-            accept_new_host_keys=config.get("accept_new_host_keys", False),
-            allow_upgrade=config.get("allow_upgrade", True),
-            ray_port=config.get("ray_port", DEFAULT_RAY_PORT),
-            node_resources=config.get("node_resources"),
-        )
+    def _arguments_from_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **super()._arguments_from_config(config),
+            "ray_port": config.get("ray_port", DEFAULT_RAY_PORT),
+            "node_resources": config.get("node_resources"),
+        }
 
     def __repr__(self) -> str:
         return f"<RayCluster {self.rns_address or self.name!r} of {len(self.ips)} nodes, head {self.host}>"

@@ -376,15 +376,20 @@ class SSHCluster(Cluster):
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> SSHCluster:
-        return cls(
-            name=config.get("name"),
-            ips=config["ips"],
-            ssh_creds=config.get("ssh_creds") or {},
-            server_port=config.get("server_port"),
-            server_connection_type=config.get("server_connection_type", "ssh"),
-            accept_new_host_keys=config.get("accept_new_host_keys", False),
-            allow_upgrade=config.get("allow_upgrade", True),
-        )
+        return cls(**cls._arguments_from_config(config))
+
+    @classmethod
+    def _arguments_from_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's arguments saved in ``config`` (kinds of SSH clusters add theirs)."""
+        return {
+            "name": config.get("name"),
+            "ips": config["ips"],
+            "ssh_creds": config.get("ssh_creds") or {},
+            "server_port": config.get("server_port"),
+            "server_connection_type": config.get("server_connection_type", "ssh"),
+            "accept_new_host_keys": config.get("accept_new_host_keys", False),
+            "allow_upgrade": config.get("allow_upgrade", True),
+        }
 
     def __repr__(self) -> str:
         return f"<SSHCluster {self.rns_address or self.name!r} at {self.creds.user or ''}@{self.host}>"
