@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/calls.py
 	$(BIN)/python bench/den.py
 	$(BIN)/python bench/data.py
+	$(BIN)/python bench/multinode.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check runhouse tests bench examples
