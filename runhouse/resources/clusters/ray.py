@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ from runhouse.transport.ssh import SSHConnection
 
 DEFAULT_RAY_PORT = 6379
 RAY_START_TIMEOUT_S = 180.0
+# How long a node brought back may take to show alive in the daemon's view of Ray (it looks every 2 s).
+REJOIN_TIMEOUT_S = 30.0
 # Options of ``ray start`` a cluster sets on every node (``node_resources``).
 NODE_RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "object_store_memory", "resources")
 ALL_NODES = "all"
@@ -170,11 +173,22 @@ class RayCluster(SSHCluster):
     def _accept_running(self, answer: dict[str, Any]) -> None:
         """As an SSH cluster does (same build); then nodes that dropped out of Ray are brought back."""
         super()._accept_running(answer)
-        nodes = self.request(protocol.control_path(Op.STATUS)).value()["nodes"]
-        dead = sorted({n["index"] for n in nodes if not n["alive"] and n["index"] is not None})
+        dead = self._dead_nodes()
         if dead:
             print_log(self.host)(f"bringing back nodes {[self.ips[i] for i in dead]}\n".encode())
             self._bring_up(dead)
+            deadline = time.monotonic() + REJOIN_TIMEOUT_S
+            while self._dead_nodes():  # returns once the daemon places workers there again
+                if time.monotonic() > deadline:
+                    missing = [self.ips[i] for i in self._dead_nodes()]
+                    raise DaemonStartError(f"nodes {missing} joined Ray but the daemon on {self.host} does not see "
+                                           f"them alive after {REJOIN_TIMEOUT_S:.0f} s")
+                time.sleep(0.5)
+
+    def _dead_nodes(self) -> list[int]:
+        """Indexes of the nodes the daemon does not see alive in its Ray cluster."""
+        nodes = self.request(protocol.control_path(Op.STATUS)).value()["nodes"]
+        return sorted({n["index"] for n in nodes if not n["alive"] and n["index"] is not None})
 
     def _stop_daemon(self) -> None:
         """Stop the daemon on the head, then the Ray runhouse started on every node (all are tried)."""
