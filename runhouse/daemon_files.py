@@ -72,6 +72,11 @@ class DaemonFiles:
         return self.folder / "registry.json"
 
     @property
+    def autostop(self) -> PurePath:
+        """The idle timer's settings (minutes, stop command), kept across restarts."""
+        return self.folder / "autostop.json"
+
+    @property
     def tls_cert(self) -> PurePath:
         return self.folder / "tls" / "cert.pem"
 

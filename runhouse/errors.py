@@ -16,6 +16,7 @@
     │   └── PayloadTooLargeError                a config or body over the cap (413, Den)
     ├── ClusterUnreachableError (ConnectionError)   nothing answers at the cluster's address
     ├── ClusterVersionError            the cluster's daemon runs another build, and upgrading was not allowed
+    ├── ProvisioningError              on-demand machines could not be made or found (names the fix: install, sky check)
     ├── DenUnreachableError (ConnectionError)       nothing answers at Den's URL
     ├── DataNotFoundError (FileNotFoundError)      nothing at a data resource's path
     ├── SSHError                       an SSH step failed (carries the host and the command's stderr)
@@ -182,6 +183,10 @@ class HostGroupError(SSHError):
             f"{type(self.failures[first]).__name__}: {self.failures[first]}",
             host=first,
         )
+
+
+class ProvisioningError(RunhouseError):
+    """On-demand machines could not be launched, found, stopped or deleted; the message names the fix."""
 
 
 class DaemonStartError(RunhouseError):

@@ -63,6 +63,7 @@ class Op:
     SETATTR = "setattr"
     RUN = "run"
     STATUS = "status"
+    AUTOSTOP = "autostop"
 
 
 # The longest timeout a request may ask for (a call's, or a ``get``'s wait), in seconds: a year.

@@ -95,6 +95,10 @@ _WAIT = _Kind(
     f"a number of seconds from 0 to {protocol.MAX_TIMEOUT_S:.0f} (omit it to wait until the value exists)",
     lambda v: _is_seconds(v, zero_allowed=True),
 )
+_MINUTES = _Kind(
+    "a number of minutes (negative: never), at most a year",
+    lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and -1e9 < v <= protocol.MAX_TIMEOUT_S / 60,
+)
 _REQUIRED: Any = object()
 # Option name -> (kind, default); ``None`` sent for an option means "not given".
 _Options = dict[str, tuple[_Kind, Any]]
@@ -327,6 +331,8 @@ class App:
             Op.SETATTR: (self._setattr, {"name": text, "attr": text}),
             Op.RUN: (self._run, {"cmds": (_COMMANDS, _REQUIRED), "env": env, "stream_logs": flag, "python": flag}),
             Op.STATUS: (self._status, {}),
+            Op.AUTOSTOP: (self._autostop, {"minutes": (_MINUTES, _REQUIRED), "command": (_TEXT, None),
+                                           "set_command": flag}),
         }
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -338,6 +344,7 @@ class App:
         path = scope["path"]
         json_mode = True
         response = _Response(send, json_mode)
+        counted = False  # an authenticated request: it keeps the idle timer from firing while it runs
         try:
             if path == protocol.HEALTH_PATH and scope["method"] == "GET":
                 await response.json(200, self._health, _CLOSE)  # one answer per connection for strangers
@@ -348,6 +355,8 @@ class App:
                 await response.error(AuthenticationError("missing or wrong token: send 'Authorization: Bearer "
                                                          "<token>' (`runhouse token` prints it)"), 401, _CLOSE)
                 return
+            self.runtime.idle.begin()
+            counted = True
             response.json_mode = json_mode = headers.get(b"content-type", b"") != _CT
             if scope["method"] != "POST":
                 raise BadRequestError(f"use POST for {path} (only GET /health exists)")
@@ -375,6 +384,9 @@ class App:
         except Exception as exc:  # a daemon bug: report it, keep serving
             traceback.print_exc(file=sys.stderr)
             await response.error(exc, 500)
+        finally:
+            if counted:
+                self.runtime.idle.end()
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
@@ -519,6 +531,11 @@ class App:
         on_log = response.log if options["stream_logs"] and not request.json_mode else None
         results = await self.runtime.run(options["cmds"], options["env"], on_log, options["python"])
         await response.value(results)
+
+    async def _autostop(self, request: _Request, response: _Response) -> None:
+        options = request.options
+        await response.value(self.runtime.idle.set(options["minutes"], options["command"],
+                                                   keep_command=not options["set_command"]))
 
     async def _status(self, request: _Request, response: _Response) -> None:
         await response.value(self.runtime.status())

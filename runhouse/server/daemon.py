@@ -242,7 +242,8 @@ def serve(
         from runhouse.server.ray_backend import RayBackend
 
         backend = RayBackend(ray_address, list(node_ips) or [ray_address.rpartition(":")[0]])
-    app = App(Runtime(Path(files.registry), backend), token, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    runtime = Runtime(Path(files.registry), backend, Path(files.autostop))
+    app = App(runtime, token, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
     if tls:
         ensure_tls_cert(files, host)
     config = uvicorn.Config(

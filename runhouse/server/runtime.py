@@ -39,6 +39,7 @@ from runhouse.errors import (
 from runhouse.paths import write_atomic
 from runhouse.protocol import DEFAULT_ENV, LogSink, WorkerOp
 from runhouse.serialization import sweep_shm, unpack_exception
+from runhouse.server.autostop import IdleTimer
 from runhouse.server.backend import Reply, WorkerBackend, WorkerHandle
 from runhouse.server.channel import LocalBackend
 from runhouse.server.envs import EnvRuntime, EnvSpec, ensure_python
@@ -122,9 +123,13 @@ class Runtime:
     ``backend`` places and makes every env's workers (default: local processes, one pool worker per CPU).
     """
 
-    def __init__(self, registry_path: Path, backend: WorkerBackend | None = None) -> None:
+    def __init__(
+        self, registry_path: Path, backend: WorkerBackend | None = None, autostop_settings: Path | None = None
+    ) -> None:
         self.registry = Registry(registry_path)
         self.backend: WorkerBackend = backend or LocalBackend()
+        self.idle = IdleTimer(autostop_settings or registry_path.with_name("autostop.json"),
+                              busy_elsewhere=lambda: bool(self._running_refs))
         self.envs: dict[str, EnvRuntime] = {}
         self.started_at = time.time()
         self._queues: dict[str, asyncio.Lock] = {}
@@ -141,6 +146,7 @@ class Runtime:
         """Start the backend, then the default env's main worker so the first call does not wait for it."""
         await self.backend.start()
         await (await self.env_runtime(DEFAULT_ENV)).main_worker()
+        self.idle.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_shared_memory())
 
     async def _sweep_shared_memory(self) -> None:
@@ -149,6 +155,7 @@ class Runtime:
             await asyncio.sleep(SHM_SWEEP_INTERVAL_S)
 
     async def stop(self) -> None:
+        self.idle.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for group in self._command_groups:  # including what commands left running in the background
@@ -602,6 +609,7 @@ class Runtime:
             "objects": [{"name": e.name, "kind": e.kind, "env": e.env} for e in self.registry.entries.values()],
             "workers": workers,
             "nodes": [node.to_dict() for node in nodes],
+            "autostop": self.idle.describe(),
         }
 
 

@@ -361,9 +361,22 @@ class Cluster(Resource, Closeable):
         return [tuple(r) for r in results]
 
     def status(self) -> dict[str, Any]:
-        """The daemon's envs, objects, workers (pid, memory) and uptime."""
+        """The daemon's envs, objects, workers (pid, memory), nodes, autostop and uptime."""
         self._ensure_up()
         return self._control(Op.STATUS)
+
+    def keep_warm(self, autostop_mins: float = -1) -> Cluster:
+        """Set the daemon's idle timer: after ``autostop_mins`` minutes without a call, command or stream the
+        cluster stops (fractions allowed); -1 (the default) keeps it up until told otherwise. Returns self."""
+        self._ensure_up()
+        self._set_autostop(autostop_mins)
+        return self
+
+    def _set_autostop(self, minutes: float | None, command: str | None = None, set_command: bool = False) -> None:
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))):
+            raise TypeError(f"autostop_mins is a number of minutes (-1: never), not {minutes!r}")
+        meta = {"minutes": -1 if minutes is None else minutes, "command": command, "set_command": set_command}
+        self._control(Op.AUTOSTOP, meta)
 
     # --- config ------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
