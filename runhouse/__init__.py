@@ -53,6 +53,7 @@ _EXPORTS = {
     "login": "runhouse.account",
     "logout": "runhouse.account",
     "module": "runhouse.resources.module",
+    "ondemand_cluster": "runhouse.resources.clusters",
     "secret": "runhouse.resources.secret",
     "set_folder": "runhouse.rns.store",
     "table": "runhouse.resources.table",
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from runhouse.account import configs, login, logout
     from runhouse.errors import CallTimeoutError, MapError, RemoteError, RunhouseError, WorkerCrashedError
     from runhouse.resources.blob import Blob, blob
-    from runhouse.resources.clusters import Cluster, cluster
+    from runhouse.resources.clusters import Cluster, cluster, ondemand_cluster
     from runhouse.resources.env import Env, env
     from runhouse.resources.folder import Folder, folder
     from runhouse.resources.function import Function, function

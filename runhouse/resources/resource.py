@@ -20,6 +20,8 @@ _MODULES = {
     "DirectCluster": "runhouse.resources.clusters.direct",
     "SSHCluster": "runhouse.resources.clusters.ssh",
     "RayCluster": "runhouse.resources.clusters.ray",
+    "OnDemandCluster": "runhouse.resources.clusters.ondemand",
+    "OnDemandRayCluster": "runhouse.resources.clusters.ondemand",
     "Env": "runhouse.resources.env",
     "Function": "runhouse.resources.function",
     "RemoteClass": "runhouse.resources.module",

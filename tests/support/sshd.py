@@ -205,6 +205,11 @@ class SSHServer:
         self.kill()
         self.start()
 
+    @property
+    def pid(self) -> int | None:
+        """The sshd listener's pid while it runs."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

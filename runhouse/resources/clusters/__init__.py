@@ -17,7 +17,7 @@ from runhouse.paths import default_server_port
 from runhouse.resources.clusters.base import Cluster
 from runhouse.resources.clusters.direct import DirectCluster
 
-__all__ = ["Cluster", "DirectCluster", "cluster", "here"]
+__all__ = ["Cluster", "DirectCluster", "cluster", "here", "ondemand_cluster"]
 
 
 def cluster(
@@ -44,6 +44,10 @@ def cluster(
         rh.cluster(name="box")   # the same cluster, once saved with box.save()
         pair = rh.cluster(name="pair", ips=["10.0.0.5", "10.0.0.6"], ssh_creds={"ssh_user": "ubuntu"})
     """
+    if "instance_type" in ssh_options or "num_instances" in ssh_options:
+        if name is None:
+            raise ValueError("an on-demand cluster (instance_type=...) needs a name: its machines are found by it")
+        return ondemand_cluster(name=name, server_port=server_port, ips=ips, ssh_creds=ssh_creds, **ssh_options)
     if isinstance(ips, str):
         raise TypeError(f"ips is a list of addresses, like [{ips!r}], not a string")
     if ips and len(ips) > 1:
@@ -64,6 +68,24 @@ def cluster(
 
 
 _here: dict[int, Cluster] = {}
+
+
+def ondemand_cluster(name: str, num_instances: int = 1, **arguments: Any) -> Cluster:
+    """A cluster of machines made on demand (SkyPilot: extra ``runhouse[sky]``), found by its name.
+
+    Arguments: ``instance_type`` ("A10G:1", "m5.xlarge"), ``provider`` ("aws", "gcp", "kubernetes", ...;
+    default ``rh.configs`` ``default_provider``), ``num_instances``, ``use_spot``, ``region``, ``image_id``
+    ("docker:..." too), ``memory``, ``disk_size``, ``open_ports``, ``autostop_mins`` (default
+    ``default_autostop``; -1 never). Nothing launches until first use.
+
+    Example::
+
+        gpu = rh.ondemand_cluster(name="rh-a10x", instance_type="A10G:1", provider="aws").up_if_not()
+    """
+    from runhouse.resources.clusters.ondemand import OnDemandCluster, OnDemandRayCluster
+
+    kind = OnDemandRayCluster if isinstance(num_instances, int) and num_instances > 1 else OnDemandCluster
+    return kind(name=name, num_instances=num_instances, **arguments)
 
 
 def here() -> Cluster:

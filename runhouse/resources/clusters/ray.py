@@ -169,6 +169,7 @@ class RayCluster(SSHCluster):
         if result.returncode != 0:
             raise DaemonStartError(f"the daemon on {self.host} did not start", (result.stdout + result.stderr)[-3000:])
         self._client = None
+        self._after_start()
 
     def _accept_running(self, answer: dict[str, Any]) -> None:
         """As an SSH cluster does (same build); then nodes that dropped out of Ray are brought back."""

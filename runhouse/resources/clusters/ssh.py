@@ -63,6 +63,8 @@ class SSHCluster(Cluster):
         accept_new_host_keys: bool = False,
         allow_upgrade: bool = True,
         token: str | None = None,
+        autostop_mins: float | None = None,
+        autostop_command: str | None = None,
     ) -> None:
         if not ips:
             raise ValueError("an SSH cluster needs ips=[...] (the first is the head node)")
@@ -77,6 +79,8 @@ class SSHCluster(Cluster):
         self.server_connection_type = server_connection_type
         self.accept_new_host_keys = accept_new_host_keys
         self.allow_upgrade = allow_upgrade
+        self.autostop_mins = autostop_mins
+        self.autostop_command = autostop_command
         self.creds = SSHCredentials.from_dict(
             ips[0], {**self.ssh_creds, "accept_new_host_keys": accept_new_host_keys}
         )
@@ -297,6 +301,12 @@ class SSHCluster(Cluster):
             )
         self._client = None
         self._pinned = None
+        self._after_start()
+
+    def _after_start(self) -> None:
+        """Give a daemon just started the cluster's autostop (``autostop_mins``, and the command it runs)."""
+        if self.autostop_mins is not None or self.autostop_command:
+            self._set_autostop(self.autostop_mins, self.autostop_command, set_command=True)
 
     def _stop_daemon(self) -> None:
         """Stop the daemon on the host, whichever runhouse build installed there started it."""
@@ -372,6 +382,8 @@ class SSHCluster(Cluster):
             "server_connection_type": self.server_connection_type,
             "accept_new_host_keys": self.accept_new_host_keys,
             "allow_upgrade": self.allow_upgrade,
+            "autostop_mins": self.autostop_mins,
+            "autostop_command": self.autostop_command,
         }
 
     @classmethod
@@ -389,6 +401,8 @@ class SSHCluster(Cluster):
             "server_connection_type": config.get("server_connection_type", "ssh"),
             "accept_new_host_keys": config.get("accept_new_host_keys", False),
             "allow_upgrade": config.get("allow_upgrade", True),
+            "autostop_mins": config.get("autostop_mins"),
+            "autostop_command": config.get("autostop_command"),
         }
 
     def __repr__(self) -> str:
