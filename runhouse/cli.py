@@ -118,15 +118,27 @@ def _mib(n: int) -> str:
 
 
 @command()
-def status(port: int | None = PortOption) -> None:
-    """Show the daemon's envs, objects and workers."""
-    from runhouse.resources.clusters import DirectCluster
+def status(
+    name: str | None = typer.Argument(None, help="A saved cluster (default: the daemon on this machine)."),
+    port: int | None = PortOption,
+) -> None:
+    """Show a daemon's envs, objects and workers (and an on-demand cluster's machines)."""
+    from runhouse.resources.clusters import DirectCluster, cluster
 
-    port = _port(port)
-    with DirectCluster(name="here", host="localhost", server_port=port) as here:
-        info = here.status()
+    if name is not None:
+        with cluster(name=name) as saved:
+            info = saved.status()
+        if "state" in info:
+            console.print(f"[bold]{name}[/bold]: machines {info['state'] or 'not launched'} {' '.join(info['ips'])}")
+        if "pid" not in info:
+            return
+    else:
+        port = _port(port)
+        with DirectCluster(name="here", host="localhost", server_port=port) as here:
+            info = here.status()
+    where = f"cluster {name}" if name else f"127.0.0.1:{port}"
     console.print(
-        f"[bold]runhouse daemon[/bold] {info['version']} on 127.0.0.1:{port}, pid {info['pid']}, "
+        f"[bold]runhouse daemon[/bold] {info['version']} on {where}, pid {info['pid']}, "
         f"Python {info['python']}, up {info['uptime_s']:.0f} s"
     )
     envs = Table("env", "reqs", "env vars", "running", title="Envs")
@@ -142,6 +154,15 @@ def status(port: int | None = PortOption) -> None:
         )
     for table in (envs, objects, workers):
         console.print(table)
+
+
+@command("down")
+def down(name: str = typer.Argument(..., help="A saved cluster.")) -> None:
+    """Tear a saved cluster down: an on-demand cluster's machines are deleted, a daemon is stopped."""
+    from runhouse.resources.clusters import cluster
+
+    cluster(name=name).teardown()
+    console.print(f"{name} is down")
 
 
 @command("login")

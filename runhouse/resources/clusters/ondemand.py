@@ -53,7 +53,7 @@ class _OnDemand(SSHCluster):
         ssh_creds: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        from runhouse.account import configs
+        from runhouse.config import configs
 
         if not name:
             raise ValueError("an on-demand cluster needs a name: its machines are found by it")

@@ -97,3 +97,23 @@ def test_two_instances_make_a_multinode_cluster_config(loopback):
     assert isinstance(pair, OnDemandRayCluster)
     assert isinstance(rh.Cluster.from_config(pair.config()), OnDemandRayCluster)
     assert rh.cluster(name="od-pair2", instance_type="A10G:1", num_instances=2).config()["num_instances"] == 2
+
+
+def test_cli_status_and_down_of_a_saved_on_demand_cluster(loopback):
+    from typer.testing import CliRunner
+
+    from runhouse.cli import app
+
+    box = rh.ondemand_cluster(name="od-cli", provisioner="loopback", server_port=free_port(), autostop_mins=-1)
+    box.save()
+    runner = CliRunner()
+    shown = runner.invoke(app, ["status", "od-cli"])
+    assert shown.exit_code == 0 and "not launched" in shown.output
+    box.up_if_not()
+    shown = runner.invoke(app, ["status", "od-cli"])
+    assert shown.exit_code == 0 and "UP" in shown.output and "runhouse daemon" in shown.output
+    gone = runner.invoke(app, ["down", "od-cli"])
+    assert gone.exit_code == 0 and "od-cli is down" in gone.output
+    assert loopback.status("od-cli") is None
+    missing = runner.invoke(app, ["down", "no-such-cluster"])
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
