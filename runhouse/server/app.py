@@ -332,7 +332,7 @@ class App:
             Op.RUN: (self._run, {"cmds": (_COMMANDS, _REQUIRED), "env": env, "stream_logs": flag, "python": flag}),
             Op.STATUS: (self._status, {}),
             Op.AUTOSTOP: (self._autostop, {"minutes": (_MINUTES, _REQUIRED), "command": (_TEXT, None),
-                                           "set_command": flag}),
+                                           "keepalive": (_TEXT, None), "set_commands": flag}),
         }
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -534,8 +534,8 @@ class App:
 
     async def _autostop(self, request: _Request, response: _Response) -> None:
         options = request.options
-        await response.value(self.runtime.idle.set(options["minutes"], options["command"],
-                                                   keep_command=not options["set_command"]))
+        await response.value(self.runtime.idle.set(options["minutes"], options["command"], options["keepalive"],
+                                                   keep_commands=not options["set_commands"]))
 
     async def _status(self, request: _Request, response: _Response) -> None:
         await response.value(self.runtime.status())

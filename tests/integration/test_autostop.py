@@ -44,10 +44,24 @@ def test_an_idle_daemon_stops_itself_and_says_why(own_cluster):
 
 def test_the_stop_command_runs_before_the_daemon_stops(own_cluster, tmp_path):
     marker = tmp_path / "stopped"
-    own_cluster._set_autostop(1 * SECOND, f"echo stopped-by-autostop > {marker}", set_command=True)
+    own_cluster._set_autostop(1 * SECOND, f"echo stopped-by-autostop > {marker}", set_commands=True)
     _stops_within(own_cluster, 10)
     assert marker.read_text().strip() == "stopped-by-autostop"
     assert "the stop command exited with code 0" in _log(own_cluster)
+
+
+def test_the_keepalive_command_runs_while_in_use_and_not_when_idle(own_cluster, tmp_path):
+    from runhouse import function
+
+    beats = tmp_path / "beats"
+    fn = function(funcs.slow_pid).to(own_cluster)
+    own_cluster._set_autostop(4 * SECOND, None, f"date +%s.%N >> {beats}", set_commands=True)
+    fn(4.0)  # in use for 4 s: the keepalive runs every 2 s (half the idle time) meanwhile
+    assert beats.exists() and len(beats.read_text().split()) >= 1
+    during = len(beats.read_text().split())
+    time.sleep(3.0)  # idle, short of the autostop: no more beats
+    assert len(beats.read_text().split()) <= during + 1
+    own_cluster.keep_warm()
 
 
 def test_a_running_call_keeps_the_daemon_up(own_cluster):

@@ -551,3 +551,28 @@ def test_importing_runhouse_does_not_import_skypilot(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("down", [False, True])
+def test_the_self_stop_command_is_skypilots_own_autostop_code_for_the_head(sky: Any, down: bool) -> None:
+    from sky.skylet import autostop_lib
+
+    command = SkyProvisioner().self_stop_command("rh-a10x", down=down)
+    expected = autostop_lib.AutostopCodeGen.set_autostop(0, "cloudvmray", autostop_lib.AutostopWaitFor.NONE, down)
+    assert command == expected
+    assert "set_autostop(0, " in command and f"AutostopWaitFor.NONE, {down}" in command
+
+
+def test_the_keepalive_command_marks_the_cluster_active_for_skypilots_autostop(sky: Any, tmp_path: Path) -> None:
+    from sky.skylet import constants
+
+    command = SkyProvisioner().keepalive_command("rh-a10x")
+    assert command.startswith(constants.SKY_PYTHON_CMD)
+    assert "autostop_lib.set_last_active_time_to_now()" in command
+    # The code it runs is valid Python against this SkyPilot's own skylet library.
+    code = command.split(" -u -c ", 1)[1]
+    script = subprocess.run(["bash", "-c", f"printf %s {code}"], capture_output=True, text=True, check=True).stdout
+    compile(script, "<keepalive>", "exec")
+    from sky.skylet import autostop_lib
+
+    assert callable(autostop_lib.set_last_active_time_to_now)

@@ -372,10 +372,16 @@ class Cluster(Resource, Closeable):
         self._set_autostop(autostop_mins)
         return self
 
-    def _set_autostop(self, minutes: float | None, command: str | None = None, set_command: bool = False) -> None:
+    def _set_autostop(
+        self, minutes: float | None, command: str | None = None, keepalive: str | None = None,
+        set_commands: bool = False,
+    ) -> None:
+        """Set the daemon's idle timer; with ``set_commands``, also its stop and keepalive commands (see
+        :mod:`runhouse.server.autostop`)."""
         if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))):
             raise TypeError(f"autostop_mins is a number of minutes (-1: never), not {minutes!r}")
-        meta = {"minutes": -1 if minutes is None else minutes, "command": command, "set_command": set_command}
+        meta = {"minutes": -1 if minutes is None else minutes, "command": command, "keepalive": keepalive,
+                "set_commands": set_commands}
         self._control(Op.AUTOSTOP, meta)
 
     # --- config ------------------------------------------------------------------------------------

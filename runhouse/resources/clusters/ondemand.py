@@ -151,9 +151,11 @@ class _OnDemand(SSHCluster):
         return super().request(path, meta, parts, on_log, timeout)
 
     def _after_start(self) -> None:
-        """The daemon's stop action is the provisioner's: stop this cluster's machines (or its own autostop)."""
-        command = self.provisioner.self_stop_command(self.launch_request.cluster_name)
-        self._set_autostop(self.autostop_mins, command, set_command=True)
+        """The daemon's stop action is the provisioner's "stop these machines"; while in use the daemon keeps
+        the provisioner's own autostop from firing."""
+        name = self.launch_request.cluster_name
+        self._set_autostop(self.autostop_mins, self.provisioner.self_stop_command(name),
+                           self.provisioner.keepalive_command(name), set_commands=True)
 
     def is_up(self) -> bool:
         machines = self.machines()

@@ -95,6 +95,11 @@ class Provisioner(abc.ABC):
         of runhouse's idle timer there. None: the provisioner's own autostop does it."""
         return None
 
+    def keepalive_command(self, cluster_name: str) -> str | None:
+        """A shell command that, run on the head node, tells the provisioner's own autostop the machines are in
+        use (the daemon runs it now and then while calls come). None: nothing to tell."""
+        return None
+
 
 # Provisioners by name: a module and class name, imported on first use.
 _REGISTERED: dict[str, Callable[[], Provisioner] | tuple[str, str]] = {

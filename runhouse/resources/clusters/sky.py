@@ -23,6 +23,7 @@ import importlib
 import math
 import os
 import re
+import shlex
 from typing import Any
 
 from runhouse.errors import ProvisioningError
@@ -83,6 +84,10 @@ def _autostop_minutes(minutes: float | None) -> int:
     if minutes is None or minutes < 0:
         return -1
     return math.ceil(minutes)
+
+
+# SkyPilot's name for the backend of VM clusters (``CloudVmRayBackend.NAME``), which its skylet stops them with.
+_SKY_BACKEND = "cloudvmray"
 
 
 class SkyProvisioner(Provisioner):
@@ -288,6 +293,23 @@ class SkyProvisioner(Provisioner):
             if minutes < 0 and isinstance(error, _exceptions().ClusterDoesNotExist):
                 return
             raise self._error(error, what) from error
+
+    def self_stop_command(self, cluster_name: str, down: bool = False) -> str | None:
+        """Run on the head: SkyPilot's own command (its autostop code generator) setting the head's skylet to
+        stop (or delete) the cluster at its next check, with the head's own cloud credentials."""
+        _sky()
+        from sky.skylet import autostop_lib
+
+        return str(autostop_lib.AutostopCodeGen.set_autostop(0, _SKY_BACKEND, autostop_lib.AutostopWaitFor.NONE, down))
+
+    def keepalive_command(self, cluster_name: str) -> str | None:
+        """Run on the head while runhouse works: marks the cluster active for SkyPilot's autostop, which
+        otherwise counts only SkyPilot's jobs and SSH sessions."""
+        _sky()
+        from sky.skylet import constants
+
+        code = "from sky.skylet import autostop_lib; autostop_lib.set_last_active_time_to_now()"
+        return f"{constants.SKY_PYTHON_CMD} -u -c {shlex.quote(code)}"
 
     # ------------------------------------------------------------------ helpers
 

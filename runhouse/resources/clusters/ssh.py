@@ -306,7 +306,7 @@ class SSHCluster(Cluster):
     def _after_start(self) -> None:
         """Give a daemon just started the cluster's autostop (``autostop_mins``, and the command it runs)."""
         if self.autostop_mins is not None or self.autostop_command:
-            self._set_autostop(self.autostop_mins, self.autostop_command, set_command=True)
+            self._set_autostop(self.autostop_mins, self.autostop_command, set_commands=True)
 
     def _stop_daemon(self) -> None:
         """Stop the daemon on the host, whichever runhouse build installed there started it."""
