@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,19 @@ def own_cluster(config_dir: Path) -> Iterator[rh.Cluster]:
     """A daemon of the test's own, for tests that restart, crash or stop it."""
     with running_daemon("own") as box:
         yield box
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory: pytest.TempPathFactory, config_dir: Path) -> Iterator[Any]:
+    """The provisioner "loopback" for on-demand clusters: its machines are loopback sshd hosts; every cluster it
+    launched is deleted at the end of the module."""
+    from runhouse.resources.clusters.provisioning import register_provisioner
+    from tests.support.loopback_provisioner import LoopbackProvisioner
+
+    provisioner = LoopbackProvisioner(tmp_path_factory.mktemp("ondemand"))
+    register_provisioner("loopback", lambda: provisioner)
+    try:
+        yield provisioner
+    finally:
+        for name in list(provisioner.clusters):
+            provisioner.down(name)

@@ -31,6 +31,9 @@ CHECK_INTERVAL_S = 5.0
 COMMAND_TIMEOUT_S = 600.0
 # How often, at most, the keepalive command runs while the daemon is in use (shorter for short timeouts).
 KEEPALIVE_INTERVAL_S = 60.0
+# A daemon just started never stops itself sooner than this: the client that started it is still connecting
+# (and may be about to change the settings it kept from before).
+STARTUP_GRACE_S = 5.0
 
 
 class IdleTimer:
@@ -47,6 +50,7 @@ class IdleTimer:
         self._kept_alive = 0.0  # when the keepalive command last ran
         self._task: asyncio.Task | None = None
         self._changed: asyncio.Event | None = None  # wakes the watcher when the settings change
+        self._started = time.monotonic()
         try:
             saved = json.loads(settings.read_text())
             self.minutes, self.command = saved.get("minutes"), saved.get("command")
@@ -93,6 +97,8 @@ class IdleTimer:
                 "idle_s": round(self.idle_seconds(), 3)}
 
     def start(self) -> None:
+        self.last_active = time.monotonic()
+        self._started = self.last_active
         self._changed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
@@ -107,7 +113,7 @@ class IdleTimer:
                 assert self.minutes is not None
                 interval = min(CHECK_INTERVAL_S, max(0.05, self.minutes * 60 / 10))
                 idle = self.idle_seconds()
-                if idle >= self.minutes * 60:
+                if idle >= self.minutes * 60 and time.monotonic() - self._started >= STARTUP_GRACE_S:
                     await self._fire(idle)
                     return
                 self._keep_alive(idle)

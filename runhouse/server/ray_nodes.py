@@ -120,8 +120,18 @@ def _is_raylet(proc: psutil.Process) -> bool:
         return False
 
 
-def _raylet_alive(record: Mapping[str, Any]) -> bool:
-    return any(_is_raylet(p) for p in _session_processes(record))
+def _running(record: Mapping[str, Any]) -> bool:
+    """Whether the Ray a record names still works here: its raylet lives and, on the head, its GCS answers."""
+    raylet = False
+    for proc in _session_processes(record):
+        try:
+            raylet = raylet or (_is_raylet(proc) and proc.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            continue
+    if not raylet or not record["head"]:
+        return raylet
+    host, _, port = str(record["address"]).rpartition(":")
+    return _listening(host, int(port))
 
 
 def start_node(
@@ -146,8 +156,10 @@ def start_node(
     record = read_record()
     if token:
         _write_token(token)
-    if record is not None and (record["attached"] or _raylet_alive(record)) and record["node_ip"] == node_ip:
+    if record is not None and record["node_ip"] == node_ip and (record["attached"] or _running(record)):
         return _answer(record, started=False)
+    if record is not None:
+        stop_node()  # what is left of a Ray that no longer works (its machine stopped, a process was killed)
     head = head_address is None
     address = f"{node_ip}:{port}" if head else str(head_address)
     attached = head and _listening(node_ip, port)

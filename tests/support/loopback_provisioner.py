@@ -7,13 +7,18 @@ them again on the same port with the same host keys; deleting also removes its p
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import time
 from pathlib import Path
 
 import psutil
 
-from runhouse.resources.clusters.provisioning import STOPPED, UP, LaunchRequest, Machines, Provisioner
+from runhouse.resources.clusters.provisioning import INIT, STOPPED, UP, LaunchRequest, Machines, Provisioner
 from tests.support.sshd import LoopbackNodes
+
+# How long a launch waits for a stopping cluster to be down before starting it again.
+STOP_WAIT_S = 30.0
 
 
 class LoopbackProvisioner(Provisioner):
@@ -36,13 +41,19 @@ class LoopbackProvisioner(Provisioner):
             nodes = LoopbackNodes(request.num_instances, folder).start()
             self.clusters[request.cluster_name] = nodes
         else:
+            deadline = time.monotonic() + STOP_WAIT_S
+            while self._machines(nodes).state == INIT and time.monotonic() < deadline:
+                time.sleep(0.1)  # still stopping: a machine starts again only once it is down
             for server in nodes.servers:
                 if not server.is_running():
                     server.start()
         return self._machines(nodes)
 
     def _machines(self, nodes: LoopbackNodes) -> Machines:
-        state = UP if all(server.is_running() for server in nodes.servers) else STOPPED
+        if all(server.is_running() for server in nodes.servers):
+            state = UP
+        else:  # stopped once nothing runs on them any more; stopping until then
+            state = INIT if _processes_under(nodes.homes) else STOPPED
         return Machines(state, list(nodes.ips), nodes.user, str(nodes.private_key), nodes.port)
 
     def status(self, cluster_name: str) -> Machines | None:
@@ -67,20 +78,36 @@ class LoopbackProvisioner(Provisioner):
         self.autostops.append((cluster_name, idle_minutes, down))
 
     def self_stop_command(self, cluster_name: str, down: bool = False) -> str | None:
-        """Run on the head: stop this cluster's machines, as a cloud's "stop this instance" would (here: their
-        sshd servers go away, as they do when a machine stops)."""
+        """Run on the head: stop this cluster's machines, as a cloud's "stop this instance" does: everything
+        started from their folders dies (the daemon running this too) and their sshd servers go away."""
         nodes = self.clusters.get(cluster_name)
         if nodes is None:
             return None
         pids = " ".join(str(server.pid) for server in nodes.servers if server.pid)
-        return f"kill {pids}"
+        everything = "\n".join(f"pkill -9 -f {shlex.quote(str(home))}" for home in nodes.homes)
+        # A script: the homes must not be in the command line of the shell that runs it, or pkill ends it.
+        script = self.root / f"stop-{cluster_name}.sh"
+        script.write_text(f"kill {pids}\n{everything}\n")
+        return f"sh {shlex.quote(str(script))}"
+
+
+def _processes_under(homes: list[Path]) -> list[psutil.Process]:
+    """The processes started from these machines' folders (their daemon, workers, Ray)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(
+                str(home) in part for home in homes for part in proc.info["cmdline"] or []
+            ):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _kill_under(homes: list[Path]) -> None:
-    """Kill the processes started from these machines' folders (their daemon, workers, Ray)."""
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in _processes_under(homes):
         try:
-            if any(str(home) in part for home in homes for part in proc.info["cmdline"] or []):
-                proc.kill()
+            proc.kill()
         except psutil.Error:
             continue

@@ -4,29 +4,15 @@ launch -> bring-up -> calls -> idle -> autostop stops the machines -> next use l
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import runhouse as rh
 from runhouse.errors import ProvisioningError
 from runhouse.resources.clusters.ondemand import OnDemandCluster, OnDemandRayCluster
-from runhouse.resources.clusters.provisioning import STOPPED, UP, register_provisioner
+from runhouse.resources.clusters.provisioning import STOPPED, UP
 from tests.conftest import free_port
 from tests.integration import funcs
-from tests.support.loopback_provisioner import LoopbackProvisioner
-
-
-@pytest.fixture(scope="module")
-def loopback(tmp_path_factory: pytest.TempPathFactory, config_dir: Path) -> Iterator[LoopbackProvisioner]:
-    provisioner = LoopbackProvisioner(tmp_path_factory.mktemp("ondemand"))
-    register_provisioner("loopback", lambda: provisioner)
-    try:
-        yield provisioner
-    finally:
-        for name in list(provisioner.clusters):
-            provisioner.down(name)
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
