@@ -21,7 +21,14 @@ from runhouse.errors import ClusterUnreachableError, SSHConnectionError
 from runhouse.paths import config_dir
 from runhouse.protocol import LogSink
 from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S
-from runhouse.resources.clusters.provisioning import UP, LaunchRequest, Machines, Provisioner, provisioner
+from runhouse.resources.clusters.provisioning import (
+    MACHINE_CREDS_KEYS,
+    UP,
+    LaunchRequest,
+    Machines,
+    Provisioner,
+    provisioner,
+)
 from runhouse.resources.clusters.ray import RayCluster
 from runhouse.resources.clusters.ssh import SSHCluster
 from runhouse.transport.client import Response
@@ -104,7 +111,8 @@ class _OnDemand(SSHCluster):
         """Reach ``machines`` from now on (after a launch, ``fresh``: their host keys are new)."""
         self.close()
         self.ips = list(machines.ips)
-        self.ssh_creds = {**self.ssh_creds, **machines.ssh_creds()}
+        kept = {key: value for key, value in self.ssh_creds.items() if key not in MACHINE_CREDS_KEYS}
+        self.ssh_creds = {**kept, **machines.ssh_creds()}
         self.creds = SSHCredentials.from_dict(
             self.ips[0], {**self.ssh_creds, "accept_new_host_keys": self.accept_new_host_keys}
         )

@@ -48,16 +48,21 @@ class Machines:
     ssh_user: str | None = None
     ssh_private_key: str | None = None  # a path on this machine
     ssh_port: int = 22
+    ssh_proxy_command: str | None = None  # how SSH reaches them when not directly (Kubernetes pods, bastions)
     details: Mapping[str, Any] = field(default_factory=dict)  # what the provisioner says besides (cloud, region...)
 
     def ssh_creds(self) -> dict[str, Any]:
-        """The ``ssh_creds`` dict of a cluster reaching these machines."""
+        """The ``ssh_creds`` dict of a cluster reaching these machines (keys it leaves out: not needed)."""
         creds: dict[str, Any] = {"ssh_port": self.ssh_port}
-        if self.ssh_user:
-            creds["ssh_user"] = self.ssh_user
-        if self.ssh_private_key:
-            creds["ssh_private_key"] = self.ssh_private_key
+        for key, value in (("ssh_user", self.ssh_user), ("ssh_private_key", self.ssh_private_key),
+                           ("ssh_proxy_command", self.ssh_proxy_command)):
+            if value:
+                creds[key] = value
         return creds
+
+
+# The ``ssh_creds`` keys that come from the machines (replaced whenever they are found again).
+MACHINE_CREDS_KEYS = ("ssh_port", "ssh_user", "ssh_private_key", "ssh_proxy_command")
 
 
 class Provisioner(abc.ABC):

@@ -354,14 +354,13 @@ class SkyProvisioner(Provisioner):
         docker_user = getattr(handle, "docker_user", None) if handle is not None else None
         if docker_user:  # the machines answer SSH on the host; the container is behind it (SkyPilot's proxy)
             details["docker_user"] = docker_user
-        if credentials.get("ssh_proxy_command"):
-            details["ssh_proxy_command"] = credentials["ssh_proxy_command"]
         return Machines(
             state=state,
             ips=tuple(ips),
             ssh_user=ssh_user,
             ssh_private_key=self._private_key(cluster_name, credentials),
             ssh_port=int(ssh_ports[0]) if ssh_ports else 22,
+            ssh_proxy_command=credentials.get("ssh_proxy_command") or None,
             details={k: v for k, v in details.items() if v is not None},
         )
 
