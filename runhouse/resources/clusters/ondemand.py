@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from runhouse.errors import ClusterUnreachableError, SSHConnectionError
-from runhouse.paths import config_dir
+from runhouse.errors import ClusterUnreachableError, ConfigError, SSHConnectionError
+from runhouse.paths import config_dir, write_atomic
 from runhouse.protocol import LogSink
 from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S
 from runhouse.resources.clusters.provisioning import (
@@ -31,6 +32,7 @@ from runhouse.resources.clusters.provisioning import (
 )
 from runhouse.resources.clusters.ray import RayCluster
 from runhouse.resources.clusters.ssh import SSHCluster
+from runhouse.resources.secret import configured_store
 from runhouse.transport.client import Response
 from runhouse.transport.ssh import SSHCredentials
 
@@ -56,6 +58,7 @@ class _OnDemand(SSHCluster):
         autostop_mins: float | None = None,
         provisioner: str = DEFAULT_PROVISIONER,
         cluster_name: str | None = None,
+        ssh_key_secret: str | None = None,
         ips: Sequence[str] | None = None,
         ssh_creds: dict[str, Any] | None = None,
         **options: Any,
@@ -96,6 +99,7 @@ class _OnDemand(SSHCluster):
         super().__init__(name=name, ips=known or [f"{_PENDING}-{i}" for i in range(max(num_instances, 1))],
                          ssh_creds=creds, autostop_mins=autostop_mins, **options)
         self._adopted = bool(known) and not known[0].startswith(_PENDING)
+        self.ssh_key_secret = ssh_key_secret  # the secret (Den, Vault) holding the SSH key, once saved
 
     # --- machines ----------------------------------------------------------------------------------
     @property
@@ -130,10 +134,43 @@ class _OnDemand(SSHCluster):
     def _forget_nodes(self) -> None:
         """Forget what was learned about the old machines (kinds with several nodes forget more)."""
 
+    def save(self, name: str | None = None) -> _OnDemand:
+        """Save the config. With a secret store (logged in to Den, or Vault), the SSH key goes there as a secret
+        and the config names it (never the key itself): another machine of the same account fetches it."""
+        key = self.ssh_creds.get("ssh_private_key")
+        store = configured_store()
+        if key and store is not None and Path(key).expanduser().is_file():
+            secret = f"ssh-key-{self.launch_request.cluster_name}"
+            store.put(secret, "ssh", {"private_key": Path(key).expanduser().read_text()})
+            self.ssh_key_secret = secret
+        super().save(name)
+        return self
+
+    def _fetch_key(self) -> None:
+        """When the SSH key is not on this machine but saved as a secret, keep a copy of it here (0600)."""
+        key = self.ssh_creds.get("ssh_private_key")
+        if not self.ssh_key_secret or (key and Path(key).expanduser().is_file()):
+            return
+        store = configured_store()
+        if store is None:
+            raise ConfigError(f"the SSH key of cluster {self.name} is the secret {self.ssh_key_secret!r}: log in "
+                              "to Den (rh.login) to fetch it, or give ssh_creds={'ssh_private_key': ...}")
+        _, values = store.get(self.ssh_key_secret)
+        folder = config_dir() / "keys"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / self.launch_request.cluster_name
+        write_atomic(path, values["private_key"])
+        self.ssh_creds = {**self.ssh_creds, "ssh_private_key": str(path)}
+        self.creds = SSHCredentials.from_dict(
+            self.ips[0], {**self.ssh_creds, "accept_new_host_keys": self.accept_new_host_keys}
+        )
+        self._ssh = self._hosts = None
+
     def _ensure_up(self, start: bool = False) -> None:
         """Find the machines (launching them, or starting them when stopped, if this may start the cluster),
         then bring the daemon up as on any SSH cluster."""
         if not self._checked_up:
+            self._fetch_key()
             machines = self.machines()
             if machines is None or machines.state != UP:
                 if not (start or self._starts_on_use):
@@ -219,13 +256,14 @@ class _OnDemand(SSHCluster):
             "open_ports": list(request.open_ports),
             "provisioner": self.provisioner_name,
             "cluster_name": request.cluster_name,
+            "ssh_key_secret": self.ssh_key_secret,
         }
 
     @classmethod
     def _arguments_from_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         arguments = super()._arguments_from_config(config)
         fields = ("instance_type", "provider", "num_instances", "use_spot", "region", "image_id", "memory",
-                  "disk_size", "open_ports", "provisioner", "cluster_name")
+                  "disk_size", "open_ports", "provisioner", "cluster_name", "ssh_key_secret")
         return {**arguments, **{key: config[key] for key in fields if key in config}}
 
 
