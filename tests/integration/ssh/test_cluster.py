@@ -319,3 +319,19 @@ def test_the_wheel_shipped_to_hosts_holds_exactly_this_build(tmp_path, monkeypat
         if path.suffix in (".py", ".json", ".typed") and "__pycache__" not in path.parts
     }
     assert shipped == here
+
+
+def test_a_cluster_you_bring_autostops_with_its_own_stop_command(sshd, tmp_path):
+    marker = sshd.home / "autostopped"
+    box = rh.cluster(name="ssh_autostop", ips=[sshd.host], ssh_creds=_creds(sshd), server_port=free_port(),
+                     autostop_mins=1 / 60, autostop_command=f"touch {marker}")
+    assert box.config()["autostop_mins"] == 1 / 60
+    try:
+        box.up_if_not()
+        assert box.status()["autostop"]["command"] == f"touch {marker}"
+        deadline = time.monotonic() + 30
+        while not (marker.exists() and not box.is_up()):
+            assert time.monotonic() < deadline, "the idle daemon did not run its stop command and stop"
+            time.sleep(0.3)
+    finally:
+        box.teardown()
