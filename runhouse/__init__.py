@@ -55,6 +55,7 @@ _EXPORTS = {
     "module": "runhouse.resources.module",
     "ondemand_cluster": "runhouse.resources.clusters",
     "secret": "runhouse.resources.secret",
+    "send": "runhouse.resources.function",
     "set_folder": "runhouse.rns.store",
     "table": "runhouse.resources.table",
 }
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
     from runhouse.resources.clusters import Cluster, cluster, ondemand_cluster
     from runhouse.resources.env import Env, env
     from runhouse.resources.folder import Folder, folder
-    from runhouse.resources.function import Function, function
+    from runhouse.resources.function import Function, function, send
     from runhouse.resources.module import Module, RemoteClass, RemoteInstance, module
     from runhouse.resources.remote import Ref, get
     from runhouse.resources.resource import Resource, exists, load

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runhouse.errors import RunhouseError
 from runhouse.protocol import CALL_METHOD
 from runhouse.resources import remote
+
+if TYPE_CHECKING:
+    from runhouse.resources.clusters.base import Cluster
+    from runhouse.resources.env import Env
 
 
 class Function(remote.Deployable):
@@ -59,19 +63,39 @@ class Function(remote.Deployable):
 
 
 
-def function(fn: Callable | None = None, name: str | None = None, dryrun: bool = False) -> Function:
-    """Wrap a function so it can be deployed to a cluster.
+def function(
+    fn: Callable | None = None,
+    name: str | None = None,
+    dryrun: bool = False,
+    system: Cluster | None = None,
+    env: Env | str | Sequence[str] | None = None,
+    reqs: Sequence[str] | None = None,
+    serialize_notebook_fn: bool = False,
+) -> Function:
+    """Wrap a function so it can be deployed to a cluster; with ``system``, deploy it there at once (in ``env``,
+    or an env of ``reqs``). Called with only a name, loads the function saved under it.
+
+    Functions defined in a notebook or ``__main__`` are always sent by value (``serialize_notebook_fn`` is
+    accepted for Runhouse's documented calls and changes nothing). ``rh.send`` is the same factory.
 
     Example::
 
         remote_add = rh.function(add).to(rh.here)
         remote_add(1, 2)                       # 3, computed on the cluster
         remote_add.map([1, 2], [3, 4])         # [4, 6], in parallel
+        rh.function(add, name="add", system=gpu, reqs=["numpy"])   # deployed at once, in an env with numpy
     """
     if fn is None:
         if name is None:
             raise RunhouseError("rh.function needs a function, or the name of a saved one")
         from runhouse.resources.resource import load_typed
 
-        return load_typed(Function, name, dryrun=dryrun)
-    return Function(fn, name)
+        loaded = load_typed(Function, name, dryrun=dryrun)
+        return loaded.to(system, env if env is not None else reqs) if system is not None else loaded
+    if env is not None and reqs is not None:
+        raise ValueError("give env= or reqs= (the requirements of a new env), not both")
+    made = Function(fn, name)
+    return made.to(system, env if env is not None else reqs, dryrun=dryrun) if system is not None else made
+
+
+send = function  # Runhouse's documented name for the same factory

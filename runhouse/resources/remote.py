@@ -147,9 +147,21 @@ class Deployable(Resource):
             raise RunhouseError(f"{self.RESOURCE_TYPE} {self.name!r} has no local code to deploy")
         return self.code
 
-    def to(self: D, system: Cluster, env: Env | str | Sequence[str] | None = None, dryrun: bool = False) -> D:
+    def to(
+        self: D,
+        system: Cluster,
+        env: Env | str | Sequence[str] | None = None,
+        dryrun: bool = False,
+        name: str | None = None,
+    ) -> D:
         """Deploy to ``system`` in ``env`` (an Env, an env name, or a list of requirements); returns the
-        deployed copy. Deploying unchanged code again costs one round trip; ``dryrun`` only builds the copy."""
+        deployed copy, named ``name`` when given (on the cluster too). Deploying unchanged code again costs one
+        round trip; ``dryrun`` only builds the copy."""
+        if name is not None:
+            renamed = copy.copy(self)
+            renamed._set_name(name)
+            renamed.remote_name = renamed.name or name
+            return renamed.to(system, env, dryrun)
         code = self._local_code()
         spec, payload, version = describe_code(code)
         if dryrun:

@@ -20,6 +20,15 @@ from runhouse.resources.clusters.direct import DirectCluster
 __all__ = ["Cluster", "DirectCluster", "cluster", "here", "ondemand_cluster"]
 
 
+# The keywords of the kinds of clusters rh.cluster makes, beyond its own parameters.
+_OPTIONS = (
+    "server_connection_type", "accept_new_host_keys", "allow_upgrade", "autostop_mins", "autostop_command",
+    "ray_port", "node_resources",
+    "instance_type", "provider", "num_instances", "use_spot", "region", "image_id", "memory", "disk_size",
+    "open_ports", "provisioner", "cluster_name", "ssh_key_secret",
+)
+
+
 def cluster(
     name: str | None = None,
     host: str | None = None,
@@ -44,6 +53,12 @@ def cluster(
         rh.cluster(name="box")   # the same cluster, once saved with box.save()
         pair = rh.cluster(name="pair", ips=["10.0.0.5", "10.0.0.6"], ssh_creds={"ssh_user": "ubuntu"})
     """
+    unknown = sorted(set(ssh_options) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"rh.cluster() got unexpected keyword arguments {unknown}; it takes name, host, server_port, token, "
+            f"dryrun, ips, ssh_creds and {', '.join(_OPTIONS)}"
+        )
     if "instance_type" in ssh_options or "num_instances" in ssh_options:
         if name is None:
             raise ValueError("an on-demand cluster (instance_type=...) needs a name: its machines are found by it")
