@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import traceback
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -287,6 +288,19 @@ class _Response:
             await self.frame(protocol.ERROR, [protocol.encode_meta(info)])
 
 
+def _query_arguments(query: bytes) -> dict[str, Any]:
+    """Keyword arguments from a query string: each value read as JSON (``?n=3&tags=["a"]``), else as text."""
+    arguments: dict[str, Any] = {}
+    for name, value in urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True, strict_parsing=False):
+        if not name.isidentifier():
+            raise BadRequestError(f"query argument {name!r} is not a Python identifier; send it in a POST body")
+        try:
+            arguments[name] = json.loads(value)
+        except ValueError:
+            arguments[name] = value
+    return arguments
+
+
 def _json_result(body: bytes) -> bytes:
     """The JSON answer ``{"result": ...}`` around a worker's JSON-encoded result.
 
@@ -358,8 +372,12 @@ class App:
             self.runtime.idle.begin()
             counted = True
             response.json_mode = json_mode = headers.get(b"content-type", b"") != _CT
-            if scope["method"] != "POST":
-                raise BadRequestError(f"use POST for {path} (only GET /health exists)")
+            query = b""
+            if scope["method"] == "GET" and not path.startswith(protocol.CONTROL_PREFIX):
+                query, json_mode = scope.get("query_string", b""), True  # a call as curl -X GET writes it
+                response.json_mode = True
+            elif scope["method"] != "POST":
+                raise BadRequestError(f"use POST for {path} (GET works for calls: /<name>/<method>?arg=value)")
             handler: Callable[[_Request, _Response], Awaitable[None]] | None = None
             if path.startswith(protocol.CONTROL_PREFIX):
                 route = self._routes.get(path[len(protocol.CONTROL_PREFIX):])
@@ -370,6 +388,8 @@ class App:
                 table = _CALL_OPTIONS
             options = _parse_options(headers.get(b"x-rh-meta"), table, path)
             body = await _read_body(receive, headers.get(b"content-length"), self.max_body_bytes)
+            if query:
+                body = memoryview(json.dumps({"kwargs": _query_arguments(query)}).encode())
             request = _Request(path, options, body, json_mode)
             if handler is not None:
                 await handler(request, response)

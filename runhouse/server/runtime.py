@@ -526,9 +526,18 @@ class Runtime:
         return await worker.request({"op": WorkerOp.SETATTR, "name": name, "attr": attr}, [payload])
 
     async def delete(self, keys: Sequence[str]) -> list[str]:
-        """Delete named objects; returns the names that existed."""
+        """Delete named objects, and envs by name (their workers stop; the objects in them go too); returns the
+        names that existed.
+
+        Raises:
+            BadRequestError: a key names the default env, which cannot be deleted.
+        """
         deleted = []
         for key in keys:
+            if key not in self.registry.entries and key in self.registry.envs:
+                await self._delete_env(key)
+                deleted.append(key)
+                continue
             entry = self.registry.entries.pop(key, None)
             running = self._running_refs.pop(key, None)
             if running is not None:  # nobody can get its result any more: stop the call
@@ -540,6 +549,21 @@ class Runtime:
                 await self._drop_from_workers(entry)
         self.registry.save()
         return deleted
+
+    async def _delete_env(self, name: str) -> None:
+        if name == DEFAULT_ENV:
+            raise BadRequestError("the default env cannot be deleted; delete the objects in it by name instead")
+        async with self._env_locks.setdefault(name, asyncio.Lock()):
+            runtime = self.envs.pop(name, None)
+            if runtime is not None:
+                await runtime.stop()
+            for key in [k for k, e in self.registry.entries.items() if e.env == name]:
+                del self.registry.entries[key]
+                running = self._running_refs.pop(key, None)
+                if running is not None:
+                    running.cancel()
+            del self.registry.envs[name]
+            self.registry.save()
 
     async def _drop_from_workers(self, entry: Entry) -> None:
         runtime = self.envs.get(entry.env)

@@ -57,3 +57,56 @@ def test_an_unknown_keyword_to_rh_cluster_is_a_type_error_naming_it(keyword):
         rh.cluster(name="x", ips=["10.0.0.5"], **{keyword: 1})
     with pytest.raises(TypeError, match=f"'{keyword}'"):
         rh.cluster(name="x", host="localhost", **{keyword: 1})
+
+
+def test_a_call_without_arguments_and_with_query_arguments_answers_a_get(cluster):
+    import httpx
+
+    rh.function(funcs.add).to(cluster)
+    rh.function(funcs.pid).to(cluster)
+    headers = {"Authorization": f"Bearer {cluster.client.token}"}
+    base = f"http://127.0.0.1:{cluster.server_port}"
+    answer = httpx.get(f"{base}/pid/call", headers=headers, timeout=30)
+    assert answer.status_code == 200 and isinstance(answer.json()["result"], int)
+    answer = httpx.get(f"{base}/add/call", params={"a": "2", "b": "[1]"}, headers=headers, timeout=30)
+    assert answer.status_code == 422 and "TypeError" in answer.text  # 2 + [1] fails in the function
+    answer = httpx.get(f"{base}/add/call?a=2&b=40", headers=headers, timeout=30)
+    assert answer.json() == {"result": 42}
+    answer = httpx.get(f"{base}/add/call?a=x&b=y", headers=headers, timeout=30)
+    assert answer.json() == {"result": "xy"}  # values that are not JSON are text
+    assert httpx.get(f"{base}/add/call?a=1&b=2", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/_/keys", headers=headers, timeout=30).status_code == 400  # control stays POST
+
+
+def test_deleting_an_env_stops_its_workers_and_forgets_it_with_its_objects(own_cluster):
+    env = rh.env(name="doomed", env_vars={"MODE": "x"})
+    fn = rh.function(funcs.pid).to(own_cluster, env=env)
+    worker = fn()
+    assert "doomed" in [e["name"] for e in own_cluster.status()["envs"]]
+    assert own_cluster.delete("doomed") == ["doomed"]
+    status = own_cluster.status()
+    assert "doomed" not in [e["name"] for e in status["envs"]]
+    assert "pid" not in own_cluster.keys()
+    assert worker not in [w["pid"] for w in status["workers"]]
+    import psutil
+
+    deadline = __import__("time").monotonic() + 10
+    while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
+        assert __import__("time").monotonic() < deadline
+    with pytest.raises(rh.RunhouseError, match="default env cannot be deleted"):
+        own_cluster.delete("default")
+    assert rh.function(funcs.pid).to(own_cluster, env=env)() != worker  # made again on demand
+
+
+def test_a_local_daemon_has_the_whole_cluster_api(own_cluster, tmp_path):
+    marker = tmp_path / "ran"
+    first = own_cluster.run_setup([f"echo once >> {marker}"])
+    assert first and first[0][0] == 0
+    assert own_cluster.run_setup([f"echo once >> {marker}"]) == []
+    assert marker.read_text() == "once\n"
+    with pytest.raises(rh.RunhouseError, match="no tunnel to open"):
+        own_cluster.ssh_tunnel(local_port=8888, remote_port=8888)
+    pid = own_cluster.status()["pid"]
+    own_cluster.restart_grpc_server()
+    assert own_cluster.status()["pid"] != pid
+    assert own_cluster.keep_warm() is own_cluster

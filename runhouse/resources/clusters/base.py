@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import abc
 import functools
+import hashlib
 import ssl
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from runhouse import protocol
-from runhouse.errors import ClusterUnreachableError
+from runhouse.errors import ClusterUnreachableError, RunhouseError
 from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
 from runhouse.protocol import LogSink, Op
@@ -241,6 +242,18 @@ class Cluster(Resource, Closeable):
         self._envs_ready.clear()
         return self.up_if_not()
 
+    def restart_grpc_server(self) -> Cluster:
+        """Runhouse's documented name for :meth:`restart_server`."""
+        return self.restart_server()
+
+    def ssh_tunnel(self, local_port: int | None = None, remote_port: int | None = None) -> Any:
+        """Forward a local port to a port of the cluster (SSH clusters); a cluster reached directly has nothing
+        to forward through."""
+        raise RunhouseError(
+            f"{self.name or self.host} is reached directly at {self.host}:{self.server_port}, not over SSH, so there "
+            f"is no tunnel to open: connect to {self.host}:{remote_port or self.server_port} itself"
+        )
+
     def teardown(self) -> None:
         """Stop the daemon and its workers, then close the connections (also when stopping failed)."""
         try:
@@ -321,9 +334,14 @@ class Cluster(Resource, Closeable):
         return self._control(Op.KEYS, {"env": self._env_name(env) if env is not None else None})
 
     def delete(self, keys: str | Sequence[str]) -> list[str]:
-        """Delete objects by name; returns the names that existed."""
+        """Delete objects by name, or envs (their workers stop, the objects in them go too); returns the names
+        that existed."""
         self._ensure_up()
-        return self._control(Op.DELETE, {"keys": [keys] if isinstance(keys, str) else list(keys)})
+        names = [keys] if isinstance(keys, str) else list(keys)
+        deleted = self._control(Op.DELETE, {"keys": names})
+        for name in deleted:
+            self._envs_ready.pop(name, None)
+        return deleted
 
     # --- commands ----------------------------------------------------------------------------------
     def run(
@@ -359,6 +377,18 @@ class Cluster(Resource, Closeable):
         on_log = print_log(self.name or self.host) if stream_logs else None
         results = self._control(Op.RUN, meta, on_log=on_log, timeout=timeout)
         return [tuple(r) for r in results]
+
+    def run_setup(self, commands: Sequence[str], env: Env | str | None = None) -> list[tuple[int, str, str]]:
+        """Run setup commands once per cluster (remembered in its runhouse folder): later calls with the same
+        commands run nothing and return ``[]``; a failed command is not remembered."""
+        digest = hashlib.sha256("\n".join(commands).encode()).hexdigest()[:16]
+        marker = f'"${{RH_CONFIG_DIR:-$HOME/.rh}}/setup/{digest}"'
+        if self.run([f"test -f {marker}"], stream_logs=False)[0][0] == 0:
+            return []
+        results = self.run(list(commands), env=env)
+        if all(code == 0 for code, _, _ in results):
+            self.run([f'mkdir -p "${{RH_CONFIG_DIR:-$HOME/.rh}}/setup" && touch {marker}'], stream_logs=False)
+        return results
 
     def status(self) -> dict[str, Any]:
         """The daemon's envs, objects, workers (pid, memory), nodes, autostop and uptime."""

@@ -206,7 +206,6 @@ class RayCluster(SSHCluster):
         self.up_if_not()
         return self
 
-    restart_grpc_server = restart_server
 
     # --- code ------------------------------------------------------------------------------------------
     def prepare_code(self, spec: dict[str, Any], env: str) -> dict[str, Any]:

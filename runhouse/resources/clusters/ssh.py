@@ -14,7 +14,6 @@ folder, the same layout the daemon writes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import platform
 import shlex
 import ssl
@@ -321,7 +320,6 @@ class SSHCluster(Cluster):
         super().restart_server()
         return self
 
-    restart_grpc_server = restart_server
 
     def close(self) -> None:
         """Close the tunnel and the SSH connection (the daemon keeps running)."""
@@ -360,18 +358,6 @@ class SSHCluster(Cluster):
     def ssh_tunnel(self, local_port: int | None = None, remote_port: int | None = None) -> Tunnel:
         """Forward ``local_port`` here to ``remote_port`` on the host; use as a context manager."""
         return self.ssh_connection.forward(remote_port or self.server_port, local_port)
-
-    def run_setup(self, commands: Sequence[str], env: str | None = None) -> list[tuple[int, str, str]]:
-        """Run setup commands once per host (remembered there); later calls with the same commands skip."""
-        digest = hashlib.sha256("\n".join(commands).encode()).hexdigest()[:16]
-        marker = f"{self._state()}/setup/{digest}"
-        if self.ssh_connection.run(f"test -f {marker}", timeout=STEP_TIMEOUT_S).returncode == 0:
-            return []
-        results = self.run(list(commands), env=env)
-        if all(code == 0 for code, _, _ in results):
-            command = f"mkdir -p {self._state()}/setup && touch {marker}"
-            self.ssh_connection.run(command, timeout=STEP_TIMEOUT_S, check=True)
-        return results
 
     # --- config --------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
