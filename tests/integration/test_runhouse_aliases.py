@@ -110,3 +110,18 @@ def test_a_local_daemon_has_the_whole_cluster_api(own_cluster, tmp_path):
     own_cluster.restart_grpc_server()
     assert own_cluster.status()["pid"] != pid
     assert own_cluster.keep_warm() is own_cluster
+
+
+def test_default_env_is_used_by_every_call_put_and_command_unless_told_otherwise(own_cluster):
+    dflt = rh.env(name="dflt", env_vars={"MODE": "from-default-env"})
+    box = rh.cluster(name="with_default", host="localhost", server_port=own_cluster.server_port, default_env=dflt)
+    assert rh.function(funcs.env_var).to(box)("MODE") == "from-default-env"
+    assert box.run(["echo $MODE"], stream_logs=False)[0][1] == "from-default-env\n"
+    box.put("in_default", 1)
+    assert "in_default" in box.keys(env="dflt")
+    assert rh.function(funcs.env_var).to(box, env="default")("MODE") != "from-default-env"
+    again = rh.Cluster.from_config(box.config())
+    assert again.config()["default_env"]["name"] == "dflt"
+    assert rh.function(funcs.env_var, name="env_var_again").to(again)("MODE") == "from-default-env"
+    with pytest.raises(TypeError, match="default_env"):
+        rh.cluster(name="bad", host="localhost", server_port=own_cluster.server_port, default_env=3)

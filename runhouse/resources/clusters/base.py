@@ -102,10 +102,21 @@ class Cluster(Resource, Closeable):
             )
         return super().__new__(cls)
 
-    def __init__(self, name: str | None = None, server_port: int | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        server_port: int | None = None,
+        token: str | None = None,
+        default_env: Env | str | None = None,
+    ) -> None:
         super().__init__(name)
         self.server_port = server_port or default_server_port()
         self._token = token
+        if isinstance(default_env, dict):  # as saved in a config
+            default_env = Env.from_config(default_env) if "resource_type" in default_env else Env(**default_env)
+        if default_env is not None and not isinstance(default_env, (Env, str)):
+            raise TypeError(f"default_env is an rh.env(...) or an env's name, not {default_env!r}")
+        self.default_env = default_env  # the env every call, put and command uses unless told otherwise
         self._client: DaemonClient | None = None
         self._envs_ready: dict[str, dict] = {}  # env name -> spec known to exist on the daemon
         self._checked_up = False
@@ -286,7 +297,10 @@ class Cluster(Resource, Closeable):
         return spec["name"]
 
     def _env_name(self, env: Env | str | Sequence[str] | None) -> str | None:
-        """The name of an env given as an Env (created here if needed), a name, or a list of requirements."""
+        """The name of an env given as an Env (created here if needed), a name, or a list of requirements; the
+        cluster's ``default_env`` when none is given."""
+        if env is None:
+            env = self.default_env
         if env is None or isinstance(env, str):
             return env
         if not isinstance(env, Env):
@@ -416,7 +430,10 @@ class Cluster(Resource, Closeable):
 
     # --- config ------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "server_port": self.server_port}
+        config = {**super().config(), "server_port": self.server_port}
+        if self.default_env is not None:
+            config["default_env"] = self.default_env if isinstance(self.default_env, str) else self.default_env.config()
+        return config
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Cluster:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from runhouse.errors import ClusterUnreachableError, RunhouseError
 from runhouse.resources.clusters import local_daemon
 from runhouse.resources.clusters.base import Cluster
+from runhouse.resources.env import Env
 
 if TYPE_CHECKING:
     from runhouse.resources.data.base import DataSystem
@@ -25,9 +26,14 @@ class DirectCluster(Cluster):
     """
 
     def __init__(
-        self, name: str | None = None, host: str = "localhost", server_port: int | None = None, token: str | None = None
+        self,
+        name: str | None = None,
+        host: str = "localhost",
+        server_port: int | None = None,
+        token: str | None = None,
+        default_env: Env | str | None = None,
     ) -> None:
-        super().__init__(name=name, server_port=server_port, token=token)
+        super().__init__(name=name, server_port=server_port, token=token, default_env=default_env)
         self._host = host
 
     @property
@@ -84,7 +90,8 @@ class DirectCluster(Cluster):
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> DirectCluster:
-        return cls(name=config.get("name"), host=config["host"], server_port=config["server_port"])
+        return cls(name=config.get("name"), host=config["host"], server_port=config["server_port"],
+                   default_env=config.get("default_env"))
 
     def __repr__(self) -> str:
         return f"<Cluster {self.rns_address or self.name!r} at {self._host}:{self.server_port}>"

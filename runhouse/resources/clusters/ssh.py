@@ -29,6 +29,7 @@ from runhouse.prompts import ask_yes_no
 from runhouse.protocol import LogSink
 from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S, LOCAL_HOSTS, Cluster, print_log
 from runhouse.resources.clusters.code import SYNC_TIMEOUT_S, RepoShipper, local_wheel
+from runhouse.resources.env import Env
 from runhouse.transport.client import Response, pinned_ssl_context
 from runhouse.transport.ssh import HostGroup, SSHConnection, SSHCredentials, Tunnel
 from runhouse.version import build_id
@@ -64,6 +65,7 @@ class SSHCluster(Cluster):
         token: str | None = None,
         autostop_mins: float | None = None,
         autostop_command: str | None = None,
+        default_env: Env | str | None = None,
     ) -> None:
         if not ips:
             raise ValueError("an SSH cluster needs ips=[...] (the first is the head node)")
@@ -72,7 +74,8 @@ class SSHCluster(Cluster):
                 f"server_connection_type={server_connection_type!r}: use 'ssh' (an SSH tunnel, the default) or "
                 "'tls' (HTTPS straight to the daemon, its certificate pinned)"
             )
-        super().__init__(name=name, server_port=server_port or DEFAULT_SERVER_PORT, token=token)
+        super().__init__(name=name, server_port=server_port or DEFAULT_SERVER_PORT, token=token,
+                         default_env=default_env)
         self.ips = list(ips)
         self.ssh_creds = dict(ssh_creds or {})
         self.server_connection_type = server_connection_type
@@ -389,6 +392,7 @@ class SSHCluster(Cluster):
             "allow_upgrade": config.get("allow_upgrade", True),
             "autostop_mins": config.get("autostop_mins"),
             "autostop_command": config.get("autostop_command"),
+            "default_env": config.get("default_env"),
         }
 
     def __repr__(self) -> str:
