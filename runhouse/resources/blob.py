@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import IO, Any
 
+from runhouse.resources.data.registry import documented_location
 from runhouse.resources.folder import DataResource
 
 
@@ -80,10 +81,13 @@ def blob(
     system: Any = None,
     storage_options: Mapping[str, Any] | None = None,
     dryrun: bool = False,
+    url: str | None = None,
+    fs: Any = None,
 ) -> Blob:
     """Bytes stored as one file on ``system`` ("file" by default, a cluster, "s3", "gs").
 
-    Called with only a name, loads the blob saved under it.
+    ``url`` and ``fs`` are Runhouse's documented names for ``path`` and ``system``. Called with only a name,
+    loads the blob saved under it.
 
     Example::
 
@@ -91,6 +95,7 @@ def blob(
         rh.blob(name="w").data                  # b"weights"
         rh.blob(name="w").to(gpu)               # the same bytes on the cluster
     """
+    path, system = documented_location(path, url, system, fs)
     if name is not None and data is None and path is None and system is None:
         from runhouse.resources.resource import load_typed
 

@@ -12,6 +12,7 @@ from typing import IO, Any, ClassVar, TypeVar
 
 from runhouse.errors import InvalidNameError
 from runhouse.resources.data import DataSystem, data_system, transfer
+from runhouse.resources.data.registry import documented_location
 from runhouse.resources.resource import Resource
 
 D = TypeVar("D", bound="DataResource")
@@ -180,10 +181,13 @@ def folder(
     system: Any = None,
     storage_options: Mapping[str, Any] | None = None,
     dryrun: bool = False,
+    url: str | None = None,
+    fs: Any = None,
 ) -> Folder:
     """A folder at ``path`` on ``system`` ("file" by default, a cluster, "s3", "gs").
 
-    Called with only a name, loads the folder saved under it.
+    ``url`` and ``fs`` are Runhouse's documented names for ``path`` and ``system``. Called with only a name,
+    loads the folder saved under it.
 
     Example::
 
@@ -192,6 +196,7 @@ def folder(
         data.to("here", path="local_data")                    # back to this machine
         rh.folder(path="bucket/data", system="s3").to(gpu)
     """
+    path, system = documented_location(path, url, system, fs)
     if name is not None and path is None and system is None:
         from runhouse.resources.resource import load_typed
 

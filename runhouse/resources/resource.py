@@ -121,9 +121,22 @@ class Resource:
         """Every saved version of this resource's config, oldest first (``version`` ids for rh.load)."""
         return rns_store.history(self._address())
 
-    def share(self, users: str | list[str], access_level: str = "read", notify: bool = False) -> dict[str, Any]:
-        """Share this resource (saved in Den) with users, ``access_level`` "read" or "write"."""
-        return rns_store.share(self._address(), [users] if isinstance(users, str) else list(users), access_level)
+    def share(
+        self,
+        users: str | list[str],
+        access_level: str | None = None,
+        notify: bool = False,
+        access_type: str | None = None,
+        notify_users: bool | None = None,
+    ) -> dict[str, Any]:
+        """Share this resource (saved in Den) with users, ``access_level`` "read" (default) or "write".
+
+        ``access_type`` and ``notify_users`` are Runhouse's documented names for ``access_level`` and ``notify``.
+        """
+        if access_level is not None and access_type is not None and access_level != access_type:
+            raise ValueError(f"access_level={access_level!r} and access_type={access_type!r} disagree; give one")
+        level = access_level or access_type or "read"
+        return rns_store.share(self._address(), [users] if isinstance(users, str) else list(users), level)
 
     def unshare(self, users: str | list[str]) -> dict[str, Any]:
         """Take back the shares this resource's address gave to users."""

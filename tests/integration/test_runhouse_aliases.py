@@ -125,3 +125,13 @@ def test_default_env_is_used_by_every_call_put_and_command_unless_told_otherwise
     assert rh.function(funcs.env_var, name="env_var_again").to(again)("MODE") == "from-default-env"
     with pytest.raises(TypeError, match="default_env"):
         rh.cluster(name="bad", host="localhost", server_port=own_cluster.server_port, default_env=3)
+
+
+def test_folders_and_blobs_take_url_and_fs(tmp_path):
+    folder = rh.folder(url=str(tmp_path / "data"), fs="file")
+    folder.put({"a.txt": "hello"})
+    assert rh.folder(path=str(tmp_path / "data"), system="file").ls(full_paths=False) == ["a.txt"]
+    rh.blob(data=b"bytes", url=str(tmp_path / "b.bin"), fs="file").write()
+    assert rh.blob(path=str(tmp_path / "b.bin"), system="file").data == b"bytes"
+    with pytest.raises(ValueError, match="disagree"):
+        rh.folder(path="a", url="b")

@@ -165,3 +165,15 @@ def data_system(system: SystemSpec = None, storage_options: Mapping[str, Any] | 
         f"system={system!r} is {what}: use {', '.join(map(repr, available_implementations()))}, "
         "a cluster, or a cluster's name or config"
     )
+
+
+def documented_location(path: str | None, url: str | None, system: Any, fs: Any) -> tuple[str | None, Any]:
+    """``(path, system)`` of a data resource given with Runhouse's documented names too (``url=``, ``fs=``).
+
+    Raises:
+        ValueError: both names of one thing were given, with different values.
+    """
+    for ours, theirs, what in ((path, url, "path= and url="), (system, fs, "system= and fs=")):
+        if ours is not None and theirs is not None and ours != theirs:
+            raise ValueError(f"{what} name the same thing and disagree ({ours!r}, {theirs!r}); give one")
+    return (path if path is not None else url), (system if system is not None else fs)

@@ -73,6 +73,16 @@ def test_share_lets_another_user_read_and_strangers_are_refused(alice, den):
         DenClient(den.url, bob.token).get(address)
 
 
+def test_share_takes_runhouses_documented_keywords(alice, den):
+    env = rh.env(env_vars={"S": "2"}, name="shared_env_documented").save()
+    bob = den.user("bob")
+    env.share([bob.name], access_type="write", notify_users=False)
+    address = f"/{alice.name}/shared_env_documented"
+    assert DenClient(den.url, bob.token).get(address)["config"]["env_vars"] == {"S": "2"}
+    with pytest.raises(ValueError, match="disagree"):
+        env.share(bob.name, access_level="read", access_type="write")
+
+
 def test_defaults_upload_and_download(alice):
     configs.set("default_autostop", 45)
     configs.upload_defaults()
