@@ -3,7 +3,8 @@
 ``~/a/b`` lives in ``<repo>/rh/a/b/config.json``, where ``<repo>`` is the git root of the current directory
 (the current directory itself outside a git repo). Every save that changes the config first moves the
 previous one to ``rh/a/b/.history/<version>.json``; writes are atomic (temp file, fsync, rename) and
-serialized between processes by a lock file, so concurrent saves never corrupt anything.
+serialized between processes by a lock file, so concurrent saves never corrupt anything. ``rh/.gitignore``
+keeps lock files and histories out of git: only the configs are committed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ CONFIG_FILE = "config.json"
 HISTORY_DIR = ".history"
 LOCK_FILE = ".lock"
 RNS_DIR = "rh"
+GITIGNORE = ".gitignore"
+# What git should not pick up in rh/: lock files and the history of configs (the configs themselves are committed).
+_IGNORED = (LOCK_FILE, f"{HISTORY_DIR}/")
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -69,9 +73,22 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _ignore_bookkeeping(base: Path) -> None:
+    """Give rh/ a .gitignore naming its lock files and histories (lines it lacks are added, none removed)."""
+    path = base / GITIGNORE
+    current = path.read_text() if path.exists() else ""
+    missing = [line for line in _IGNORED if line not in current.splitlines()]
+    if missing:
+        prefix = "" if not current or current.endswith("\n") else "\n"
+        write_atomic(path, current + prefix + "".join(f"{line}\n" for line in missing), mode=0o644)
+
+
 def save(parts: tuple[str, ...], config: dict[str, Any], root: Path | None = None) -> bool:
     """Save ``config`` under ``parts``; returns False (and writes nothing) when it is unchanged."""
     folder = _folder(parts, root)
+    base = (root or rns_root()).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    _ignore_bookkeeping(base)
     text = _dump(config)
     with _locked(folder):
         current = folder / CONFIG_FILE

@@ -91,3 +91,19 @@ def test_concurrent_saves_from_two_processes_never_corrupt(root):
         config = local_store.load(("shared",), v["version"], root)
         assert config["worker"] in (1, 2)
     assert not list(root.rglob("*.tmp-*"))
+
+
+def test_git_sees_only_the_configs_not_locks_or_history(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "rh").mkdir()
+    (tmp_path / "rh" / ".gitignore").write_text("my-own-entry")  # kept as the user wrote it, lines added
+    root = tmp_path / "rh"
+    local_store.save(("team", "fn"), {"v": 1}, root)
+    local_store.save(("team", "fn"), {"v": 2}, root)  # the first goes to .history
+    assert (root / "team" / "fn" / ".history").is_dir() and (root / "team" / "fn" / ".lock").exists()
+    seen = subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain", "--untracked-files=all"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(p for p in seen if p != "??") == ["rh/.gitignore", "rh/team/fn/config.json"]
+    assert (root / ".gitignore").read_text().splitlines() == ["my-own-entry", ".lock", ".history/"]
+    local_store.save(("team", "other"), {"v": 1}, root)
+    assert (root / ".gitignore").read_text().splitlines() == ["my-own-entry", ".lock", ".history/"]
