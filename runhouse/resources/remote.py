@@ -24,6 +24,7 @@ from runhouse.protocol import DEFAULT_ENV, LogSink, Op
 from runhouse.resources.clusters.base import print_log
 from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
+from runhouse.rns.local_store import repo_root
 from runhouse.transport.client import CALL_READ_TIMEOUT_S, Response, answer_wait
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ class Deployable(Resource):
             "remote_name": self.remote_name,
             "env": self.env,
             "system": (system.rns_address or system.config()) if system else None,
-            "code": self.code_spec,
+            "code": _portable(self.code_spec),
             "info": self.info,
         }
 
@@ -209,15 +210,31 @@ class Deployable(Resource):
         return stub
 
 
+def _portable(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``spec`` as a config keeps it: an import root inside a git repo relative to the repo's root, so the
+    config names no folder of the author's machine (it is read against the reader's checkout)."""
+    root = (spec or {}).get("root")
+    if not spec or not root or spec.get("root_in_repo") or not Path(root).is_absolute():
+        return spec
+    repo = repo_root(Path(root))
+    if not (repo / ".git").exists():
+        return spec
+    return {**spec, "root": Path(root).relative_to(repo).as_posix(), "root_in_repo": True}
+
+
 def code_from_spec(spec: dict[str, Any]) -> Any:
-    """The code a config recorded: unpickled when it was sent by value, else imported by path."""
+    """The code a config recorded: unpickled when it was sent by value, else imported by path (a root relative
+    to a repo is read against the current checkout's root)."""
     if spec.get("pickled"):
         return cloudpickle.loads(base64.b64decode(spec["payload"]))
     try:
         obj: Any = importlib.import_module(spec["module"])
     except ImportError:
-        if spec.get("root") and spec["root"] not in sys.path:
-            sys.path.append(spec["root"])
+        root = spec.get("root")
+        if root and spec.get("root_in_repo"):
+            root = str(repo_root() / root)
+        if root and root not in sys.path:
+            sys.path.append(root)
         obj = importlib.import_module(spec["module"])
     for part in spec["qualname"].split("."):
         obj = getattr(obj, part)

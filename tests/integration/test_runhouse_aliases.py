@@ -135,3 +135,21 @@ def test_folders_and_blobs_take_url_and_fs(tmp_path):
     assert rh.blob(path=str(tmp_path / "b.bin"), system="file").data == b"bytes"
     with pytest.raises(ValueError, match="disagree"):
         rh.folder(path="a", url="b")
+
+
+def test_a_saved_function_names_its_code_relative_to_its_repo(cluster, tmp_path, monkeypatch):
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import tests
+
+    repo = Path(tests.__file__).resolve().parents[1]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    saved = rh.function(funcs.add, name="~/portable_add").to(cluster).save()
+    config = json.loads((tmp_path / "rh" / "portable_add" / "config.json").read_text())
+    assert config["code"]["root"] == "." and config["code"]["root_in_repo"] is True
+    assert str(repo) not in json.dumps(config["code"])  # no folder of the author's machine
+    assert rh.function(name="~/portable_add")(20, 22) == 42
+    assert saved(1, 2) == 3
