@@ -73,3 +73,15 @@ def loopback(tmp_path_factory: pytest.TempPathFactory, config_dir: Path) -> Iter
     finally:
         for name in list(provisioner.clusters):
             provisioner.down(name)
+
+
+@pytest.fixture
+def in_a_project(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current folder is a new git repository of the test's own: what it saves by local name (``~/...``, a
+    named blob's write) goes to that repository's rh/ folder, never the checkout the tests run from."""
+    import subprocess
+
+    project = tmp_path_factory.mktemp("project")
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    monkeypatch.chdir(project)
+    return project

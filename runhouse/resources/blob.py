@@ -45,13 +45,16 @@ class Blob(DataResource):
         self._data, self._written = value, False
 
     def write(self, data: bytes | None = None) -> Blob:
-        """Write the blob's data (or ``data``) to its path, replacing the file whole; returns self."""
+        """Write the blob's data (or ``data``) to its path, replacing the file whole; a named blob is saved
+        under its name too (``rh.blob(name=...)`` finds it). Returns self."""
         if data is not None:
             self.data = data
         if self._data is None:
             raise ValueError(f"blob {self.name or self.path!r} has no data to write")
         self.system.write_atomic(self.path, self._data)
         self._written = True
+        if self.name:
+            self.save()
         return self
 
     def fetch(self) -> bytes:

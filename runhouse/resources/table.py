@@ -56,7 +56,8 @@ class Table(DataResource):
 
     # --- writing -------------------------------------------------------------------------------------------
     def write(self, data: TableData = None) -> Table:
-        """Write the table's data (or ``data``) as Parquet parts, replacing the table whole; returns self.
+        """Write the table's data (or ``data``) as Parquet parts, replacing the table whole; a named table is
+        saved under its name too (``rh.table(name=...)`` finds it). Returns self.
 
         Parts are written into a hidden sibling folder, swapped in when every part is complete.
         """
@@ -70,6 +71,8 @@ class Table(DataResource):
         self._schema_fields = _fields(self._schema)
         self.system.replace(stage, self.path)
         self._data = None  # it is on the system now; an iterator could not be written twice anyway
+        if self.name:
+            self.save()
         return self
 
     def _write_pending(self) -> bool:

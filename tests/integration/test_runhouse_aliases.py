@@ -153,3 +153,14 @@ def test_a_saved_function_names_its_code_relative_to_its_repo(cluster, tmp_path,
     assert str(repo) not in json.dumps(config["code"])  # no folder of the author's machine
     assert rh.function(name="~/portable_add")(20, 22) == 42
     assert saved(1, 2) == 3
+
+
+def test_a_named_blob_or_table_written_loads_by_name_as_the_readme_says(in_a_project):
+    import pandas
+
+    rh.blob(data=b"weights-bytes", name="weights").write()
+    assert rh.blob(name="weights").data == b"weights-bytes"
+    frame = pandas.DataFrame({"x": [1, 2, 3]})
+    rh.table(data=frame, name="events").write()
+    assert rh.table(name="events").to_pandas()["x"].tolist() == [1, 2, 3]
+    assert (in_a_project / "rh" / "weights" / "config.json").exists()

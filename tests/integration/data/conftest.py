@@ -21,6 +21,11 @@ from tests.conftest import free_port
 from tests.integration.ssh.conftest import sshd  # noqa: F401 - the sshd fixture, used here too
 from tests.support.sshd import SSHServer
 
+
+@pytest.fixture(autouse=True)
+def _saves_stay_in_a_project(in_a_project: Path) -> None:
+    """Named data resources are saved when written: into a project of the test's own."""
+
 BUCKET = "rh-test"
 _FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",

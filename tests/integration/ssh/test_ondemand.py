@@ -15,6 +15,11 @@ from tests.conftest import free_port
 from tests.integration import funcs
 
 
+@pytest.fixture(autouse=True)
+def _saves_stay_in_a_project(in_a_project):
+    """Clusters saved here go to a project of the test's own."""
+
+
 def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
