@@ -450,6 +450,14 @@ def test_launch_checks_the_requested_cloud_is_enabled_first(
     assert len(fake.named("launch")) == 3
 
 
+def _run_python(script: str, cwd: Path, home: Path) -> str:
+    """Run ``script`` in a fresh interpreter with a clean environment and ``home``; its stdout, stripped."""
+    done = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=_clean_env(home), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def _clean_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SKY_ENV}
     env["HOME"] = str(home)
@@ -496,16 +504,7 @@ def test_no_enabled_cloud_fails_fast_without_calling_skypilot(sky: Any, tmp_path
     )
     home = tmp_path / "home"
     home.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=_clean_env(home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(_run_python(script, tmp_path, home).splitlines()[-1])
     assert out["aws"] == "SkyPilot has no enabled cloud (for aws): set up credentials and run `sky check`"
     assert out["any"] == "SkyPilot has no enabled cloud: set up credentials and run `sky check`"
     assert out["aws_seconds"] < 10 and out["any_seconds"] < 10
@@ -541,16 +540,7 @@ def test_importing_runhouse_does_not_import_skypilot(tmp_path: Path) -> None:
         "import sys, runhouse, runhouse.resources.clusters.provisioning, runhouse.resources.clusters.sky; "
         "print('sky' in sys.modules)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=_clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert _run_python(script, tmp_path, tmp_path) == "False"
 
 
 @pytest.mark.parametrize("down", [False, True])
