@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ class RayBackend:
             try:
                 await self.refresh_nodes()
             except Exception as exc:  # Ray's control plane is briefly unreachable: keep the last view
-                print(f"runhouse: could not list the cluster's nodes: {exc}", flush=True)
+                print(f"runhouse: could not list the cluster's nodes: {exc}", file=sys.stderr, flush=True)
 
     async def refresh_nodes(self) -> list[NodeInfo]:
         """Ask Ray for the nodes now; the set of live ones changing bumps :attr:`nodes_version`."""
