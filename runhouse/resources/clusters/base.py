@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from runhouse import protocol
+from runhouse.daemon_files import REMOTE_CONFIG_DIR
 from runhouse.errors import ClusterUnreachableError, RunhouseError
 from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
@@ -396,12 +397,13 @@ class Cluster(Resource, Closeable):
         """Run setup commands once per cluster (remembered in its runhouse folder): later calls with the same
         commands run nothing and return ``[]``; a failed command is not remembered."""
         digest = hashlib.sha256("\n".join(commands).encode()).hexdigest()[:16]
-        marker = f'"${{RH_CONFIG_DIR:-$HOME/.rh}}/setup/{digest}"'
+        folder = f"{REMOTE_CONFIG_DIR}/setup"
+        marker = f"{folder}/{digest}"
         if self.run([f"test -f {marker}"], stream_logs=False)[0][0] == 0:
             return []
         results = self.run(list(commands), env=env)
         if all(code == 0 for code, _, _ in results):
-            self.run([f'mkdir -p "${{RH_CONFIG_DIR:-$HOME/.rh}}/setup" && touch {marker}'], stream_logs=False)
+            self.run([f"mkdir -p {folder} && touch {marker}"], stream_logs=False)
         return results
 
     def status(self) -> dict[str, Any]:

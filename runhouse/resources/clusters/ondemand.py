@@ -34,7 +34,6 @@ from runhouse.resources.clusters.ray import RayCluster
 from runhouse.resources.clusters.ssh import SSHCluster
 from runhouse.resources.secret import configured_store
 from runhouse.transport.client import Response
-from runhouse.transport.ssh import SSHCredentials
 
 DEFAULT_PROVISIONER = "sky"
 _PENDING = "pending-launch"
@@ -117,9 +116,7 @@ class _OnDemand(SSHCluster):
         self.ips = list(machines.ips)
         kept = {key: value for key, value in self.ssh_creds.items() if key not in MACHINE_CREDS_KEYS}
         self.ssh_creds = {**kept, **machines.ssh_creds()}
-        self.creds = SSHCredentials.from_dict(
-            self.ips[0], {**self.ssh_creds, "accept_new_host_keys": self.accept_new_host_keys}
-        )
+        self.creds = self._credentials()
         self._ssh = self._hosts = self._tunnel = None
         self._remote_state = None
         self._shipper = None
@@ -161,9 +158,7 @@ class _OnDemand(SSHCluster):
         path = folder / self.launch_request.cluster_name
         write_atomic(path, values["private_key"])
         self.ssh_creds = {**self.ssh_creds, "ssh_private_key": str(path)}
-        self.creds = SSHCredentials.from_dict(
-            self.ips[0], {**self.ssh_creds, "accept_new_host_keys": self.accept_new_host_keys}
-        )
+        self.creds = self._credentials()
         self._ssh = self._hosts = None
 
     def _ensure_up(self, start: bool = False) -> None:

@@ -20,11 +20,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runhouse import protocol
+from runhouse.daemon_files import REMOTE_CONFIG_DIR
 from runhouse.errors import DaemonStartError, HostGroupError
 from runhouse.protocol import Op
 from runhouse.resources.clusters.base import print_log
 from runhouse.resources.clusters.code import RepoShipper
-from runhouse.resources.clusters.ssh import START_TIMEOUT_S, STEP_TIMEOUT_S, STOP_TIMEOUT_S, SSHCluster
+from runhouse.resources.clusters.ssh import STEP_TIMEOUT_S, STOP_TIMEOUT_S, SSHCluster
 from runhouse.transport.client import CALL_READ_TIMEOUT_S
 from runhouse.transport.ssh import SSHConnection
 
@@ -106,7 +107,7 @@ class RayCluster(SSHCluster):
             if connection is self.ssh_connection:
                 self._node_states[address] = self._state()
             else:
-                result = connection.run('echo "${RH_CONFIG_DIR:-$HOME/.rh}"', timeout=STEP_TIMEOUT_S, check=True)
+                result = connection.run(f"echo {REMOTE_CONFIG_DIR}", timeout=STEP_TIMEOUT_S, check=True)
                 self._node_states[address] = result.stdout.strip()
         return self._node_states[address]
 
@@ -163,13 +164,7 @@ class RayCluster(SSHCluster):
     def _start_daemon(self) -> None:
         """Bring every node up (install, Ray) and start the daemon on the head as the Ray cluster's driver."""
         self._bring_up(range(len(self.ips)))
-        command = (f"{self._python()} -m runhouse.cli start --port {self.server_port} "
-                   f"--ray-address {self.ray_address} --node-ips {','.join(self.ips)}")
-        result = self.ssh_connection.run(command, timeout=START_TIMEOUT_S)
-        if result.returncode != 0:
-            raise DaemonStartError(f"the daemon on {self.host} did not start", (result.stdout + result.stderr)[-3000:])
-        self._client = None
-        self._after_start()
+        self._launch_daemon(f"--ray-address {self.ray_address}", f"--node-ips {','.join(self.ips)}")
 
     def _accept_running(self, answer: dict[str, Any]) -> None:
         """As an SSH cluster does (same build); then nodes that dropped out of Ray are brought back."""

@@ -83,15 +83,18 @@ class SSHCluster(Cluster):
         self.allow_upgrade = allow_upgrade
         self.autostop_mins = autostop_mins
         self.autostop_command = autostop_command
-        self.creds = SSHCredentials.from_dict(
-            ips[0], {**self.ssh_creds, "accept_new_host_keys": accept_new_host_keys}
-        )
+        self.creds = self._credentials()
         self._ssh: SSHConnection | None = None
         self._tunnel: Tunnel | None = None
         self._remote_state: str | None = None
         self._shipper: RepoShipper | None = None
         self._pinned: ssl.SSLContext | None = None
         self._hosts: HostGroup | None = None
+
+    def _credentials(self) -> SSHCredentials:
+        """The head node's SSH credentials, from ``ips`` and ``ssh_creds`` as they are now."""
+        creds = {**self.ssh_creds, "accept_new_host_keys": self.accept_new_host_keys}
+        return SSHCredentials.from_dict(self.ips[0], creds)
 
     # --- connection ----------------------------------------------------------------------------------
     @property
@@ -292,7 +295,12 @@ class SSHCluster(Cluster):
     def _start_daemon(self) -> None:
         """Install this runhouse build on the host (once) and start the daemon there."""
         self._install()
-        command = f"{self._python()} -m runhouse.cli start --port {self.server_port}"
+        self._launch_daemon()
+
+    def _launch_daemon(self, *options: str) -> None:
+        """Start the installed daemon on the head (``runhouse start`` with these further ``options``), then give
+        it the cluster's autostop."""
+        command = " ".join([f"{self._python()} -m runhouse.cli start --port {self.server_port}", *options])
         if self.uses_tls:
             bind = self.host if self.host in LOCAL_HOSTS else "0.0.0.0"
             command += f" --tls --host {bind}"
