@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
+import logging
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
@@ -18,6 +21,13 @@ from runhouse.resources.data.registry import missing_dependency_error
 _SECRET_NAMES = {"s3": "aws", "gs": "gcp"}
 # Options that hold credentials: used, never written into a resource's config.
 _SECRET_OPTIONS = frozenset({"key", "secret", "token", "password", "client_secret", "access_token", "credentials"})
+logger = logging.getLogger(__name__)
+
+
+def default_bucket_name(user: str) -> str:
+    """``runhouse-<user>`` as a valid bucket name (lowercase letters, digits and dashes, 3-63 characters)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", user.lower()).strip("-") or "user"
+    return f"runhouse-{slug}"[:63].rstrip("-")
 
 
 def stored_credentials(kind: str) -> dict[str, Any]:
@@ -44,7 +54,8 @@ class ObjectStoreSystem(DataSystem):
     ``rh.login``, or Vault); then what s3fs or gcsfs find by themselves (the ``AWS_*`` env vars, ``~/.aws``
     files, instance roles; gcloud's defaults). They are used like storage options but never written into a
     config. ``bucket`` is where default locations go (``BUCKET/runhouse/...``); without it the
-    ``default_bucket`` setting of ``rh.configs``.
+    ``default_bucket`` setting of ``rh.configs``, else ``runhouse-<user>`` (the Den user name, or this
+    machine's login), made on the first write to it, which the log says.
     """
 
     def __init__(
@@ -60,6 +71,7 @@ class ObjectStoreSystem(DataSystem):
         self.storage_options = dict(storage_options or {})
         self.bucket = bucket
         self._credentials = dict(credentials or {})
+        self._unmade_bucket: str | None = None  # the per-user default bucket, until the first write checks it
 
     @classmethod
     def from_name(
@@ -100,11 +112,21 @@ class ObjectStoreSystem(DataSystem):
 
         bucket = self.bucket or configs.get("default_bucket")
         if not bucket:
-            raise ConfigError(
-                f"no bucket for the default location on {self.kind!r}: pass path='BUCKET/...', "
-                f"system='{self.kind}://BUCKET', or set one with rh.configs.set('default_bucket', 'BUCKET')"
-            )
+            bucket = default_bucket_name(configs.get("username") or getpass.getuser())
+            self._unmade_bucket = bucket
         return f"{bucket}/runhouse"
+
+    def _make_default_bucket(self) -> None:
+        """Create the per-user default bucket before the first write when it does not exist, saying so."""
+        bucket = self._unmade_bucket
+        if bucket is None:
+            return
+        if not self.fs.exists(bucket):
+            self.fs.mkdir(bucket)
+            logger.warning(
+                "runhouse created the %s bucket %r for default locations (choose another with "
+                "rh.configs.set('default_bucket', 'BUCKET'))", self.kind, bucket)
+        self._unmade_bucket = None
 
     def same_storage(self, other: DataSystem) -> bool:
         return (
@@ -160,10 +182,12 @@ class ObjectStoreSystem(DataSystem):
 
     def write(self, path: str, data: bytes) -> None:
         with self._errors(path):
+            self._make_default_bucket()
             self.fs.pipe_file(path, bytes(data))
 
     def mkdir(self, path: str) -> None:
         with self._errors(path):
+            self._make_default_bucket()
             self.fs.makedirs(path, exist_ok=True)
 
     def rm(self, path: str) -> bool:
@@ -186,6 +210,7 @@ class ObjectStoreSystem(DataSystem):
 
     def copy(self, root: str, names: list[str], destination: str) -> None:
         with self._errors(root):
+            self._make_default_bucket()
             self.fs.copy([f"{root}/{n}" for n in names], [f"{destination}/{n}" for n in names])
             self.fs.invalidate_cache()
 
@@ -199,6 +224,7 @@ class ObjectStoreSystem(DataSystem):
 
     def upload(self, local_root: str, files: Mapping[str, int], root: str, advance: Advance) -> None:
         with self._errors(root):
+            self._make_default_bucket()
             for batch in batches_by_size(files):
                 self.fs.put([os.path.join(local_root, n) for n in batch], [f"{root}/{n}" for n in batch])
                 advance(sum(files[n] for n in batch))
@@ -208,4 +234,6 @@ class ObjectStoreSystem(DataSystem):
         with self._errors(path):
             if mode[0] == "r" and not self.fs.isfile(path):
                 raise not_found_error(self, path)
+            if mode[0] != "r":
+                self._make_default_bucket()
             return self.fs.open(path, mode)  # type: ignore[no-any-return]

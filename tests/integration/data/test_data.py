@@ -227,3 +227,29 @@ def test_s3_takes_its_credentials_from_rh_secrets(
         rh.logout()
         configs.set("den_url", None)
         den.stop()
+
+
+def test_s3_without_a_configured_bucket_makes_one_per_user_on_first_write(
+    project: Path, s3_server: dict[str, Any], config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_server, skip_instance_cache=True)
+    assert configs.get("default_bucket") is None
+    configs.set("username", "Ada_Lovelace")
+    try:
+        reader = rh.blob(name="never-written", system="s3", storage_options=s3_server)
+        assert not reader.system.exists(reader.path)
+        assert not fs.exists("runhouse-ada-lovelace"), "a read must not make the bucket"
+        with caplog.at_level("WARNING", logger="runhouse"):
+            blob = rh.blob(data=b"payload", name="weights", system="s3", storage_options=s3_server).write()
+        assert blob.path.startswith("runhouse-ada-lovelace/runhouse/")
+        assert fs.exists("runhouse-ada-lovelace")
+        assert "runhouse-ada-lovelace" in caplog.text and "default_bucket" in caplog.text
+        assert rh.blob(name="weights").fetch() == b"payload"
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="runhouse"):
+            rh.blob(data=b"again", name="second", system="s3", storage_options=s3_server).write()
+        assert "created" not in caplog.text, "an existing bucket is used quietly"
+    finally:
+        configs.set("username", None)
