@@ -23,10 +23,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh RH_CONFIG_DIR for the whole run: nothing touches the real ~/.rh."""
+    """A fresh RH_CONFIG_DIR for the whole run: nothing touches the real ~/.rh (nor ~/.ssh: clusters brought up
+    write no ``ssh NAME`` entries, RH_SSH_CONFIG=0, except in tests that turn it on with a home of their own)."""
     path = tmp_path_factory.mktemp("rhconfig")
     old = os.environ.get("RH_CONFIG_DIR")
     os.environ["RH_CONFIG_DIR"] = str(path)
+    os.environ["RH_SSH_CONFIG"] = "0"
     yield path
     if old is None:
         os.environ.pop("RH_CONFIG_DIR", None)

@@ -34,6 +34,7 @@ from runhouse.resources.clusters.ray import RayCluster
 from runhouse.resources.clusters.ssh import SSHCluster
 from runhouse.resources.secret import configured_store
 from runhouse.transport.client import Response
+from runhouse.transport.ssh import ssh_config
 
 DEFAULT_PROVISIONER = "sky"
 _PENDING = "pending-launch"
@@ -224,6 +225,7 @@ class _OnDemand(SSHCluster):
         """Delete the machines (the saved config stays; the next use launches new ones)."""
         try:
             self.provisioner.down(self.launch_request.cluster_name)
+            ssh_config.unregister_cluster(self.name)
         finally:
             self.close()
             self._adopted = False

@@ -31,7 +31,7 @@ from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S, LOCAL_HOSTS, Clu
 from runhouse.resources.clusters.code import SYNC_TIMEOUT_S, RepoShipper, local_wheel
 from runhouse.resources.env import Env
 from runhouse.transport.client import Response, pinned_ssl_context
-from runhouse.transport.ssh import HostGroup, SSHConnection, SSHCredentials, Tunnel
+from runhouse.transport.ssh import HostGroup, SSHConnection, SSHCredentials, Tunnel, ssh_config
 from runhouse.version import build_id
 
 if TYPE_CHECKING:
@@ -186,6 +186,8 @@ class SSHCluster(Cluster):
         """Connect first (an unknown host key may be accepted at a prompt), then as every cluster does."""
         if not self._checked_up:
             self._connect()
+            # `ssh NAME` (and `ssh NAME-i` for the other nodes) in a terminal reaches what this connection does
+            ssh_config.register_cluster(self.name, self.creds, [c.creds for c in self.hosts.connections.values()][1:])
         super()._ensure_up(start)
 
     def _accept_running(self, answer: dict[str, Any]) -> None:
@@ -325,6 +327,11 @@ class SSHCluster(Cluster):
             f"for p in {self._state()}/venvs/*/bin/python; do $p -m runhouse.cli stop --port {self.server_port}; done",
             timeout=STOP_TIMEOUT_S,
         )
+
+    def teardown(self) -> None:
+        """Stop the daemon, close the connections, and remove the cluster's ``ssh NAME`` entry once it is down."""
+        super().teardown()
+        ssh_config.unregister_cluster(self.name)
 
     def restart_server(self) -> SSHCluster:
         """Restart the daemon on the host; deployed envs, functions and modules come back."""
