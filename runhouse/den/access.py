@@ -6,6 +6,9 @@ the same results as pages. A handler passes the action (a function of :class:`~r
 that calls :mod:`runhouse.den.service`, :mod:`runhouse.den.auth` or :mod:`runhouse.den.secret_store`);
 permission checks stay in those libraries, so every surface enforces the same rules.
 
+Den's administrator (the admin token) acts through :func:`run_as_admin`, the same way: one transaction,
+audit entries written with it. It reads ``request.app.state.admin_token_hash`` too (None: no admin).
+
 It reads ``request.app.state.database`` (a :class:`~runhouse.den.db.Database`),
 ``request.app.state.token_cache`` (an :class:`~runhouse.den.auth.TokenCache`) and
 ``request.app.state.growing_reads`` (an :class:`anyio.CapacityLimiter`), which
@@ -15,6 +18,7 @@ dependency cost about 0.2 ms a request.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from runhouse.den import auth
-from runhouse.den.auth import Caller
+from runhouse.den.auth import Admin, Caller
 from runhouse.den.db import Database
 
 T = TypeVar("T")
@@ -55,12 +59,39 @@ async def run_as_caller(request: Request, action: Callable[[Caller], T], read_on
     audit log), which would hold the event loop, and every other request with it, as long as it runs.
     Such actions run in a worker thread on both databases, at most :data:`GROWING_READS_AT_ONCE` at once.
     """
-    database: Database = request.app.state.database
     token = bearer_token(request)
 
     def work(session: Session) -> tuple[T, list[dict[str, Any]]]:
         caller = auth.authenticate(session, token, read_only, request.app.state.token_cache)
         return action(caller), caller.queued_audit
+
+    return await _run(request, work, read_only, grows)
+
+
+async def run_as_admin(request: Request, action: Callable[[Admin], T]) -> T:
+    """Run ``action`` as Den's administrator in one transaction, if the request's bearer token is the admin
+    token (:func:`runhouse.den.auth.authenticate_admin`: 401 without a known token, 403 for a user's)."""
+    token = bearer_token(request)
+
+    def work(session: Session) -> tuple[T, list[dict[str, Any]]]:
+        admin = auth.authenticate_admin(session, token, request.app.state.admin_token_hash,
+                                        request.app.state.token_cache)
+        return action(admin), admin.queued_audit
+
+    return await _run(request, work, read_only=False, grows=False)
+
+
+def is_admin(request: Request) -> bool:
+    """Whether the request carries Den's admin token (compared in constant time)."""
+    token, digest = bearer_token(request), request.app.state.admin_token_hash
+    return bool(token) and digest is not None and hmac.compare_digest(auth.hash_token(token or ""), digest)
+
+
+async def _run(request: Request, work: Callable[[Session], tuple[T, list[dict[str, Any]]]], read_only: bool,
+               grows: bool) -> T:
+    """``work`` in one transaction of the app's database, then its audit entries queued; where it runs is
+    :func:`run_as_caller`'s rule."""
+    database: Database = request.app.state.database
 
     def run() -> T:
         result, audit = database.run(work, read_only=read_only)

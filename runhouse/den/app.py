@@ -20,6 +20,7 @@ Den adds no dependency and no middleware to a request's path but the body limit:
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import anyio
@@ -33,12 +34,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runhouse.den import DEFAULT_HOST, DEFAULT_PORT, api, auth
-from runhouse.den.access import GROWING_READS_AT_ONCE, run_as_caller
+from runhouse.den.access import GROWING_READS_AT_ONCE, is_admin, run_as_caller
 from runhouse.den.api.schemas import Health
 from runhouse.den.crypto import SecretBox
 from runhouse.den.db import Database
 from runhouse.den.service import MAX_CONFIG_BYTES
-from runhouse.errors import AuthenticationError, RunhouseError
+from runhouse.errors import AuthenticationError, ConfigError, RunhouseError
 from runhouse.protocol import error_envelope
 from runhouse.version import __version__
 
@@ -51,6 +52,7 @@ _TYPE_BY_STATUS = {
     405: "MethodNotAllowedError", 409: "ConflictError", 413: "PayloadTooLargeError",
 }
 
+ADMIN_PREFIX = f"{api.router.prefix}/admin/"
 ROUTERS: tuple[APIRouter, ...] = (api.router,)
 """The routers :func:`create_app` includes, side by side; a web UI router joins the API here."""
 
@@ -80,11 +82,14 @@ async def _runhouse_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # FastAPI reads the body before a route runs its access check: check the token first, so that callers
-    # without a valid one learn nothing about the API's schema.
-    try:
-        await run_as_caller(request, _nothing, read_only=True)
-    except AuthenticationError as denied:
-        return _error(401, type(denied).__name__, str(denied))
+    # without a valid one learn nothing about the API's schema; on the admin routes, users learn nothing either.
+    if not is_admin(request):
+        try:
+            await run_as_caller(request, _nothing, read_only=True)
+        except AuthenticationError as denied:
+            return _error(401, type(denied).__name__, str(denied))
+        if request.url.path.startswith(ADMIN_PREFIX):
+            return _error(403, "PermissionDeniedError", "Den's admin routes need its admin token")
     errors = exc.errors()
     invalid_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
     if invalid_json is not None:
@@ -154,10 +159,12 @@ class _BodyLimit:
 
 
 def create_app(database: Database, secret_box: SecretBox | None = None,
-               org_policy: auth.OrgPolicy | None = None) -> FastAPI:
+               org_policy: auth.OrgPolicy | None = None, admin_token: str | None = None) -> FastAPI:
     """The Den ASGI app over ``database`` (already migrated); secrets are sealed with ``secret_box``
     (default: :meth:`SecretBox.load`, the key from the environment or the key file); users create orgs as
-    ``org_policy`` allows (default: :class:`~runhouse.den.auth.OrgPolicy`).
+    ``org_policy`` allows (default: :class:`~runhouse.den.auth.OrgPolicy`); the ``/v1/admin`` routes take
+    ``admin_token`` (default: none, so they refuse every request; ``runhouse den serve`` passes the one
+    in its admin token file).
 
     Example::
 
@@ -178,6 +185,7 @@ def create_app(database: Database, secret_box: SecretBox | None = None,
     app.state.org_policy = org_policy or auth.OrgPolicy()
     app.state.growing_reads = anyio.CapacityLimiter(GROWING_READS_AT_ONCE)
     app.state.token_cache = auth.TokenCache()
+    app.state.admin_token_hash = auth.hash_token(admin_token) if admin_token else None
     for router in ROUTERS:
         app.include_router(router)
 
@@ -209,11 +217,36 @@ def create_app(database: Database, secret_box: SecretBox | None = None,
 
 def serve(database: Database, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "info",
           access_log: bool = False, secret_box: SecretBox | None = None,
-          org_policy: auth.OrgPolicy | None = None) -> None:
-    """Serve Den over ``database`` (migrated first) until interrupted.
+          org_policy: auth.OrgPolicy | None = None, admin_token: str | None = None,
+          sock: socket.socket | None = None) -> None:
+    """Serve Den over ``database`` (migrated first) until interrupted (SIGINT or SIGTERM), on ``sock`` if
+    given (bound already, see :func:`listen`), else on ``host:port``.
 
     ``access_log`` logs every request (about 0.2 ms each); the audit log records who did what either way.
     """
     database.migrate()
-    uvicorn.run(create_app(database, secret_box, org_policy), host=host, port=port, log_level=log_level,
-                access_log=access_log)
+    config = uvicorn.Config(create_app(database, secret_box, org_policy, admin_token), host=host, port=port,
+                            log_level=log_level, access_log=access_log)
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for :func:`serve`, so that a busy port is found before Den starts.
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, or not this machine's).
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"Den cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"Den cannot listen on {host}:{port}: {exc.strerror or exc}; stop what uses the "
+                          "port or pass another --port") from None
+    return sock

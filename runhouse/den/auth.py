@@ -5,8 +5,14 @@ plain SHA-256 is enough to store it: there is nothing to brute-force, unlike a p
 when made, and never stored or logged.
 
 Users and orgs share one namespace of owners whose names are unique regardless of case. Users come from the
-server's administrators (``runhouse den user add``); orgs from them too, and from users as far as the
-server's :class:`OrgPolicy` allows.
+server's administrator (``runhouse den user add``, through :mod:`runhouse.den.admin`); orgs from them too,
+and from users as far as the server's :class:`OrgPolicy` allows.
+
+The administrator is no user: it is whoever holds Den's **admin token** (``rh_admin_`` and 43 characters,
+made at Den's first start in a 0600 file, :func:`~runhouse.den.files.default_admin_token_file`). Den keeps
+only its SHA-256 in memory and compares digests in constant time (:func:`authenticate_admin`); the file is
+the one place it lives, so it is never out of step with a database, and replacing it (then restarting Den)
+rotates it. Only the admin routes accept it; user routes take only user tokens, and the other way round.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from runhouse.errors import AuthenticationError, BadRequestError, ObjectNotFound
 from runhouse.rns.names import validate_owner
 
 TOKEN_PREFIX = "rh_"
+ADMIN_TOKEN_PREFIX = "rh_admin_"
+ADMIN_ACTOR = "(admin)"
+"""Who acted, in the audit log, for the administrator: not a valid owner name, so no user can have it."""
 TOKEN_BYTES = 32
 MAX_TOKEN_LENGTH = 256
 # How long a token seen once is trusted without asking the database again, and how many are remembered.
@@ -51,6 +60,11 @@ class OrgPolicy:
 def new_token() -> str:
     """A fresh high-entropy token."""
     return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def new_admin_token() -> str:
+    """A fresh administrator token (told apart from users' by its prefix, for clearer errors)."""
+    return ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def hash_token(token: str) -> str:
@@ -168,18 +182,54 @@ def authenticate(session: Session, token: str | None, read_only: bool = False,
     if not token:
         raise AuthenticationError("missing token: send the header 'Authorization: Bearer <token>'")
     if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
-        raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
+        raise _unknown_token(token)
     digest = hash_token(token)
     cached = cache.get(digest) if cache is not None else None
     if cached is None:
         row = session.connection().execute(_BY_TOKEN, {"digest": digest}).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
-            raise AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
+            raise _unknown_token(token)
         cached = Account(row.id, row.name, row.email), row.token_id
         if cache is not None:
             cache.put(digest, *cached)
     return Caller(session=session, user=cached[0], token_id=cached[1], token_hash=digest, token_cache=cache,
                   read_only=read_only)
+
+
+def _unknown_token(token: str) -> AuthenticationError:
+    if token.startswith(ADMIN_TOKEN_PREFIX):
+        return AuthenticationError(
+            "this is Den's admin token: it works only for administration (`runhouse den user add`, the "
+            "/v1/admin routes); log in with a user's token")
+    return AuthenticationError("unknown token: log in again with a token from `runhouse den user add`")
+
+
+@dataclass
+class Admin:
+    """Den's administrator in one request (or one direct change of the database), with its transaction."""
+
+    session: Session
+    token_cache: TokenCache | None = field(default=None, repr=False)
+    """Tokens revoked by the administrator are dropped from it at once."""
+    name: str = ADMIN_ACTOR
+    read_only: bool = False
+    queued_audit: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+def authenticate_admin(session: Session, token: str | None, admin_digest: str | None,
+                       cache: TokenCache | None = None) -> Admin:
+    """The administrator, if ``token`` hashes to ``admin_digest`` (compared in constant time).
+
+    Raises:
+        AuthenticationError: no token, or one that is neither the admin token nor a user's (401).
+        PermissionDeniedError: a user's token (403).
+    """
+    if token and admin_digest is not None and hmac.compare_digest(hash_token(token), admin_digest):
+        return Admin(session, cache)
+    caller = authenticate(session, token, read_only=True, cache=cache)
+    how = ("this Den was started without an admin token" if admin_digest is None else
+           "they need Den's admin token (the admin_token file in the den folder of Den's runhouse folder)")
+    raise PermissionDeniedError(f"{caller.name} may not use Den's admin routes: {how}")
 
 
 def validate_owner_name(name: object, kind: str = "user") -> str:
@@ -241,6 +291,24 @@ def create_token(caller: Caller) -> str:
     return _issue_token(caller.session, caller.user)
 
 
+def issue_user_token(session: Session, who: str, revoke_old: bool = False,
+                     cache: TokenCache | None = None) -> tuple[User, str, int]:
+    """A new token for the user named ``who`` (or with that email), as the administrator: the user, the
+    token, and how many older tokens were revoked (all of them with ``revoke_old``, for a lost or leaked
+    one; they are dropped from ``cache`` at once, and from other Den processes' caches within
+    :data:`TOKEN_CACHE_TTL_S`). Without ``revoke_old`` the older tokens keep working."""
+    user = find_user(session, who)
+    revoked = 0
+    if revoke_old:
+        digests = list(session.scalars(select(Token.token_hash).where(Token.user_id == user.id).with_for_update()))
+        session.execute(delete(Token).where(Token.user_id == user.id))
+        for digest in digests:
+            if cache is not None:
+                cache.discard(digest)
+        revoked = len(digests)
+    return user, _issue_token(session, user), revoked
+
+
 def revoke_token(caller: Caller) -> bool:
     """Revoke the token this request was made with (log out); whether it was still there to revoke."""
     result = caller.session.execute(delete(Token).where(Token.id == caller.token_id))
@@ -284,13 +352,25 @@ def _set_member(session: Session, org: Org, user: User, role: str) -> None:
         membership.role = role
 
 
-def add_org(session: Session, name: str, members: dict[str, str]) -> None:
+def add_org(session: Session, name: str, members: dict[str, str]) -> bool:
     """Create org ``name`` if it does not exist, and add or update ``members`` (user name to role), as a
-    server administrator (counted against no user's :class:`OrgPolicy` limit)."""
+    server administrator (counted against no user's :class:`OrgPolicy` limit); whether it was created."""
     validate_owner_name(name, "org")
-    org = session.scalar(select(Org).where(Org.name == name)) or _new_org(session, name, None)
+    existing = session.scalar(select(Org).where(Org.name == name))
+    org = existing or _new_org(session, name, None)
     for user_name, role in members.items():
         _set_member(session, org, find_user(session, user_name), role)
+    session.flush()
+    return existing is None
+
+
+def org_members(session: Session, name: str) -> list[dict[str, str]]:
+    """The members of org ``name`` by user name, with their roles (no access check: callers check)."""
+    rows = session.execute(
+        select(User.name, Membership.role).join(Membership).join(Org, Org.id == Membership.org_id)
+        .where(Org.name == name).order_by(User.name)
+    )
+    return [{"user": user, "role": role} for user, role in rows]
 
 
 def _new_org(session: Session, name: str, created_by: int | None) -> Org:
@@ -322,13 +402,10 @@ def create_org(caller: Caller, name: str, policy: OrgPolicy = OrgPolicy()) -> di
 
 def org_info(caller: Caller, name: str) -> dict[str, object]:
     """An org and its members; only members may see it."""
-    org = _org(caller.session, name)
+    _org(caller.session, name)
     if name not in caller.orgs:
         raise PermissionDeniedError(f"{caller.name} is not a member of org {name!r}")
-    rows = caller.session.execute(
-        select(User.name, Membership.role).join(Membership).where(Membership.org_id == org.id).order_by(User.name)
-    )
-    return {"name": name, "members": [{"user": user, "role": role} for user, role in rows]}
+    return {"name": name, "members": org_members(caller.session, name)}
 
 
 def _require_admin(caller: Caller, org: Org) -> None:

@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from runhouse.den.files import den_folder, ensure_private_file
 from runhouse.errors import ConfigError
-from runhouse.paths import config_dir
 
 KEY_ENV = "RH_DEN_SECRET_KEY"
 
 
 def default_key_file() -> Path:
     """Where Den keeps its secret key unless told otherwise: ``<config dir>/den/secret.key``."""
-    return config_dir() / "den" / "secret.key"
-
-
-def _read_key_file(path: Path) -> bytes:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(f"Den's secret key {path} is readable by other users (mode {mode:o}): chmod 600 it")
-    return path.read_bytes().strip()
+    return den_folder() / "secret.key"
 
 
 class SecretBox:
@@ -64,15 +56,8 @@ class SecretBox:
         """
         if os.environ.get(KEY_ENV):
             return cls(os.environ[KEY_ENV].strip())
-        path = key_file or default_key_file()
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            return cls(_read_key_file(path))
-        with os.fdopen(fd, "wb") as file:
-            file.write(Fernet.generate_key())
-        return cls(_read_key_file(path))
+        return cls(ensure_private_file(key_file or default_key_file(), "Den's secret key",
+                                       lambda: Fernet.generate_key().decode()))
 
     def seal(self, values: dict[str, Any]) -> str:
         """``values`` as an encrypted, authenticated token."""

@@ -72,9 +72,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, QueryableAttribute, Session,
 from sqlalchemy.sql import ColumnElement
 
 from runhouse.den import ConflictError
+from runhouse.den.files import den_folder
 from runhouse.errors import ConfigError
 from runhouse.lifetime import Closeable
-from runhouse.paths import config_dir
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -328,9 +328,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 
 def default_url() -> str:
     """The SQLite file Den uses without ``--db``: ``<config dir>/den/den.sqlite``."""
-    folder = config_dir() / "den"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'den.sqlite'}"
+    return f"sqlite:///{den_folder() / 'den.sqlite'}"
 
 
 def normalize_url(url: str) -> str:

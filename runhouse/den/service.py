@@ -29,7 +29,7 @@ from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 from runhouse.den import PayloadTooLargeError, PermissionDeniedError
-from runhouse.den.auth import Caller, find_user, validate_owner_name
+from runhouse.den.auth import Admin, Caller, find_user, validate_owner_name
 from runhouse.den.db import AuditEntry, Resource, ResourceVersion, Share, User, UserDefaults, starts_with, utcnow
 from runhouse.errors import BadRequestError, InvalidNameError, ObjectNotFoundError
 from runhouse.rns.names import DEN, Address, parse, parse_folder
@@ -42,7 +42,7 @@ MAX_SHARE_USERS = 100
 MAX_AUDIT_LIMIT = 1000
 ACCESS_LEVELS = ("read", "write")
 ACTIONS = ("create", "update", "rollback", "read", "delete", "share", "unshare", "visibility", "secret_put",
-           "secret_read", "secret_delete")
+           "secret_read", "secret_delete", "user_add", "user_token", "org_add")
 AUDIT_SCAN_ENTRIES = 5000
 """The most audit entries one audit request looks at (it answers with a cursor to go on from there)."""
 _EPOCH = datetime(1970, 1, 1)
@@ -209,10 +209,10 @@ def _existing(resource: Resource | None, address: Address) -> Resource:
     return resource
 
 
-def audit(caller: Caller, action: str, address: Address | str, at_once: bool = False, **detail: Any) -> None:
-    """Record who did ``action`` at ``address``: in the request's transaction, or after the request when it
-    is read-only. ``at_once`` entries (a secret read) must be committed before the request answers, so such
-    requests run in a write transaction."""
+def audit(caller: Caller | Admin, action: str, address: Address | str, at_once: bool = False, **detail: Any) -> None:
+    """Record who did ``action`` at ``address`` (a user, or the administrator): in the request's transaction,
+    or after the request when it is read-only. ``at_once`` entries (a secret read) must be committed before
+    the request answers, so such requests run in a write transaction."""
     text = str(address)
     entry = {"time": utcnow(), "user": caller.name, "action": action, "address": text,
              "owner": text[1:].split("/", 1)[0], "detail": detail}

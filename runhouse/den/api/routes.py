@@ -5,6 +5,10 @@ Each route parses its path, query and body (models in :mod:`runhouse.den.api.sch
 access check :func:`runhouse.den.access.run_as_caller`, and returns its result as JSON. The result is not
 validated again; the response models document it.
 
+The ``/v1/admin`` routes are for Den's administrator only: they run through
+:func:`runhouse.den.access.run_as_admin`, which takes only the admin token (401 without a known token, 403
+for a user's).
+
 Addresses go last in the path (``/v1/resources/alice/proj/fn`` is ``/alice/proj/fn``), so any resource
 name works after an operation's fixed prefix; the ``address`` path convertor lets every character through
 to the address parser, which answers a malformed name with 400 rather than a 404 for no route.
@@ -21,10 +25,16 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from runhouse.den import auth, secret_store, service
-from runhouse.den.access import run_as_caller
+from runhouse.den import admin, auth, secret_store, service
+from runhouse.den.access import run_as_admin, run_as_caller
 from runhouse.den.api.schemas import (
     MAX_INT,
+    AdminNewToken,
+    AdminNewUser,
+    AdminOrgOut,
+    AdminOrgUpdate,
+    AdminTokenCreate,
+    AdminUserCreate,
     AuditLog,
     Defaults,
     ErrorBody,
@@ -282,3 +292,27 @@ async def put_secret(owner: str, name: str, body: SecretPut, request: Request) -
 async def delete_secret(owner: str, name: str, request: Request) -> Any:
     """Delete a secret."""
     return JSONResponse(await run_as_caller(request, lambda caller: secret_store.delete_secret(caller, owner, name)))
+
+
+# ------------------------------------------------------------------------------------- administrator
+
+
+@router.post("/admin/users", response_model=AdminNewUser, tags=["admin"])
+async def admin_add_user(body: AdminUserCreate, request: Request) -> Any:
+    """Create a user; the answer holds their token, shown this once (admin token only)."""
+    return JSONResponse(await run_as_admin(request, lambda admin_: admin.add_user(admin_, body.name, body.email)))
+
+
+@router.post("/admin/users/{user}/tokens", response_model=AdminNewToken, tags=["admin"])
+async def admin_issue_token(user: str, request: Request, body: AdminTokenCreate | None = None) -> Any:
+    """A new token for a user (by name or email), the older ones kept or revoked (admin token only)."""
+    revoke_old = body is not None and body.revoke_old
+    result = await run_as_admin(request, lambda admin_: admin.issue_token(admin_, user, revoke_old))
+    return JSONResponse(result)
+
+
+@router.put("/admin/orgs/{org}", response_model=AdminOrgOut, tags=["admin"])
+async def admin_add_org(org: str, request: Request, body: AdminOrgUpdate | None = None) -> Any:
+    """Create an org if needed, and add members or change their roles (admin token only)."""
+    members: dict[str, str] = dict(body.members) if body is not None else {}
+    return JSONResponse(await run_as_admin(request, lambda admin_: admin.add_org(admin_, org, members)))

@@ -179,3 +179,40 @@ class SecretOut(SecretSummary):
 class SecretList(BaseModel):
     owner: str
     secrets: list[SecretSummary]
+
+
+# -------------------------------------------------------------------------------- the administrator
+
+MAX_ORG_MEMBERS_AT_ONCE = 1000
+
+
+class AdminUserCreate(_Body):
+    name: str = Field(description="The user's name; also their folder, /name")
+    email: str | None = Field(None, description="So that others can share with it")
+
+
+class AdminNewUser(BaseModel):
+    name: str
+    email: str | None
+    token: str = Field(description="The user's first token; shown once: Den stores only its hash")
+
+
+class AdminTokenCreate(_Body):
+    revoke_old: bool = Field(False, description="Revoke every older token of the user (lost or leaked); "
+                             "else they keep working")
+
+
+class AdminNewToken(BaseModel):
+    name: str
+    token: str = Field(description="Shown once: Den stores only its hash")
+    revoked: int = Field(description="How many older tokens were revoked")
+
+
+class AdminOrgUpdate(_Body):
+    members: dict[str, Literal["admin", "member"]] = Field(
+        default_factory=dict, max_length=MAX_ORG_MEMBERS_AT_ONCE,
+        description="User name or email to role; users already in the org get this role")
+
+
+class AdminOrgOut(OrgOut):
+    created: bool = Field(description="Whether the org was created by this request")

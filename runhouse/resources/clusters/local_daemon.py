@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ import psutil
 from runhouse import daemon_files
 from runhouse.daemon_files import DaemonFiles, ensure_tls_cert, ensure_token
 from runhouse.errors import DaemonStartError
+from runhouse.lifetime import terminate_process
 from runhouse.paths import config_dir, config_dir_of, default_server_port
 from runhouse.protocol import DEFAULT_BIND_HOST as HOST
 from runhouse.transport.client import health, pinned_ssl_context
@@ -255,37 +254,7 @@ def stop(port: int | None = None, timeout: float = STOP_TIMEOUT_S) -> bool:
     pid = running_pid(port)
     if pid is None:
         return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:  # it exited since running_pid looked
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            break
-        time.sleep(0.02)
-    else:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    terminate_process(pid, timeout)
     Path(DaemonFiles.local(port).pid).unlink(missing_ok=True)
     return True
 
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie that is not our child counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return True
