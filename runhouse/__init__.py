@@ -29,6 +29,7 @@ _EXPORTS = {
     "Function": "runhouse.resources.function",
     "MapError": "runhouse.errors",
     "Module": "runhouse.resources.module",
+    "Package": "runhouse.resources.package",
     "Ref": "runhouse.resources.remote",
     "RemoteClass": "runhouse.resources.module",
     "RemoteError": "runhouse.errors",
@@ -54,6 +55,7 @@ _EXPORTS = {
     "logout": "runhouse.account",
     "module": "runhouse.resources.module",
     "ondemand_cluster": "runhouse.resources.clusters",
+    "package": "runhouse.resources.package",
     "secret": "runhouse.resources.secret",
     "send": "runhouse.resources.function",
     "set_folder": "runhouse.rns.store",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from runhouse.resources.folder import Folder, folder
     from runhouse.resources.function import Function, function, send
     from runhouse.resources.module import Module, RemoteClass, RemoteInstance, module
+    from runhouse.resources.package import Package, package
     from runhouse.resources.remote import Ref, get
     from runhouse.resources.resource import Resource, exists, load
     from runhouse.resources.secret import Secret, Secrets, secret

@@ -6,6 +6,7 @@
     ├── ConfigError                    bad local configuration or state
     │   └── MissingCredentialsError    an object store (s3, gs) or secret provider found no credentials
     ├── InvalidNameError (ValueError)  a resource or object name that is not allowed
+    ├── PackageError (ValueError)      rh.package input that is no package: not a package folder, an option
     ├── SerializationError (TypeError) an argument or result that cannot be pickled
     ├── DaemonError                    the daemon answered with an error (carries its HTTP status)
     │   ├── AuthenticationError        no token or a wrong one (401)
@@ -58,6 +59,11 @@ class MissingCredentialsError(ConfigError):
 
 class InvalidNameError(RunhouseError, ValueError):
     """A name that could escape its folder or is otherwise not allowed."""
+
+
+class PackageError(RunhouseError, ValueError):
+    """What was given to ``rh.package`` (or as a requirement) cannot be installed as a package: a folder without
+    pyproject.toml, setup.py or setup.cfg, or a spec that is a command-line option (``--index-url ...``)."""
 
 
 class SerializationError(RunhouseError, TypeError):

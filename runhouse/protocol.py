@@ -51,6 +51,7 @@ class Op:
     """The control operations, each ``POST /_/<op>``."""
 
     ENV = "env"
+    INSTALL = "install"
     DEPLOY = "deploy"
     INSTANTIATE = "instantiate"
     MAP = "map"

@@ -26,6 +26,7 @@ _MODULES = {
     "Function": "runhouse.resources.function",
     "RemoteClass": "runhouse.resources.module",
     "Folder": "runhouse.resources.folder",
+    "Package": "runhouse.resources.package",
     "Blob": "runhouse.resources.blob",
     "Table": "runhouse.resources.table",
     "Secret": "runhouse.resources.secret",
@@ -128,15 +129,20 @@ class Resource:
         notify: bool = False,
         access_type: str | None = None,
         notify_users: bool | None = None,
-    ) -> dict[str, Any]:
-        """Share this resource (saved in Den) with users, ``access_level`` "read" (default) or "write".
+    ) -> ShareResult:
+        """Share this resource (saved in Den) with users (names or emails), ``access_level`` "read" (default)
+        or "write".
 
         ``access_type`` and ``notify_users`` are Runhouse's documented names for ``access_level`` and ``notify``.
+        Returns Runhouse's documented pair ``(added_users, new_users)`` (users given by name, users given by
+        email, each to the access granted), which also carries Den's answer: ``result["shares"]``.
         """
         if access_level is not None and access_type is not None and access_level != access_type:
             raise ValueError(f"access_level={access_level!r} and access_type={access_type!r} disagree; give one")
         level = access_level or access_type or "read"
-        return rns_store.share(self._address(), [users] if isinstance(users, str) else list(users), level)
+        who = [users] if isinstance(users, str) else list(users)
+        answer = rns_store.share(self._address(), who, level)
+        return ShareResult(answer, {u: level for u in who if "@" not in u}, {u: level for u in who if "@" in u})
 
     def unshare(self, users: str | list[str]) -> dict[str, Any]:
         """Take back the shares this resource's address gave to users."""
@@ -153,6 +159,21 @@ class Resource:
         return type(other) is type(self) and other.config() == self.config()  # type: ignore[attr-defined]
 
     __hash__ = object.__hash__
+
+
+class ShareResult(tuple):  # type: ignore[type-arg]
+    """What :meth:`Resource.share` returns: the pair ``(added_users, new_users)`` Runhouse documents, that
+    also answers ``result["address"]`` and ``result["shares"]`` from Den's answer."""
+
+    answer: dict[str, Any]
+
+    def __new__(cls, answer: dict[str, Any], by_name: dict[str, str], by_email: dict[str, str]) -> ShareResult:
+        result = super().__new__(cls, (by_name, by_email))
+        result.answer = answer
+        return result
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.answer[key] if isinstance(key, str) else super().__getitem__(key)
 
 
 def load(name: str, version: str | None = None, dryrun: bool = False) -> Resource:

@@ -41,7 +41,7 @@ from runhouse.errors import (
 )
 from runhouse.protocol import DEFAULT_ENV, Op
 from runhouse.server.backend import Reply
-from runhouse.server.envs import EnvSpec
+from runhouse.server.envs import EnvSpec, PackageInstall
 from runhouse.server.runtime import Runtime
 from runhouse.version import __version__, build_id
 
@@ -84,6 +84,7 @@ _FLAG = _Kind("true or false", lambda v: isinstance(v, bool))
 _OBJECT = _Kind("a JSON object", lambda v: isinstance(v, dict))
 _TEXTS = _Kind("a list of strings", _is_texts)
 _COMMANDS = _Kind("a list of strings without NUL characters", lambda v: _is_texts(v) and not any("\0" in c for c in v))
+_OBJECTS = _Kind("a list of JSON objects", lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v))
 _SIZES = _Kind(
     "a list of byte counts (integers >= 0)",
     lambda v: isinstance(v, list) and all(type(n) is int and n >= 0 for n in v),
@@ -331,6 +332,7 @@ class App:
         text, env, flag, refs = (_TEXT, _REQUIRED), (_TEXT, None), (_FLAG, False), (_TEXTS, ())
         self._routes: dict[str, tuple[Callable[[_Request, _Response], Awaitable[None]], _Options]] = {
             Op.ENV: (self._env, {"env": (_OBJECT, _REQUIRED)}),
+            Op.INSTALL: (self._install, {"env": env, "packages": (_OBJECTS, _REQUIRED)}),
             Op.DEPLOY: (self._deploy, {"name": text, "env": env, "kind": text,
                                        "spec": (_OBJECT, _REQUIRED), "version": text}),
             Op.INSTANTIATE: (self._instantiate, {"name": text, "class_name": text, "refs": refs}),
@@ -489,6 +491,12 @@ class App:
         except (KeyError, TypeError, ValueError) as exc:
             raise BadRequestError(f"invalid env spec: {exc}") from None
         result = await self.runtime.create_env(spec, lambda line: response.log((line + "\n").encode()))
+        await response.value(result)
+
+    async def _install(self, request: _Request, response: _Response) -> None:
+        packages = [PackageInstall.from_dict(p) for p in request.options["packages"]]
+        result = await self.runtime.install(request.options["env"] or DEFAULT_ENV, packages,
+                                            lambda line: response.log((line + "\n").encode()))
         await response.value(result)
 
     async def _deploy(self, request: _Request, response: _Response) -> None:

@@ -3,8 +3,11 @@
 An env is a name, a list of requirements and environment variables. The default env runs in the daemon's
 own interpreter. An env with requirements gets a virtual environment under ``~/.rh/envs/<hash of reqs>``,
 shared by every env with the same requirements so a second one installs nothing; it sees the daemon's
-packages (runhouse among them) after its own. Each env has one main worker (its named objects live there)
-and a pool of extra workers, started on first use, that ``map``/``starmap`` fan out over.
+packages (runhouse among them) after its own. Packages (a package folder here, installed editable; a git URL;
+a pip requirement) can be installed into an env's interpreter later (:func:`install_packages`); each
+interpreter records what it got, so an unchanged package is not installed again. Each env has one main worker
+(its named objects live there) and a pool of extra workers, started on first use, that ``map``/``starmap`` fan
+out over.
 
 :class:`EnvRuntime` has the daemon's :class:`~runhouse.server.backend.WorkerBackend` place and make its
 workers (local processes, :class:`~runhouse.server.channel.WorkerChannel`, on a single-node cluster;
@@ -22,17 +25,18 @@ import shutil
 import site
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runhouse.errors import BadRequestError, EnvCreationError
-from runhouse.paths import envs_dir
+from runhouse.paths import envs_dir, write_atomic
 from runhouse.protocol import object_name_problem
 from runhouse.server.backend import Role, Slot, WorkerBackend, WorkerHandle
 
 _READY_MARKER = ".rh-ready"
+_PACKAGE_RECORD = ".rh-packages.json"
 _INSTALL_TAIL_LINES = 15
 
 Progress = Callable[[str], None]
@@ -129,10 +133,17 @@ def _checked_reqs(reqs: Any) -> tuple[str, ...]:
     for req in reqs:
         if not isinstance(req, str) or not req.strip():
             raise BadRequestError(f"each requirement is a non-empty string like 'numpy>=1.26', not {req!r}")
-        problem = _control_character_problem(req) or _os_text_problem(req)
+        problem = _requirement_problem(req)
         if problem is not None:
             raise BadRequestError(f"requirement {req!r} is not allowed: {problem}")
     return tuple(reqs)
+
+
+def _requirement_problem(req: str) -> str | None:
+    """Why ``req`` cannot go to the installer as one argument, or None when it can."""
+    if req.lstrip().startswith("-"):
+        return "it is a command-line option, not a requirement (installer options are not accepted)"
+    return _control_character_problem(req) or _os_text_problem(req)
 
 
 def _control_character_problem(text: str) -> str | None:
@@ -198,18 +209,68 @@ def _checked_compute(compute: Any) -> tuple[tuple[str, float], ...]:
     return tuple(sorted((name, float(amount)) for name, amount in compute.items()))
 
 
+PACKAGE_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
+
+
+@dataclass(frozen=True)
+class PackageInstall:
+    """One package to install into an env's interpreter: a package folder on this machine (``local``, installed
+    editable), a git URL (``git``, as ``git+<url>[@ref]``) or a pip requirement (``pip``). ``version`` is a
+    hash of a folder's files, so an unchanged folder is not installed again."""
+
+    kind: str
+    target: str
+    version: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PackageInstall:
+        """The package a client sent, checked: its kind, a target that is never an option, a local target that is
+        an absolute path to a package folder here.
+
+        Raises:
+            BadRequestError: says which field is wrong and how to fix it.
+        """
+        if not isinstance(data, Mapping) or set(data) - {"kind", "target", "version"}:
+            raise BadRequestError(f"a package is {{'kind': ..., 'target': ..., 'version': ...}}, not {data!r}")
+        kind, target, version = data.get("kind"), data.get("target"), data.get("version", "")
+        if kind not in ("local", "git", "pip"):
+            raise BadRequestError(f"a package's kind is 'local', 'git' or 'pip', not {kind!r}")
+        if not isinstance(target, str) or not target.strip() or not isinstance(version, str):
+            raise BadRequestError(f"a package's target and version are strings, not {target!r} and {version!r}")
+        problem = _requirement_problem(target)
+        if problem is not None:
+            raise BadRequestError(f"package {target!r} is not allowed: {problem}")
+        if kind == "git" and not target.startswith("git+"):
+            raise BadRequestError(f"a git package is a requirement like 'git+https://host/org/repo.git', not "
+                                  f"{target!r}")
+        if kind == "local":
+            folder = Path(target)
+            if not folder.is_absolute() or not folder.is_dir():
+                raise BadRequestError(f"no package folder at {target!r} on this cluster (an absolute path is needed)")
+            if not any((folder / name).is_file() for name in PACKAGE_FILES):
+                raise BadRequestError(f"{target} is not a Python package folder: it has none of "
+                                      f"{', '.join(PACKAGE_FILES)}")
+        return cls(kind, target, version)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+
 def _venv_key(reqs: tuple[str, ...]) -> str:
     ident = json.dumps({"reqs": sorted(reqs), "python": sys.version, "prefix": sys.prefix})
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _installer(python: str, reqs: tuple[str, ...]) -> list[str]:
+def _installer(python: str, reqs: Sequence[str], editable: Sequence[str] = ()) -> list[str]:
+    """The argv installing ``reqs`` (each one argument) and the folders ``editable`` into ``python``."""
+    targets = [*reqs, *(arg for folder in editable for arg in ("--editable", folder))]
     try:
         from uv import find_uv_bin
 
-        return [find_uv_bin(), "pip", "install", "--python", python, *reqs]
+        return [find_uv_bin(), "pip", "install", "--python", python, *targets]
     except (ImportError, FileNotFoundError):
-        return [sys.executable, "-m", "pip", "--python", python, "install", "--progress-bar", "off", *reqs]
+        return [sys.executable, "-m", "pip", "--python", python, "install", "--progress-bar", "off", *targets]
 
 
 async def _run_streaming(cmd: list[str], progress: Progress) -> tuple[int, list[str]]:
@@ -265,6 +326,61 @@ async def ensure_python(spec: EnvSpec, progress: Progress) -> str:
             raise
     progress(f"env {spec.name!r}: ready")
     return python
+
+
+_install_locks: dict[str, asyncio.Lock] = {}
+
+
+def _package_record(python: str) -> Path:
+    """The file listing the packages installed into ``python``: in its venv, or for the daemon's own
+    interpreter in the envs folder (never in the daemon's installation)."""
+    if python == sys.executable:
+        return envs_dir() / f"daemon-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:16]}.packages.json"
+    return Path(python).parent.parent / _PACKAGE_RECORD
+
+
+async def install_packages(
+    python: str, packages: Sequence[PackageInstall], env: str, progress: Progress
+) -> list[PackageInstall]:
+    """Install ``packages`` into the interpreter ``python`` in one installer run; returns the ones installed.
+
+    A local folder or pip requirement installed before (the folder with the same files) is skipped; a git URL is
+    always handed to the installer (its branch may have moved). Installs into one interpreter run one at a time.
+
+    Raises:
+        EnvCreationError: the installer failed (nothing is recorded as installed); carries its last lines.
+    """
+    async with _install_locks.setdefault(python, asyncio.Lock()):
+        record_path = _package_record(python)
+        record = _read_record(record_path)
+        wanted = [p for p in dict.fromkeys(packages) if p.kind == "git" or record.get(p.key) != p.version]
+        if not wanted:
+            progress(f"env {env!r}: {', '.join(p.target for p in packages)} already installed")
+            return []
+        progress(f"env {env!r}: installing {', '.join(p.target for p in wanted)}")
+        reqs = [p.target for p in wanted if p.kind != "local"]
+        code, lines = await _run_streaming(
+            _installer(python, reqs, [p.target for p in wanted if p.kind == "local"]), progress
+        )
+        if code != 0:
+            tail = "\n".join(lines[-_INSTALL_TAIL_LINES:])
+            raise EnvCreationError(
+                f"env {env!r}: could not install {', '.join(p.target for p in wanted)}; nothing was installed. "
+                f"Check the package names, versions, URLs and folders.\n{tail}"
+            )
+        record.update({p.key: p.version for p in wanted if p.kind != "git"})
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(record_path, json.dumps(record, indent=1))
+    progress(f"env {env!r}: installed {', '.join(p.target for p in wanted)}")
+    return wanted
+
+
+def _read_record(path: Path) -> dict[str, str]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: everything counts as not installed
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _req_name(req: str) -> str:

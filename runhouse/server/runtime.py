@@ -42,7 +42,7 @@ from runhouse.serialization import sweep_shm, unpack_exception
 from runhouse.server.autostop import IdleTimer
 from runhouse.server.backend import Reply, WorkerBackend, WorkerHandle
 from runhouse.server.channel import LocalBackend
-from runhouse.server.envs import EnvRuntime, EnvSpec, ensure_python
+from runhouse.server.envs import EnvRuntime, EnvSpec, PackageInstall, ensure_python, install_packages
 from runhouse.version import __version__
 
 FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
@@ -204,6 +204,28 @@ class Runtime:
             self.registry.envs[spec.name] = spec
             self.registry.save()
         return spec.to_dict()
+
+    async def install(
+        self, env: str, packages: Sequence[PackageInstall], progress: Callable[[str], None]
+    ) -> dict[str, list[str]]:
+        """Install packages into an env's interpreter; returns the targets ``installed`` and ``skipped`` (already
+        there, unchanged).
+
+        When anything was installed, the workers of every env on that interpreter stop (their stored values go
+        with them) and restart on next use, so they import the new code; deployed functions and classes and
+        named instances come back.
+        """
+        runtime = await self.env_runtime(env, progress)
+        installed = await install_packages(runtime.python, packages, env, progress)
+        if installed:
+            for name in [n for n, r in self.envs.items() if r.python == runtime.python]:
+                async with self._env_locks.setdefault(name, asyncio.Lock()):
+                    stale = self.envs.pop(name, None)
+                    if stale is not None:
+                        self._forget_values(stale)
+                        await stale.stop()
+        return {"installed": [p.target for p in installed],
+                "skipped": [p.target for p in dict.fromkeys(packages) if p not in installed]}
 
     def _forget_values(self, env: EnvRuntime) -> None:
         for name in [n for n, e in self.registry.entries.items() if e.env == env.spec.name and e.kind == VALUE]:

@@ -45,8 +45,9 @@ from runhouse.daemon_files import REMOTE_CONFIG_DIR
 from runhouse.errors import ClusterUnreachableError, RunhouseError
 from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
-from runhouse.protocol import LogSink, Op
-from runhouse.resources.env import Env
+from runhouse.protocol import DEFAULT_ENV, LogSink, Op
+from runhouse.resources.env import Env, Requirement
+from runhouse.resources.package import packages_from
 from runhouse.resources.resource import Resource
 from runhouse.transport.client import (
     CALL_READ_TIMEOUT_S,
@@ -289,13 +290,44 @@ class Cluster(Resource, Closeable):
 
     # --- envs --------------------------------------------------------------------------------------
     def ensure_env(self, env: Env) -> str:
-        """Create ``env`` on the daemon unless this client already did; returns its name."""
+        """Create ``env`` on the daemon unless this client already did, then install its local packages; returns
+        its name."""
         spec = env.spec()
         if self._envs_ready.get(spec["name"]) != spec:
             self._ensure_up()
             self._control(Op.ENV, {"env": spec}, on_log=print_log(f"env {spec['name']}"), timeout=ENV_TIMEOUT_S)
+            if env.packages:
+                self.install_packages(env.packages, env=spec["name"])
             self._envs_ready[spec["name"]] = spec
         return spec["name"]
+
+    def install_packages(
+        self, reqs: Requirement | Sequence[Requirement], env: Env | str | None = None
+    ) -> dict[str, list[str]]:
+        """Install packages into an env's interpreter on the cluster (the cluster's ``default_env``, else the
+        default env, when ``env`` is None); returns the install targets ``installed`` and ``skipped``.
+
+        ``reqs`` is one or a list of: local package folders (shipped like deployed code, only when changed;
+        used in place on this machine's daemon; installed editable), git URLs, pip requirements, and
+        ``rh.package(...)`` objects; a single string is one package. The env's interpreter is its venv (shared
+        by envs with the same ``reqs``), or for an env without ``reqs`` the daemon's own. An unchanged folder or
+        requirement installed before is skipped; otherwise the workers of the envs on that interpreter restart
+        (values stored with ``put`` in them are lost) so they import the new code.
+
+        Example::
+
+            gpu.install_packages([rh.package("./my_pkg"), "numpy>=1.26"], env=my_env)
+
+        Raises:
+            EnvCreationError: the installer failed; nothing was recorded as installed; carries its last lines.
+            PackageError, DataNotFoundError: a package that is not one (see :func:`runhouse.package`).
+        """
+        packages = packages_from(reqs)
+        self._ensure_up()
+        name = self._env_name(env) or DEFAULT_ENV
+        installs = [package.install_spec(self, name) for package in packages]
+        return self._control(Op.INSTALL, {"env": name, "packages": installs}, on_log=print_log(f"env {name}"),
+                             timeout=ENV_TIMEOUT_S)
 
     def _env_name(self, env: Env | str | Sequence[str] | None) -> str | None:
         """The name of an env given as an Env (created here if needed), a name, or a list of requirements; the
