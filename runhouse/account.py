@@ -8,12 +8,14 @@ stores and writes secrets; logging in is where the three meet.
 from __future__ import annotations
 
 import getpass
+import os
+import sys
 from typing import Any
 
 from runhouse.config import LOCAL_ONLY_SETTINGS, Configs
 from runhouse.errors import ConfigError
 from runhouse.prompts import ask_yes_no
-from runhouse.rns.den_client import check_token, den_client
+from runhouse.rns.den_client import check_token, current_user, den_client, user_of_token
 
 
 class SyncedConfigs(Configs):
@@ -24,6 +26,24 @@ class SyncedConfigs(Configs):
         rh.configs.set("default_autostop", 30)
         rh.configs.upload_defaults()      # on another machine: rh.configs.download_defaults()
     """
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """As :meth:`Configs.get`, but ``username`` is the user really logged in (``RH_TOKEN``'s when it
+        holds another token than the file's) and ``default_folder`` the folder bare names really resolve
+        in (``/alice`` once logged in, when none is set)."""
+        if key == "username":
+            user = current_user()
+            return default if user is None else user
+        if key == "default_folder":
+            from runhouse.errors import InvalidNameError
+            from runhouse.rns import names, store
+
+            folder = store.current_folder()
+            try:
+                return str(names.parse_folder(folder, username=current_user()))
+            except InvalidNameError:  # "@/..." set while logged out: it resolves nowhere yet
+                return folder
+        return super().get(key, default)
 
     def upload_defaults(self) -> dict[str, Any]:
         """Store these settings in Den for the logged-in user (all but the token and Den's URL)."""
@@ -45,7 +65,7 @@ configs = SyncedConfigs()
 def login(
     token: str | None = None,
     den_url: str | None = None,
-    interactive: bool = False,
+    interactive: bool | None = None,
     upload_defaults: bool = False,
     download_defaults: bool = False,
     upload_secrets: bool = False,
@@ -54,21 +74,41 @@ def login(
     """Log in to Den: check the token, save it with Den's URL and the user name in ``~/.rh/config.yaml``.
 
     Afterwards bare names save to the user's Den folder (``@/...``); ``~/...`` still saves locally.
-    ``interactive`` asks for what is missing and offers to upload or download config defaults and secrets
-    (upload: the credentials found on this machine; download: stored ones, never replacing local files).
+    ``rh.login()`` with no token asks for what is missing when there is a terminal (``interactive``, by
+    default whether stdin is one) and offers to upload or download config defaults and secrets (upload: the
+    credentials found on this machine; download: stored ones, never replacing local files). With ``RH_TOKEN``
+    set and no ``token=``, that token is checked and nothing is written: the environment is the login.
 
     Returns:
         The user name.
+
+    Raises:
+        ConfigError: a token or Den's URL is missing and there is no terminal to ask on (the message says
+            how to pass them).
+        AuthenticationError: Den does not know the token.
     """
+    env_token = os.environ.get("RH_TOKEN")
+    if interactive is None:
+        interactive = not (token or env_token) and sys.stdin is not None and sys.stdin.isatty()
     url = den_url or configs.get("den_url")
     if not url and interactive:
         url = input("Den URL (e.g. http://den.example.com:32400): ").strip()
     if not url:
-        raise ConfigError("rh.login needs den_url= (the address of your Den)")
+        raise ConfigError(
+            "rh.login needs Den's address: rh.login(token=..., den_url='http://HOST:32400'), "
+            "or set it once with rh.configs.set('den_url', ...) (the RH_DEN_URL variable works too)")
+    if not token and env_token and not interactive:
+        user = user_of_token(url, env_token)
+        if den_url:
+            configs.set("den_url", url)
+        return user
     if not token and interactive:
         token = getpass.getpass("Den token: ").strip()
     if not token:
-        raise ConfigError("rh.login needs token= (runhouse den user add NAME prints one)")
+        raise ConfigError(
+            "rh.login needs a token and there is no terminal to ask for one: call rh.login(token=..., "
+            "den_url=...), run `runhouse login` in a terminal, or set RH_TOKEN in the environment "
+            "(an administrator makes tokens with `runhouse den user add NAME`)")
     user = check_token(url, token)["name"]
     configs.set("den_url", url)
     configs.set("token", token)
@@ -103,18 +143,38 @@ def _sync_secrets(upload: bool, download: bool) -> None:
         Secrets.download_into_env()
 
 
-def logout(interactive: bool = False, remove_secrets: bool = False) -> list[str]:
+def logout(
+    interactive: bool = False, remove_secrets: bool | None = None, delete_den_secrets: bool | None = None
+) -> list[str]:
     """Forget the Den token and user name (Den's URL is kept for the next login).
 
-    ``remove_secrets`` (or a yes at the ``interactive`` prompt) also deletes the providers' credential files
-    from this machine. Returns the files removed.
+    ``delete_den_secrets`` first deletes this user's secrets stored in Den; ``remove_secrets`` deletes the
+    providers' credential files from this machine. Left as None, each is asked at the ``interactive`` prompt
+    (which lists what would go), else not done. Returns the files removed.
     """
     from runhouse.resources.secret import Secrets
 
+    if delete_den_secrets or (delete_den_secrets is None and interactive):
+        _delete_den_secrets(ask=delete_den_secrets is None)
     configs.set("token", None)
     configs.set("username", None)
     found = Secrets.configured_providers()
-    if interactive and found and not remove_secrets:
+    if remove_secrets is None and interactive and found:
         remove_secrets = ask_yes_no(f"Also delete the local credential files of {', '.join(found)}? [y/N] ")
     return Secrets.remove_local() if remove_secrets else []
 
+
+def _delete_den_secrets(ask: bool) -> None:
+    """Delete the logged-in user's secrets in Den, after a yes when ``ask``; nothing when not logged in."""
+    from runhouse.resources.secret import DenSecretStore
+
+    if not (configs.get("den_url") and configs.get("token")):
+        return
+    store = DenSecretStore()
+    stored = sorted(store.names())
+    if not stored:
+        return
+    if ask and not ask_yes_no(f"Also delete your secrets stored in Den ({', '.join(stored)})? [y/N] "):
+        return
+    for name in stored:
+        store.delete(name)

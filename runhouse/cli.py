@@ -181,11 +181,13 @@ def login(
 def logout(
     remove_secrets: bool = typer.Option(None, "--remove-secrets/--keep-secrets",
                                         help="Delete local credential files too (asked when not given)."),
+    den_secrets: bool = typer.Option(None, "--delete-den-secrets/--keep-den-secrets",
+                                     help="Delete your secrets stored in Den first (asked when not given)."),
 ) -> None:
-    """Forget the Den token on this machine, and offer to delete local credential files."""
+    """Forget the Den token on this machine; offers to delete your Den secrets and local credential files."""
     from runhouse.account import logout as den_logout
 
-    removed = den_logout(interactive=remove_secrets is None, remove_secrets=bool(remove_secrets))
+    removed = den_logout(interactive=True, remove_secrets=remove_secrets, delete_den_secrets=den_secrets)
     for path in removed:
         console.print(f"removed {path}")
     console.print("logged out")
@@ -204,13 +206,19 @@ def ssh(name: str = typer.Argument(..., help="Name of a saved SSH cluster.")) ->
 
 @command("ls")
 def ls(folder: str = typer.Argument(None, help="Folder to list (default: the current folder, e.g. ~).")) -> None:
-    """List saved resources with their type and last-saved time."""
-    from runhouse.rns.store import current_folder, folder_contents
+    """List saved resources with their type and last-saved time, here (local) and in Den when logged in."""
+    from runhouse.errors import RunhouseError
+    from runhouse.rns.store import listing
 
-    entries = folder_contents(folder)
-    table = Table("name", "type", "last saved", title=f"Resources in {folder or current_folder()}")
-    for entry in entries:
-        table.add_row(entry["name"], entry["resource_type"], entry["saved_at"] or "-")
+    table = Table("name", "where", "type", "last saved", title="Saved resources")
+    for address, entries in listing(folder):
+        where = "local" if address.startswith("~") else "den"
+        if isinstance(entries, RunhouseError):
+            console.print(f"[yellow]{address} not listed: {entries}[/yellow]")
+            continue
+        for entry in entries:
+            table.add_row(f"{address.rstrip('/')}/{entry['name']}", where, entry["resource_type"],
+                          entry["saved_at"] or "-")
     console.print(table)
 
 

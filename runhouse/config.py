@@ -9,7 +9,8 @@ Read and written through :data:`configs`::
     configs.get("default_autostop")       # 60
     configs.set("default_autostop", None)  # removes the key: back to the default
 
-``RH_TOKEN``, when set, overrides the ``token`` of the file for :meth:`Configs.get` and is never written.
+``RH_TOKEN`` and ``RH_DEN_URL``, when set, override the file's ``token`` and ``den_url`` for
+:meth:`Configs.get` and are never written.
 """
 
 from __future__ import annotations
@@ -180,13 +181,16 @@ class Configs:
             self._write(_file_data(settings))
 
     def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``: ``$RH_TOKEN`` for ``token`` when set, else the file's, else ``default``.
+        """The value of ``key``: ``$RH_TOKEN`` for ``token`` (``$RH_DEN_URL`` for ``den_url``) when set, else
+        the file's, else ``default``.
 
         Known settings that are unset give their model default (``default_folder`` is ``"~"``, ``use_spot``
         is False) or, where that is None, ``default``. Unknown keys give their stored value or ``default``.
         """
         if key == "token" and os.environ.get("RH_TOKEN"):
             return os.environ["RH_TOKEN"]
+        if key == "den_url" and os.environ.get("RH_DEN_URL"):
+            return os.environ["RH_DEN_URL"]
         settings = self.load()
         if key in Settings.model_fields:
             value = getattr(settings, key)

@@ -43,6 +43,21 @@ def config_dir() -> Path:
     return path
 
 
+def config_dir_id() -> str:
+    """A random id of this runhouse folder (``id`` in it, made on first use), telling its daemons apart from
+    those of another machine or account that a saved config also calls ``localhost``."""
+    path = config_dir() / "id"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(16))
+    return path.read_text().strip()
+
+
 def default_server_port() -> int:
     """Port of the daemon on this machine: ``$RH_SERVER_PORT`` or 32300."""
     raw = os.environ.get("RH_SERVER_PORT")

@@ -61,11 +61,10 @@ class DenSecretStore(SecretStore):
     """The logged-in user's secrets in Den (or an org's, ``owner=ORG``, for its members)."""
 
     def __init__(self, owner: str | None = None) -> None:
-        from runhouse.config import configs
-        from runhouse.rns.den_client import den_client
+        from runhouse.rns.den_client import current_user, den_client
 
         self._client = den_client()
-        self.owner = owner or configs.get("username") or self._client.me()["name"]
+        self.owner = owner or current_user() or self._client.me()["name"]
 
     def put(self, name: str, provider: str, values: dict[str, Any]) -> None:
         self._client.put_secret(self.owner, name, provider, values)

@@ -7,6 +7,9 @@ from ``rh.configs`` (:func:`runhouse.account.login` sets them).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -129,6 +132,56 @@ def den_client() -> DenClient:
                 _shared.close()
             _shared, _shared_key = DenClient(url, token), (url, token)
         return _shared
+
+
+# Whose tokens given by RH_TOKEN are, asked of Den once and kept (by a hash of Den's URL and the token).
+_USERS_FILE = "den_users.json"
+_known_users: dict[str, str] = {}
+
+
+def current_user() -> str | None:
+    """The Den user that ``@`` and bare names belong to, or None when not logged in.
+
+    The settings file's ``username``, unless ``RH_TOKEN`` holds another token than the file's: then the user
+    that token belongs to, asked of Den once and cached (``den_users.json`` in the runhouse folder, mode 0600,
+    keyed by a hash, never the token), so ``RH_TOKEN`` alone is a login and wins over another user's file.
+    """
+    from runhouse.config import configs
+
+    settings = configs.load()
+    env_token = os.environ.get("RH_TOKEN")
+    if not env_token or env_token == settings.token:
+        return settings.username if settings.token else None
+    url = configs.get("den_url")
+    return user_of_token(url, env_token) if url else None
+
+
+def user_of_token(url: str, token: str) -> str:
+    """The name of the user ``token`` belongs to at Den ``url``, from the cache or else from Den (then cached).
+
+    Raises:
+        AuthenticationError: Den does not know the token.
+        DenUnreachableError: it had to ask Den, and Den does not answer.
+    """
+    from runhouse.paths import config_dir, write_atomic
+
+    key = hashlib.sha256(f"{url.rstrip('/')}\0{token}".encode()).hexdigest()
+    if key in _known_users:
+        return _known_users[key]
+    path = config_dir() / _USERS_FILE
+    try:
+        cached = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    name = cached.get(key)
+    if not isinstance(name, str):
+        name = str(check_token(url, token)["name"])
+        cached[key] = name
+        write_atomic(path, json.dumps(cached))
+    _known_users[key] = name
+    return name
 
 
 def check_token(url: str, token: str) -> dict[str, Any]:

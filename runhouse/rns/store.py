@@ -11,7 +11,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from runhouse.errors import InvalidNameError, ObjectNotFoundError
+from runhouse.errors import InvalidNameError, ObjectNotFoundError, RunhouseError
 from runhouse.rns import local_store, names
 from runhouse.rns.names import BUILTIN, DEN, LOCAL, Address
 
@@ -20,9 +20,9 @@ _current_folder: str | None = None
 
 
 def _username() -> str | None:
-    from runhouse.config import configs
+    from runhouse.rns.den_client import current_user
 
-    return configs.get("username")
+    return current_user()
 
 
 def current_folder() -> str:
@@ -35,7 +35,7 @@ def current_folder() -> str:
     saved = configs.to_dict()
     if saved.get("default_folder"):
         return str(saved["default_folder"])
-    return "@" if configs.get("token") and configs.get("username") and configs.get("den_url") else "~"
+    return "@" if configs.get("den_url") and _username() else "~"
 
 
 def share(address: Address, users: list[str], access_level: str) -> dict[str, Any]:
@@ -91,8 +91,40 @@ def load(address: Address, version: str | None = None) -> dict[str, Any]:
     """The config at ``address`` (an older ``version`` when given).
 
     Raises:
-        ObjectNotFoundError: nothing is saved there.
+        ObjectNotFoundError: nothing is saved there; the message names where the same name does exist
+            (``~/x`` for a missing ``/alice/x``, and the other way round), if anywhere.
     """
+    try:
+        return _load(address, version)
+    except ObjectNotFoundError as exc:
+        other = _same_name_elsewhere(address) if version is None else None
+        if other is None:
+            raise
+        raise ObjectNotFoundError(f"{exc}; but {other} exists: load it by that name, e.g. rh.load({other!r})") from None
+
+
+def _same_name_elsewhere(address: Address) -> str | None:
+    """The address of a saved config with ``address``'s name in the other store (local <-> the user's Den
+    folder), or None. Asking Den is best-effort: this only adds a hint to an error."""
+    user = _username()
+    if address.store == DEN and user is not None and address.parts[:1] == (user,) and len(address.parts) > 1:
+        local = Address(LOCAL, address.parts[1:])
+        return str(local) if local_store.exists(local.parts) else None
+    if address.store == LOCAL and user is not None:
+        from runhouse.config import configs
+
+        if not configs.get("den_url"):
+            return None
+        den = Address(DEN, (user, *address.parts))
+        try:
+            _den().get(str(den))
+        except RunhouseError:
+            return None
+        return str(den)
+    return None
+
+
+def _load(address: Address, version: str | None) -> dict[str, Any]:
     if address.store == LOCAL:
         return local_store.load(address.parts, version)
     if address.store == BUILTIN:
@@ -108,7 +140,7 @@ def exists(address: Address) -> bool:
     try:
         if address.store == LOCAL:
             return local_store.exists(address.parts)
-        load(address)
+        _load(address, None)
         return True
     except ObjectNotFoundError:
         return False
@@ -136,6 +168,40 @@ def delete(address: Address) -> bool:
     except ObjectNotFoundError:
         return False
     return True
+
+
+def listing(folder: str | None = None) -> list[tuple[str, list[dict[str, Any]] | RunhouseError]]:
+    """What ``runhouse ls`` shows: ``folder`` (default: the current one) and, when logged in, the same path
+    in the other store (``~/a`` and ``/<user>/a``), each as (address, entries); the other store's failure
+    (Den down) is given in place of its entries, never raised.
+
+    ``folder`` may be a path the shell expanded from ``~`` (``/home/me/proj``): it is read as ``~/proj``.
+    """
+    text = _unexpanded(folder) if folder else current_folder()
+    user = _username()
+    address = names.parse_folder(text, username=user)
+    shown: list[tuple[str, list[dict[str, Any]] | RunhouseError]] = [(str(address), folder_contents(str(address)))]
+    other: Address | None = None
+    if user is not None and address.store == LOCAL:
+        other = Address(DEN, (user, *address.parts))
+    elif user is not None and address.store == DEN and address.parts[:1] == (user,):
+        other = Address(LOCAL, address.parts[1:])
+    if other is not None:
+        try:
+            shown.append((str(other), folder_contents(str(other))))
+        except RunhouseError as exc:
+            shown.append((str(other), exc))
+    return shown
+
+
+def _unexpanded(folder: str) -> str:
+    """``folder`` with the home folder the shell put in place of ``~`` turned back into ``~``."""
+    from pathlib import Path
+
+    home = str(Path.home()).rstrip("/")
+    if home and (folder == home or folder.startswith(home + "/")):
+        return "~" + folder[len(home):]
+    return folder
 
 
 def folder_contents(folder: str | None = None) -> list[dict[str, Any]]:

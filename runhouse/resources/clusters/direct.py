@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 from typing import TYPE_CHECKING, Any
 
 from runhouse.errors import ClusterUnreachableError, RunhouseError
+from runhouse.paths import config_dir_id
 from runhouse.resources.clusters import local_daemon
 from runhouse.resources.clusters.base import Cluster
 from runhouse.resources.env import Env
@@ -35,13 +38,31 @@ class DirectCluster(Cluster):
     ) -> None:
         super().__init__(name=name, server_port=server_port, token=token, default_env=default_env)
         self._host = host
+        self._machine: dict[str, Any] | None = None  # whose "localhost" a loaded config meant (see _foreign)
 
     @property
     def host(self) -> str:
         return self._host
 
     def _endpoint(self) -> tuple[str, int]:
+        foreign = self._foreign()
+        if foreign is not None:
+            raise ClusterUnreachableError(foreign)
         return self._host, self.server_port
+
+    def _foreign(self) -> str | None:
+        """Why this cluster cannot be reached from here when its config was saved on another machine (or
+        runhouse folder) and names that one's own daemon as ``localhost``; None when it is this one's."""
+        machine = self._machine
+        if not machine or not self.is_local or machine.get("id") == config_dir_id():
+            return None
+        label = self.rns_address or self.name or "this cluster"
+        return (
+            f"{label} is the local daemon of {machine.get('user', '?')}@{machine.get('host', '?')} (its port "
+            f"{self.server_port}), not of this machine: it cannot be reached from here. Ask its owner to deploy "
+            "to a cluster others can reach (an SSH or on-demand cluster), or deploy your own copy, e.g. "
+            "rh.function(fn).to(rh.here)"
+        )
 
     def _read_token(self) -> str | None:
         """This machine's daemon's token file; a remote daemon's token must be given as ``token=``."""
@@ -86,12 +107,19 @@ class DirectCluster(Cluster):
         return DaemonSystem(self)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "host": self._host}
+        config = {**super().config(), "host": self._host}
+        if self.is_local:  # "localhost" means the saver's machine: say whose, for readers elsewhere
+            config["machine"] = self._machine or {
+                "id": config_dir_id(), "host": socket.gethostname(), "user": getpass.getuser()}
+        return config
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> DirectCluster:
-        return cls(name=config.get("name"), host=config["host"], server_port=config["server_port"],
-                   default_env=config.get("default_env"))
+        cluster = cls(name=config.get("name"), host=config["host"], server_port=config["server_port"],
+                      default_env=config.get("default_env"))
+        machine = config.get("machine")
+        cluster._machine = machine if isinstance(machine, dict) else None
+        return cluster
 
     def __repr__(self) -> str:
         return f"<Cluster {self.rns_address or self.name!r} at {self._host}:{self.server_port}>"

@@ -109,10 +109,11 @@ class ObjectStoreSystem(DataSystem):
 
     def data_root(self) -> str:
         from runhouse.config import configs
+        from runhouse.rns.den_client import current_user
 
         bucket = self.bucket or configs.get("default_bucket")
         if not bucket:
-            bucket = default_bucket_name(configs.get("username") or getpass.getuser())
+            bucket = default_bucket_name(current_user() or getpass.getuser())
             self._unmade_bucket = bucket
         return f"{bucket}/runhouse"
 

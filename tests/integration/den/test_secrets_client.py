@@ -135,7 +135,7 @@ def test_login_offers_to_upload_and_download_secrets_and_logout_to_remove_them(
     assert out.returncode == 0, out.stderr
     assert (fresh / ".lambda_cloud" / "lambda_keys").read_text() == "api_key = lambda-from-login\n"
 
-    out = subprocess.run([sys.executable, "-m", "runhouse.cli", "logout"], input="y\n",
+    out = subprocess.run([sys.executable, "-m", "runhouse.cli", "logout"], input="n\ny\n",  # Den's copies stay
                          env={**env, "HOME": str(fresh)}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "removed ~/.lambda_cloud/lambda_keys" in out.stdout
