@@ -70,3 +70,33 @@ def test_markers_are_parsed_and_checked(tmp_path: Path) -> None:
                 "<!-- readme-test: skip \"x\" -->\ntext\n```bash\n```"):
         with pytest.raises(ValueError, match="README line 1"):
             readme.parse(bad)
+
+
+def test_a_failing_block_names_its_lines_and_shows_its_output(tmp_path: Path) -> None:
+    text = "# title\n\n```bash\necho before\nfalse\necho after\n```\n\n```python\nx = 1\nprint('hello')\n1 / 0\n```\n"
+    session = readme.ReadmeSession(tmp_path, readme.parse(text))
+    try:
+        with pytest.raises(readme.BlockFailed) as bash_failure:
+            session.run(0)
+        with pytest.raises(readme.BlockFailed) as python_failure:
+            session.run(1)
+    finally:
+        session.close()
+    bash_message = str(bash_failure.value)
+    assert "README:L3-7-bash (README.md lines 4-6) failed: bash exited with code 1" in bash_message
+    bash_output = bash_message.split("--- its output")[1]
+    assert "before" in bash_output and "README.md line 5 failed" in bash_output and "after" not in bash_output
+    python_message = str(python_failure.value)
+    assert "README:L9-13-python (README.md lines 10-12) failed: ZeroDivisionError" in python_message
+    assert "hello" in python_message and 'File "README.md", line 12' in python_message
+    assert "earlier blocks failed too: README:L3-7-bash" in python_message
+
+
+def test_a_marker_that_does_not_fit_its_block_fails_it(tmp_path: Path) -> None:
+    text = '<!-- readme-test: ssh 10.0.0.9 -->\n```python\ngpu = rh.cluster(ips=["10.0.0.5"])\n```\n'
+    session = readme.ReadmeSession(tmp_path, readme.parse(text))
+    try:
+        with pytest.raises(readme.BlockFailed, match='the ssh marker\'s block has no "10.0.0.9"'):
+            session.run(0)
+    finally:
+        session.close()

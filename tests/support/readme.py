@@ -166,12 +166,18 @@ readme_background() {  # run "$@" in the background, then wait for port $README_
   echo "$pid" >>"$README_ROOT/background.pids"
   for _ in $(seq 300); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$README_WAIT_PORT") 2>/dev/null; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then echo "background command exited:" >&2; cat "$README_ROOT/background.log" >&2; return 1; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "background command exited:" >&2; cat "$README_ROOT/background.log" >&2; return 1
+    fi
     sleep 0.1
   done
   echo "nothing listens on port $README_WAIT_PORT after 30 s" >&2; return 1
 }
 """
+
+
+class MarkerMismatch(ValueError):
+    """A block's marker declares a rewrite the block gives no place for."""
 
 
 @dataclass
@@ -243,7 +249,10 @@ class ReadmeSession:
     def _run_one(self, block: Block) -> Outcome:
         if block.skip_reason is not None:
             return Outcome(True)
-        code = self._rewrite(block)
+        try:
+            code = self._rewrite(block)
+        except MarkerMismatch as exc:
+            return Outcome(False, f"{block.id}: {exc}")
         log = self.root / f"L{block.start}.log"
         try:
             ok, error = (self._run_python if block.lang == "python" else self._run_bash)(block, code, log)
@@ -266,6 +275,8 @@ class ReadmeSession:
         if marker is not None and marker.kind == "background":
             command, port = marker.args
             port = {str(DAEMON_PORT): str(self.daemon_port), str(DEN_PORT): str(self.den_port)}.get(port, port)
+            if not any(line.startswith(command) for line in code.splitlines()):
+                raise MarkerMismatch(f"the background marker's block has no line starting with {command!r}")
             code = "\n".join(
                 f"README_WAIT_PORT={port} readme_background {line}" if line.startswith(command) else line
                 for line in code.splitlines()
@@ -273,12 +284,16 @@ class ReadmeSession:
         return code
 
     def _point_at_sshd(self, code: str, example_ip: str) -> str:
+        for needed in (f'"{example_ip}"', '"ssh_user": "', "ssh_creds={"):
+            if needed not in code:
+                raise MarkerMismatch(f"the ssh marker's block has no {needed}: nothing to point at the sshd")
         sshd = self.sshd()
         if self._ssh_daemon_port is None:
             self._ssh_daemon_port = free_port_on()
         code = code.replace(f'"{example_ip}"', f'"{sshd.host}"')
         code = re.sub(r'"ssh_user": "[^"]*"', f'"ssh_user": "{sshd.user}"', code)
-        return code.replace("ssh_creds={", f'server_port={self._ssh_daemon_port}, ssh_creds={{"ssh_port": {sshd.port}, ')
+        creds = f'server_port={self._ssh_daemon_port}, ssh_creds={{"ssh_port": {sshd.port}, '
+        return code.replace("ssh_creds={", creds)
 
     def _run_python(self, block: Block, code: str, log: Path) -> tuple[bool, str]:
         python = self._interpreter()
