@@ -368,9 +368,19 @@ class ReadmeSession:
         background = [int(pid) for pid in pids.read_text().split()] if pids.exists() else []
         _kill([*background, *_listening(self.den_port)])
         if self._sshd is not None:
-            home = str(self._sshd.home)
+            self._stop_ssh_daemon()
+            home = str(self._sshd.home)  # whatever is left of the host's daemon and workers
             _kill([proc.pid for proc in _processes() if any(home in part for part in _cmdline(proc))])
             self._sshd.kill()
+
+    def _stop_ssh_daemon(self) -> None:
+        """``runhouse stop`` on the SSH host's daemon, as the host runs it (its venv, home and config folder)."""
+        assert self._sshd is not None
+        home = self._sshd.home
+        env = {**self.env, "HOME": str(home), "RH_CONFIG_DIR": str(home / ".rh")}
+        for python in (home / ".rh" / "venvs").glob("*/bin/python"):
+            subprocess.run([str(python), "-m", "runhouse.cli", "stop", "--port", str(self._ssh_daemon_port)],
+                           cwd=home, env=env, capture_output=True, timeout=STOP_TIMEOUT_S * 2, check=False)
 
     def _stop_python(self) -> None:
         if self._python is not None:
