@@ -2,7 +2,7 @@
 start Den, log in, and share a function and a secret through it.
 
 Everything it writes (the daemon's token, Den's database and key, the login) goes to a temporary config
-folder, unless RH_CONFIG_DIR says otherwise.
+folder, deleted at the end, unless RH_CONFIG_DIR says otherwise.
 """
 
 import logging
@@ -38,8 +38,16 @@ class Counter:
 
 
 def main() -> None:
+    if os.environ.get("RH_CONFIG_DIR"):
+        demo()
+        return
+    with tempfile.TemporaryDirectory(prefix="rh-demo-") as folder:
+        os.environ["RH_CONFIG_DIR"] = folder
+        demo()
+
+
+def demo() -> None:
     began = time.perf_counter()
-    os.environ.setdefault("RH_CONFIG_DIR", tempfile.mkdtemp(prefix="rh-demo-"))
     port = int(os.environ.get("RH_DEMO_PORT", "32301"))
     cluster = rh.cluster(name="demo", host="localhost", server_port=port)
     cluster.up_if_not()  # starts the daemon on 127.0.0.1 if it is not running

@@ -64,8 +64,14 @@ def _dump(config: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a") as lock:
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = open(folder / LOCK_FILE, "a")  # noqa: SIM115 (closed below)
+            break
+        except FileNotFoundError:  # a delete elsewhere pruned the empty folder just made: make it again
+            continue
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -155,9 +161,25 @@ def delete(parts: tuple[str, ...], root: Path | None = None) -> bool:
         (folder / CONFIG_FILE).unlink(missing_ok=True)
         shutil.rmtree(folder / HISTORY_DIR, ignore_errors=True)
     (folder / LOCK_FILE).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        folder.rmdir()  # only when nothing else lives below it
+    _prune(folder, (root or rns_root()).resolve())
     return True
+
+
+def _prune(folder: Path, base: Path) -> None:
+    """Remove ``folder`` and the folders above it that hold nothing any more, up to rh/ itself, which goes
+    too (with the .gitignore runhouse gave it) when no config is left in it."""
+    with contextlib.suppress(OSError):
+        while folder != base:
+            folder.rmdir()  # only an empty folder: anything saved below it stops the walk
+            folder = folder.parent
+        if [child.name for child in base.iterdir()] == [GITIGNORE] and _owns_gitignore(base):
+            (base / GITIGNORE).unlink()
+            base.rmdir()
+
+
+def _owns_gitignore(base: Path) -> bool:
+    """Whether rh/.gitignore holds only the lines runhouse writes (a user's own lines keep it)."""
+    return set((base / GITIGNORE).read_text().split()) <= set(_IGNORED)
 
 
 def list_folder(parts: tuple[str, ...], root: Path | None = None) -> list[dict[str, Any]]:

@@ -50,6 +50,24 @@ def test_delete_keeps_resources_saved_below(root):
     assert local_store.delete(("a",), root) is False
 
 
+def test_deleting_the_last_config_leaves_no_empty_folders_nor_rh_itself(root):
+    local_store.save(("quickstart", "add"), {"x": 1}, root)
+    local_store.save(("quickstart", "add"), {"x": 2}, root)  # a history too
+    local_store.save(("kept",), {"x": 3}, root)
+    assert local_store.delete(("quickstart", "add"), root)
+    assert sorted(p.name for p in root.iterdir()) == [".gitignore", "kept"]
+    assert local_store.delete(("kept",), root)
+    assert not root.exists(), "rh/ held nothing but runhouse's own .gitignore"
+
+
+def test_a_gitignore_with_the_users_own_lines_is_kept(root):
+    local_store.save(("a",), {"x": 1}, root)
+    with (root / ".gitignore").open("a") as out:
+        out.write("scratch/\n")
+    local_store.delete(("a",), root)
+    assert "scratch/" in (root / ".gitignore").read_text()
+
+
 def test_list_folder_shows_resources_and_subfolders(root):
     local_store.save(("proj", "fn"), {"resource_type": "function"}, root)
     local_store.save(("proj", "sub", "env"), {"resource_type": "env"}, root)
