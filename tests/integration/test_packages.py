@@ -12,6 +12,7 @@ import pytest
 import runhouse as rh
 from runhouse.errors import BadRequestError, DataNotFoundError, EnvCreationError, ObjectNotFoundError, PackageError
 from runhouse.protocol import Op
+from tests.conftest import free_port
 from tests.integration import package_funcs
 
 # The packages' own venv (reqs of its own), so nothing is installed into the interpreter the tests run in.
@@ -171,3 +172,38 @@ def test_package_saves_and_loads_by_name_with_its_kind(in_a_project):
     assert (loaded.kind, loaded.install_target) == ("local", str(folder)) and loaded == saved
     assert repr(loaded) == f"<Package {loaded.rns_address!r} local: {folder}>"
     assert rh.load("my_pkg").config() == saved.config()
+
+
+# --- over SSH ----------------------------------------------------------------------------------------
+from tests.integration.ssh.conftest import sshd  # noqa: E402,F401  (the loopback sshd fixture)
+
+
+@pytest.fixture(scope="module")
+def ssh_cluster(sshd, config_dir):  # noqa: F811
+    creds = {
+        "ssh_user": sshd.user,
+        "ssh_private_key": str(sshd.private_key),
+        "ssh_port": sshd.port,
+        "known_hosts": str(sshd.known_hosts_with_key(sshd.root / "packages_known_hosts")),
+    }
+    box = rh.cluster(name="packages_ssh", ips=[sshd.host], ssh_creds=creds, server_port=free_port())
+    box.up_if_not()
+    try:
+        yield box
+    finally:
+        box.teardown()
+
+
+def test_local_folder_is_synced_over_ssh_installed_editable_and_resynced_when_changed(
+    ssh_cluster, sshd, tmp_path  # noqa: F811
+):
+    folder = make_package(tmp_path, "rh_pkg_ssh", "one")
+    [copy] = ssh_cluster.install_packages([rh.package(folder)])["installed"]
+    assert copy.startswith(f"{sshd.home}/.rh/code/rh_pkg_ssh-")  # the synced copy in the host's runhouse folder
+    value, file = value_in(ssh_cluster, None, "rh_pkg_ssh")
+    assert value == "one" and file.startswith(copy)  # imported from the copy, editable
+
+    set_value(folder, "two")
+    assert ssh_cluster.install_packages([rh.package(folder)])["installed"]
+    assert value_in(ssh_cluster, None, "rh_pkg_ssh")[0] == "two"
+    assert ssh_cluster.install_packages([rh.package(folder)])["skipped"]

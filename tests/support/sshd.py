@@ -9,6 +9,7 @@ in a temporary folder, and start there (sshd itself would start them in the acco
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,8 @@ START_TIMEOUT_S = 10.0
 
 # sshd runs every session in the account's home folder and SetEnv only changes the HOME variable, so the
 # session first moves into $HOME, then runs the command (or a login shell) with the user's shell, as sshd would.
+# Installers on the "remote" side trust the same CA bundle as the tests (a proxy's CA on some machines).
+_CA_BUNDLE = f' SSL_CERT_FILE="{os.environ["SSL_CERT_FILE"]}"' if os.environ.get("SSL_CERT_FILE") else ""
 _INTO_HOME = (
     'cd "$HOME" || exit 1; '
     'if [ -n "$SSH_ORIGINAL_COMMAND" ]; then exec "$SHELL" -c "$SSH_ORIGINAL_COMMAND"; else exec "$SHELL" -l; fi'
@@ -109,7 +112,7 @@ class SSHServer:
                     "PrintMotd no",
                     "PrintLastLog no",
                     f"Subsystem sftp {SFTP_SERVER if SFTP_SERVER.exists() else 'internal-sftp'}",
-                    f'SetEnv HOME="{self.home}" RH_CONFIG_DIR="{self.home / ".rh"}"',
+                    f'SetEnv HOME="{self.home}" RH_CONFIG_DIR="{self.home / ".rh"}"{_CA_BUNDLE}',
                     f"ForceCommand {_INTO_HOME}",
                     "",
                 ]
