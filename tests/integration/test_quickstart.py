@@ -12,13 +12,18 @@ from tests.conftest import free_port
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
 
 
-def test_the_quickstart_runs_from_start_to_end(tmp_path: Path) -> None:
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    env = {**os.environ, "RH_CONFIG_DIR": str(tmp_path / "rh-config"), "RH_DEMO_PORT": str(free_port())}
-    out = subprocess.run([sys.executable, str(QUICKSTART)], cwd=tmp_path, env=env, capture_output=True, text=True,
+def test_the_quickstart_runs_from_start_to_end_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    project, scratch = tmp_path / "project", tmp_path / "tmp"
+    scratch.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("RH_CONFIG_DIR", "RH_TOKEN", "RH_DEN_URL")}
+    env.update(TMPDIR=str(scratch), RH_DEMO_PORT=str(free_port()))
+    out = subprocess.run([sys.executable, str(QUICKSTART)], cwd=project, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2. add(1, 2) on the cluster = 3" in out.stdout
     assert "add(5, 6) loaded from Den = 11" in out.stdout
     assert "round trip ok: True" in out.stdout
     assert "9. daemon and Den stopped" in out.stdout
+    assert list(scratch.iterdir()) == [], "the demo's temporary config folder is deleted"
+    assert sorted(p.name for p in project.iterdir()) == [".git"], "nothing left in the user's repo"
