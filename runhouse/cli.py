@@ -27,6 +27,17 @@ app.add_typer(den_app, name="den")
 ray_node_app = typer.Typer(help="Ray on this node of a multi-node cluster (run by the client over SSH).")
 app.add_typer(ray_node_app, name="ray-node", hidden=True)
 
+
+
+@app.callback()
+def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="Show no progress (as RH_QUIET=1 does).")) -> None:
+    """runhouse: program across machines as if they were one."""
+    if quiet:
+        import os
+
+        os.environ["RH_QUIET"] = "1"
+
+
 PortOption = typer.Option(None, "--port", min=1, max=65535, help="Daemon port (default: $RH_SERVER_PORT or 32300).")
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 

@@ -47,6 +47,7 @@ _EXPECTED: dict[str, str] = {
     "default_autostop": "an integer number of minutes (-1 = never)",
     "use_spot": "true or false",
     "default_ssh_key": "a string (path of a private key)",
+    "quiet": "true or false",
 }
 
 # Settings that belong to this machine's login, never copied to or from Den's defaults.
@@ -79,6 +80,8 @@ class Settings(BaseModel):
     use_spot: bool = False
     default_ssh_key: str | None = None
     """Path of the private key used to reach clusters."""
+    quiet: bool = False
+    """Hide progress (bring-up steps, env installs, transfer bars); ``RH_QUIET=1`` does it for one process."""
     secrets_backend: Literal["den", "vault"] = "den"
     """Where rh.Secrets stores values: Den (after rh.login) or HashiCorp Vault (``vault_url``, ``VAULT_TOKEN``)."""
     vault_url: str | None = None

@@ -20,7 +20,7 @@ PACKAGE = Path(runhouse.__file__).parent
 
 FOUNDATION = {
     "runhouse.errors", "runhouse.protocol", "runhouse.serialization", "runhouse.paths", "runhouse.daemon_files",
-    "runhouse.version", "runhouse.prompts", "runhouse.config", "runhouse.lifetime",
+    "runhouse.version", "runhouse.prompts", "runhouse.config", "runhouse.lifetime", "runhouse.progress",
 }
 LAYER = {
     **{name: 0 for name in FOUNDATION},

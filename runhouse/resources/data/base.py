@@ -17,9 +17,11 @@ import contextlib
 import posixpath
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, ClassVar
 
+from runhouse import progress
 from runhouse.errors import ConfigError, DataNotFoundError
 from runhouse.resources.data import _ops
 
@@ -244,9 +246,12 @@ def transfer(
 
 @contextlib.contextmanager
 def _progress_bar(total: int, description: str, show: bool) -> Iterator[Advance]:
-    if not show:
+    """A bar with bytes, rate and time left on the progress console; none when not ``show``, in quiet mode,
+    or inside another live display (a bring-up step)."""
+    if not show or progress.quiet():
         yield no_progress
         return
+    from rich.errors import LiveError
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -257,7 +262,14 @@ def _progress_bar(total: int, description: str, show: bool) -> Iterator[Advance]
     )
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, TimeRemainingColumn(), transient=True) as bar:
+    bar = Progress(*columns, TimeRemainingColumn(), console=progress.console, transient=True)
+    try:
+        bar.start()
+    except LiveError:
+        yield no_progress
+        return
+    began = time.perf_counter()
+    try:
         task = bar.add_task(description, total=total)
         lock = threading.Lock()
 
@@ -266,3 +278,7 @@ def _progress_bar(total: int, description: str, show: bool) -> Iterator[Advance]
                 bar.update(task, advance=nbytes)
 
         yield advance
+    finally:
+        bar.stop()
+    took, megabytes = max(time.perf_counter() - began, 1e-6), total / 1e6
+    progress.say(f"[green]✓[/green] {description}: {megabytes:,.1f} MB in {took:.1f} s ({megabytes / took:,.0f} MB/s)")
