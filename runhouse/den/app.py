@@ -20,7 +20,10 @@ Den adds no dependency and no middleware to a request's path but the body limit:
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -227,7 +230,21 @@ def serve(database: Database, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     database.migrate()
     config = uvicorn.Config(create_app(database, secret_box, org_policy, admin_token), host=host, port=port,
                             log_level=log_level, access_log=access_log)
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again: as KeyboardInterrupt
+    # for both, so that this returns and its callers clean up (``den serve`` removes its record).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    try:
+        uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(_signal: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -41,8 +41,6 @@ from runhouse.den.files import (
 )
 from runhouse.errors import AuthenticationError, ConfigError, DenUnreachableError, RunhouseError
 from runhouse.paths import config_dir
-
-T = TypeVar("T")
 
 den_app = typer.Typer(help="Den, the shared metadata service: serve it and manage its users.", no_args_is_help=True)
 user_app = typer.Typer(help="Den users (through the running Den, with its admin token).", no_args_is_help=True)
@@ -291,15 +289,17 @@ def _default_url() -> str:
     return records[0].url if records else _local_url(DEFAULT_HOST, DEFAULT_PORT)
 
 
-def _directly(db: str, action: Callable[[Any], T]) -> tuple[T, str]:
-    """Run ``action`` (a function of :class:`~runhouse.den.auth.Admin`) on database ``db`` directly; its
-    result and the database's URL, password hidden."""
+def _directly(db: str, action: str, *args: Any) -> tuple[dict[str, Any], str]:
+    """Run :mod:`runhouse.den.admin`'s ``action`` with ``args`` on database ``db`` directly; its result and
+    the database's URL, password hidden. (Imported only here: the HTTP path needs no SQLAlchemy.)"""
+    from runhouse.den import admin
     from runhouse.den.auth import Admin
     from runhouse.den.db import Database
 
+    function: Callable[..., dict[str, Any]] = getattr(admin, action)
     with Database(db) as database:
         database.migrate()
-        return database.run(lambda session: action(Admin(session))), database.display_url
+        return database.run(lambda session: function(Admin(session), *args)), database.display_url
 
 
 def _where(url: str | None, db: str | None, token_file: Path | None) -> tuple[str, _AdminClient | None]:
@@ -320,15 +320,13 @@ def add_user(
     db: str | None = DirectDbOption,
 ) -> None:
     """Create a user and print their token (shown only this once; Den keeps only its hash)."""
-    from runhouse.den import admin
-
     try:
         where, client = _where(url, db, admin_token_file)
         if client is not None:
             result = client.request("POST", "/v1/admin/users", {"name": name, "email": email})
         else:
             assert db is not None
-            result, shown = _directly(db, lambda acting: admin.add_user(acting, name, email))
+            result, shown = _directly(db, "add_user", name, email)
             where = f"database {shown} (directly, not through a running Den)"
     except RunhouseError as exc:
         _fail(exc)
@@ -346,15 +344,13 @@ def user_token(
     db: str | None = DirectDbOption,
 ) -> None:
     """Issue a new token for a user and print it (shown only this once)."""
-    from runhouse.den import admin
-
     try:
         where, client = _where(url, db, admin_token_file)
         if client is not None:
             result = client.request("POST", f"/v1/admin/users/{_segment(name)}/tokens", {"revoke_old": revoke_old})
         else:
             assert db is not None
-            result, shown = _directly(db, lambda acting: admin.issue_token(acting, name, revoke_old))
+            result, shown = _directly(db, "issue_token", name, revoke_old)
             where = f"database {shown} (directly, not through a running Den)"
     except RunhouseError as exc:
         _fail(exc)
@@ -374,8 +370,6 @@ def add_org(
     db: str | None = DirectDbOption,
 ) -> None:
     """Create an org if needed, and add members to it (or change their roles)."""
-    from runhouse.den import admin
-
     members = {**dict.fromkeys(member, "member"), **dict.fromkeys(admins, "admin")}
     try:
         where, client = _where(url, db, admin_token_file)
@@ -383,7 +377,7 @@ def add_org(
             result = client.request("PUT", f"/v1/admin/orgs/{_segment(org)}", {"members": members})
         else:
             assert db is not None
-            result, shown = _directly(db, lambda acting: admin.add_org(acting, org, members))
+            result, shown = _directly(db, "add_org", org, members)
             where = f"database {shown} (directly, not through a running Den)"
     except RunhouseError as exc:
         _fail(exc)

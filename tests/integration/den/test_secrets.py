@@ -112,22 +112,22 @@ def test_den_serve_makes_its_key_and_logs_no_value(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "RH_CONFIG_DIR": str(tmp_path / "rh")}
     env.pop(KEY_ENV, None)
-    token = subprocess.run([sys.executable, "-m", "runhouse.cli", "den", "user", "add", "kim"], env=env,
-                           capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     log = tmp_path / "den.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "runhouse.cli", "den", "serve", "--port", str(port),
                                     "--access-log"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"})
         deadline = time.monotonic() + 20
         while True:
             try:
-                client.get("/health")
+                httpx.get(f"http://127.0.0.1:{port}/health")
                 break
             except httpx.TransportError:
                 assert process.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
+        token = subprocess.run([sys.executable, "-m", "runhouse.cli", "den", "user", "add", "kim"], env=env,
+                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"})
         assert client.put("/v1/secrets/kim/hf", json={"provider": "huggingface", "values": {"token": VALUE}}
                           ).status_code == 200
         assert client.get("/v1/secrets/kim/hf").json()["values"] == {"token": VALUE}
@@ -136,7 +136,7 @@ def test_den_serve_makes_its_key_and_logs_no_value(tmp_path: Path) -> None:
         process.wait(timeout=15)
     key = tmp_path / "rh" / "den" / "secret.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert "/v1/secrets/kim/hf" in log.read_text() and VALUE not in log.read_text()
+    assert "/v1/secrets/kim/hf" in log.read_text() and VALUE not in log.read_text() and token not in log.read_text()
     database = tmp_path / "rh" / "den" / "den.sqlite"
     data = b"".join(p.read_bytes() for p in database.parent.glob("den.sqlite*"))
     assert VALUE.encode() not in data
