@@ -38,9 +38,10 @@ import hashlib
 import ssl
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from runhouse import protocol
+from runhouse import progress, protocol
 from runhouse.daemon_files import REMOTE_CONFIG_DIR
 from runhouse.errors import ClusterUnreachableError, RunhouseError
 from runhouse.lifetime import Closeable
@@ -76,6 +77,14 @@ def print_log(prefix: str) -> LogSink:
         sys.stdout.flush()
 
     return sink
+
+
+def progress_log(prefix: str) -> LogSink:
+    """:func:`print_log` for progress (installers, bring-up notices): silent in quiet mode
+    (:mod:`runhouse.progress`). A call's own logs (``stream_logs``) use :func:`print_log` itself."""
+    if progress.quiet():
+        return lambda data: None
+    return print_log(prefix)
 
 
 class Cluster(Resource, Closeable):
@@ -293,13 +302,16 @@ class Cluster(Resource, Closeable):
         """Create ``env`` on the daemon unless this client already did, then install its local packages; returns
         its name."""
         spec = env.spec()
-        if self._envs_ready.get(spec["name"]) != spec:
+        name = spec["name"]
+        if self._envs_ready.get(name) != spec:
             self._ensure_up()
-            self._control(Op.ENV, {"env": spec}, on_log=print_log(f"env {spec['name']}"), timeout=ENV_TIMEOUT_S)
-            if env.packages:
-                self.install_packages(env.packages, env=spec["name"])
-            self._envs_ready[spec["name"]] = spec
-        return spec["name"]
+            installs = spec.get("reqs") or env.packages  # only then can it take long enough to show
+            with progress.step(f"env {name} ready on {self.name or self.host}") if installs else nullcontext():
+                self._control(Op.ENV, {"env": spec}, on_log=progress_log(f"env {name}"), timeout=ENV_TIMEOUT_S)
+                if env.packages:
+                    self.install_packages(env.packages, env=name)
+            self._envs_ready[name] = spec
+        return name
 
     def install_packages(
         self, reqs: Requirement | Sequence[Requirement], env: Env | str | None = None
@@ -325,9 +337,10 @@ class Cluster(Resource, Closeable):
         packages = packages_from(reqs)
         self._ensure_up()
         name = self._env_name(env) or DEFAULT_ENV
-        installs = [package.install_spec(self, name) for package in packages]
-        return self._control(Op.INSTALL, {"env": name, "packages": installs}, on_log=print_log(f"env {name}"),
-                             timeout=ENV_TIMEOUT_S)
+        with progress.step(f"install {', '.join(p.install_target for p in packages)} into env {name}"):
+            installs = [package.install_spec(self, name) for package in packages]
+            return self._control(Op.INSTALL, {"env": name, "packages": installs},
+                                 on_log=progress_log(f"env {name}"), timeout=ENV_TIMEOUT_S)
 
     def _env_name(self, env: Env | str | Sequence[str] | None) -> str | None:
         """The name of an env given as an Env (created here if needed), a name, or a list of requirements; the

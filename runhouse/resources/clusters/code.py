@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from runhouse import progress
 from runhouse.paths import config_dir
 from runhouse.rns.local_store import repo_root
 from runhouse.transport.ssh import SSHConnection
@@ -61,10 +62,12 @@ class RepoShipper:
         marker = f"{remote_repo}/{_TREE_MARKER}"
         connection = self._connection()
         if connection.run(f"cat {marker}", timeout=STEP_TIMEOUT_S).stdout.strip() != tree:
-            connection.run(f"mkdir -p {shlex.quote(remote_repo)}", timeout=STEP_TIMEOUT_S, check=True)
-            connection.rsync(f"{repo}/", f"{remote_repo}/", files_from=files, timeout=SYNC_TIMEOUT_S)
+            with progress.step(f"sync {repo.name} ({len(files)} files) to {connection.creds.host}"):
+                connection.run(f"mkdir -p {shlex.quote(remote_repo)}", timeout=STEP_TIMEOUT_S, check=True)
+                connection.rsync(f"{repo}/", f"{remote_repo}/", files_from=files, timeout=SYNC_TIMEOUT_S)
             if "requirements.txt" in files:
-                install_requirements(f"{remote_repo}/requirements.txt")
+                with progress.step(f"install {repo.name}'s requirements.txt on {connection.creds.host}"):
+                    install_requirements(f"{remote_repo}/requirements.txt")
             connection.run(f"echo {tree} > {marker}", timeout=STEP_TIMEOUT_S, check=True)
         self._synced[str(repo)] = tree
         return remote_repo

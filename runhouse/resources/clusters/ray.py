@@ -13,17 +13,18 @@ Deployed code is synced to every node, at the head's path, so any worker imports
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from runhouse import protocol
+from runhouse import progress, protocol
 from runhouse.daemon_files import REMOTE_CONFIG_DIR
 from runhouse.errors import DaemonStartError, HostGroupError
 from runhouse.protocol import Op
-from runhouse.resources.clusters.base import print_log
+from runhouse.resources.clusters.base import print_log, progress_log
 from runhouse.resources.clusters.code import RepoShipper
 from runhouse.resources.clusters.ssh import STEP_TIMEOUT_S, STOP_TIMEOUT_S, SSHCluster
 from runhouse.transport.client import CALL_READ_TIMEOUT_S
@@ -133,18 +134,20 @@ class RayCluster(SSHCluster):
         connections = self._connections(indexes)
         self.hosts.on_every_host(lambda c: self._install(c, self._node_state(c), extra="ray"), connections)
         options = shlex.quote(json.dumps(self.node_resources))
-        head = self._ray_node(self.ssh_connection, f"start --node-ip {self.host} --port {self.ray_port} "
-                                                   f"--options {options}")
+        with progress.step(f"start Ray on the head {self.host}"):
+            head = self._ray_node(self.ssh_connection, f"start --node-ip {self.host} --port {self.ray_port} "
+                                                       f"--options {options}")
         if head.get("attached"):
-            print_log(self.host)(f"attached to the Ray already running at {head['address']}\n".encode())
+            progress_log(self.host)(f"attached to the Ray already running at {head['address']}\n".encode())
         others = [c for i, c in zip(indexes, connections, strict=True) if i != 0]
         try:
-            self.hosts.on_every_host(
-                lambda c: self._ray_node(
-                    c, f"start --node-ip {c.creds.host} --address {head['address']} --options {options}"
-                    + (" --token-stdin" if head.get("token") else ""), head.get("token")),
-                others,
-            )
+            with progress.step(f"join {len(others)} node(s) to Ray") if others else contextlib.nullcontext():
+                self.hosts.on_every_host(
+                    lambda c: self._ray_node(
+                        c, f"start --node-ip {c.creds.host} --address {head['address']} --options {options}"
+                        + (" --token-stdin" if head.get("token") else ""), head.get("token")),
+                    others,
+                )
         except HostGroupError:
             if 0 in indexes and head.get("started"):  # nothing is left half-started: stop what came up
                 self._stop_ray(list(indexes))
@@ -171,7 +174,7 @@ class RayCluster(SSHCluster):
         super()._accept_running(answer)
         dead = self._dead_nodes()
         if dead:
-            print_log(self.host)(f"bringing back nodes {[self.ips[i] for i in dead]}\n".encode())
+            progress_log(self.host)(f"bringing back nodes {[self.ips[i] for i in dead]}\n".encode())
             self._bring_up(dead)
             deadline = time.monotonic() + REJOIN_TIMEOUT_S
             while self._dead_nodes():  # returns once the daemon places workers there again

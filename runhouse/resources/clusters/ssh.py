@@ -22,12 +22,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from runhouse import progress
 from runhouse.daemon_files import REMOTE_CONFIG_DIR, DaemonFiles
 from runhouse.errors import ClusterUnreachableError, ClusterVersionError, DaemonStartError, HostKeyError
 from runhouse.paths import DEFAULT_SERVER_PORT
 from runhouse.prompts import ask_yes_no
 from runhouse.protocol import LogSink
-from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S, LOCAL_HOSTS, Cluster, print_log
+from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S, LOCAL_HOSTS, Cluster, progress_log
 from runhouse.resources.clusters.code import SYNC_TIMEOUT_S, RepoShipper, local_wheel
 from runhouse.resources.env import Env
 from runhouse.transport.client import Response, pinned_ssl_context
@@ -199,14 +200,15 @@ class SSHCluster(Cluster):
                 f"the daemon on {self.host} runs runhouse {answer.get('build')}, this client is {build_id()}; "
                 "pass allow_upgrade=True to replace it, or use the matching runhouse here"
             )
-        print_log(self.host)(f"upgrading the daemon from {answer.get('build')} to {build_id()}\n".encode())
+        progress_log(self.host)(f"upgrading the daemon from {answer.get('build')} to {build_id()}\n".encode())
         self._stop_daemon()
         self._start_daemon()
 
     def _connect(self) -> None:
         """Open the SSH connection; an unknown host key may be accepted at a prompt (never a changed one)."""
         try:
-            self.ssh_connection.check()
+            with progress.step(f"connect to {self.creds.address}"):  # its own step: a prompt may follow
+                self.ssh_connection.check()
         except HostKeyError as exc:
             if exc.changed or self.accept_new_host_keys or not sys.stdin.isatty():
                 raise
@@ -256,8 +258,13 @@ class SSHCluster(Cluster):
         ready = f"{base_ready}-{extra}" if extra else base_ready
         if connection.run(f"test -f {ready}", timeout=STEP_TIMEOUT_S).returncode == 0:
             return
-        progress = print_log(host)
-        progress(f"installing runhouse {build_id()}{f'[{extra}]' if extra else ''} on {host}\n".encode())
+        with progress.step(f"install runhouse{f'[{extra}]' if extra else ''} {build_id()} on {host}"):
+            self._install_there(connection, state, venv, base_ready, ready, extra)
+
+    def _install_there(self, connection: SSHConnection, state: str, venv: str, base_ready: str, ready: str,
+                       extra: str) -> None:
+        host = connection.creds.host
+        log = progress_log(host)
         wheel = local_wheel()
         remote_wheels = f"{state}/wheels/{build_id()}"
         connection.run(f"mkdir -p {remote_wheels} {state}/bin", timeout=STEP_TIMEOUT_S, check=True)
@@ -272,7 +279,7 @@ class SSHCluster(Cluster):
         script = (f"{{ test -f {base_ready} || {{ rm -rf {venv} && python3 -m venv {venv}; }}; }} && {installer} "
                   f"&& touch {base_ready} {ready}")
         result = connection.run(
-            script, timeout=INSTALL_TIMEOUT_S, on_output=lambda line: progress((line + "\n").encode())
+            script, timeout=INSTALL_TIMEOUT_S, on_output=lambda line: log((line + "\n").encode())
         )
         if result.returncode != 0:
             raise DaemonStartError(f"installing runhouse on {host} failed", result.stderr[-3000:])
@@ -306,11 +313,12 @@ class SSHCluster(Cluster):
         if self.uses_tls:
             bind = self.host if self.host in LOCAL_HOSTS else "0.0.0.0"
             command += f" --tls --host {bind}"
-        result = self.ssh_connection.run(command, timeout=START_TIMEOUT_S)
-        if result.returncode != 0:
-            raise DaemonStartError(
-                f"the daemon on {self.host} did not start", (result.stdout + result.stderr)[-3000:]
-            )
+        with progress.step(f"start the daemon on {self.host}"):
+            result = self.ssh_connection.run(command, timeout=START_TIMEOUT_S)
+            if result.returncode != 0:
+                raise DaemonStartError(
+                    f"the daemon on {self.host} did not start", (result.stdout + result.stderr)[-3000:]
+                )
         self._client = None
         self._pinned = None
         self._after_start()

@@ -335,3 +335,24 @@ def test_a_cluster_you_bring_autostops_with_its_own_stop_command(sshd, tmp_path)
             time.sleep(0.3)
     finally:
         box.teardown()
+
+
+def test_bring_up_shows_each_step_and_quiet_mode_hides_them(ssh_box, sshd, capfd, monkeypatch):
+    port = free_port()
+    box = rh.cluster(name="steps", ips=[sshd.host], ssh_creds=_creds(sshd), server_port=port)
+    try:
+        box.up_if_not()
+        err = capfd.readouterr().err
+        assert f"✓ connect to {sshd.host}:{sshd.port}" in err
+        assert f"✓ start the daemon on {sshd.host}" in err
+        assert "install runhouse" not in err, "the build is installed already: no install step"
+    finally:
+        box.teardown()
+    monkeypatch.setenv("RH_QUIET", "1")
+    quiet = rh.cluster(name="steps", ips=[sshd.host], ssh_creds=_creds(sshd), server_port=port)
+    try:
+        quiet.up_if_not()
+        captured = capfd.readouterr()
+        assert "✓" not in captured.err + captured.out
+    finally:
+        quiet.teardown()
