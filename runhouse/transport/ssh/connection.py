@@ -227,7 +227,8 @@ class SSHConnection(Closeable):
         ]  # fmt: skip
         key = self._private_key()
         if key:
-            options += ["-i", key, "-o", "IdentitiesOnly=yes"]
+            # as -o, not -i: ssh expands %-tokens in the path either way, and only -o's value can escape them
+            options += ["-o", f"IdentityFile={_option_path(Path(key))}", "-o", "IdentitiesOnly=yes"]
         if c.proxy_command:
             options += ["-o", f"ProxyCommand={c.proxy_command}"]
         if c.user:

@@ -469,3 +469,14 @@ def test_interactive_command_is_ssh_t_with_the_same_options(conn, sshd):
     without_tty = [argv[0], *argv[2:], "echo interactive"]
     ran = subprocess.run(without_tty, capture_output=True, text=True, timeout=30)
     assert ran.stdout == "interactive\n"
+
+
+def test_a_key_whose_path_holds_percent_signs_and_spaces_is_used_as_written(sshd: SSHServer, tmp_path: Path) -> None:
+    folder = tmp_path / "keys 100%h"
+    folder.mkdir()
+    key = folder / "id%d"
+    shutil.copy(sshd.private_key, key)
+    key.chmod(0o600)
+    creds = sshd.creds()
+    with SSHConnection(SSHCredentials(**{**vars(creds), "private_key": str(key)})) as connection:
+        assert connection.run("echo ok", check=True).stdout.strip() == "ok"
