@@ -86,7 +86,7 @@ def _health(url: str) -> dict[str, Any] | None:
     try:
         answer = httpx.get(f"{url}/health", timeout=HEALTH_TIMEOUT_S)
         body = answer.json()
-    except (httpx.HTTPError, ValueError):
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError):
         return None
     return body if answer.status_code == 200 and isinstance(body, dict) and "schema_version" in body else None
 
@@ -242,11 +242,14 @@ class _AdminClient:
             raise DenUnreachableError(
                 f"no Den answers at {self.url}: start one with `runhouse den serve --detach`, or pass the running "
                 "Den's --url (use --db URL to change a stopped Den's database directly)")
-        token, source = self._token()
+        try:
+            token, source = self._token()
+        except ConfigError as exc:
+            raise ConfigError(f"Den at {self.url} answers, but {exc}") from None
         try:
             answer = httpx.request(method, f"{self.url}{path}", json=body, timeout=REQUEST_TIMEOUT,
                                    headers={"Authorization": f"Bearer {token}"})
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise DenUnreachableError(f"Den at {self.url} did not answer: {exc}") from None
         if answer.status_code == 200:
             result: dict[str, Any] = answer.json()
@@ -273,10 +276,10 @@ class _AdminClient:
             token = read_private_file(path, "Den's admin token file")
         except FileNotFoundError:
             raise ConfigError(
-                f"no admin token at {path}: Den makes it at its first start in the runhouse folder it runs from; "
+                f"there is no admin token at {path}: Den makes it at its first start in the runhouse folder it runs from; "
                 f"for a Den of another folder or machine pass --admin-token-file or set ${ADMIN_TOKEN_ENV}") from None
         if not token:
-            raise ConfigError(f"Den's admin token file {path} is empty")
+            raise ConfigError(f"its admin token file {path} is empty")
         return token
 
 

@@ -116,7 +116,7 @@ class DenServer:
         return client
 
     def user(self, prefix: str = "u", email: str | None = None) -> DenUser:
-        """A new user (added straight to the database, as `runhouse den user add` does)."""
+        """A new user (added straight to the database, as `runhouse den user add --db` does)."""
         name = unique(prefix)
         token = self.database.run(lambda session: auth.add_user(session, name, email))
         return DenUser(name, token, self.client(token))

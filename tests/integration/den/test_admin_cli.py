@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -60,7 +61,7 @@ class Folder:
     def admin_token_file(self) -> Path:
         return self.path / "den" / "admin_token"
 
-    def record(self, port: int) -> dict[str, object] | None:
+    def record(self, port: int) -> dict[str, Any] | None:
         path = self.path / "den" / "servers" / f"{port}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
@@ -82,8 +83,8 @@ def _stop(den: RunningDen) -> None:
     """`den stop`, and if that did not end it, the process itself: a test never leaves a Den behind."""
     record = den.folder.record(den.port)
     den.folder.run("den", "stop", "--port", str(den.port))
-    if record is not None and psutil.pid_exists(int(record["pid"])):  # type: ignore[call-overload]
-        psutil.Process(int(record["pid"])).kill()  # type: ignore[call-overload]
+    if record is not None and psutil.pid_exists(int(record["pid"])):
+        psutil.Process(int(record["pid"])).kill()
 
 
 @pytest.fixture
@@ -244,7 +245,7 @@ def test_an_admin_token_from_elsewhere_is_used_or_refused_clearly(den: RunningDe
     loose = folder.run("den", "user", "add", _name("x"), "--url", den.url, "--admin-token-file", str(copy))
     assert loose.code == 1 and "chmod 600" in loose.err
     none = folder.run("den", "user", "add", _name("x"), "--url", den.url)  # this folder never ran a Den
-    assert none.code == 1 and "no admin token at" in none.err and "--admin-token-file" in none.err
+    assert none.code == 1 and f"Den at {den.url} answers, but there is no admin token at" in none.err and "--admin-token-file" in none.err
 
 
 # ---------------------------------------------------------------------------- Den down, detach, stop
@@ -257,8 +258,10 @@ def test_admin_commands_say_which_url_they_tried_when_den_is_down(folder: Folder
         assert result.code == 1 and result.out == ""
         assert f"no Den answers at {url}" in result.err and "runhouse den serve --detach" in result.err
         assert "Traceback" not in result.err
+    malformed = folder.run("den", "user", "add", "amy", "--url", "http://[::1")
+    assert malformed.code == 1 and "no Den answers at http://[::1" in malformed.err
     default = folder.run("den", "user", "add", "amy")  # no Den of this folder runs: the default URL
-    assert default.code == 1 and "no Den answers at http://127.0.0.1:32400" in default.err
+    assert default.code == 1 and "http://127.0.0.1:32400" in default.err and "Traceback" not in default.err
 
 
 def test_serve_detach_runs_den_in_its_own_session_and_stop_ends_it(folder: Folder) -> None:
@@ -267,7 +270,7 @@ def test_serve_detach_runs_den_in_its_own_session_and_stop_ends_it(folder: Folde
     try:
         record = folder.record(port)
         assert record is not None and record["url"] == den.url
-        pid = int(record["pid"])  # type: ignore[call-overload]
+        pid = int(record["pid"])
         assert os.getsid(pid) == pid != os.getsid(0)  # a session of its own: the terminal may close
         assert httpx.get(f"{den.url}/health", timeout=5).status_code == 200
         log = folder.path / "den" / "servers" / f"{port}.log"
@@ -297,7 +300,7 @@ def test_serve_detach_keeps_a_postgres_password_off_the_command_line(
     try:
         record = folder.record(den.port)
         assert record is not None and "hunter2" not in str(record["database"])
-        command_line = " ".join(psutil.Process(int(record["pid"])).cmdline())  # type: ignore[call-overload]
+        command_line = " ".join(psutil.Process(int(record["pid"])).cmdline())
         assert "hunter2" not in command_line and "postgresql" not in command_line
         assert folder.ok("den", "user", "add", "pat").out.startswith("rh_")
     finally:
