@@ -276,8 +276,9 @@ class _AdminClient:
             token = read_private_file(path, "Den's admin token file")
         except FileNotFoundError:
             raise ConfigError(
-                f"there is no admin token at {path}: Den makes it at its first start in the runhouse folder it runs from; "
-                f"for a Den of another folder or machine pass --admin-token-file or set ${ADMIN_TOKEN_ENV}") from None
+                f"there is no admin token at {path}: Den makes it at its first start in the runhouse folder it "
+                f"runs from; for a Den of another folder or machine pass --admin-token-file or set "
+                f"${ADMIN_TOKEN_ENV}") from None
         if not token:
             raise ConfigError(f"its admin token file {path} is empty")
         return token
