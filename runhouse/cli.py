@@ -88,8 +88,15 @@ def start(
 
 
 @command()
-def stop(port: int | None = PortOption) -> None:
-    """Stop the daemon on this machine and all its workers."""
+def stop(
+    port: int | None = PortOption,
+    everything: bool = typer.Option(False, "--all", help="Every daemon and Den of this runhouse folder, and every "
+                                    "SSH connection (with its tunnels) runhouse keeps open."),
+) -> None:
+    """Stop the daemon on this machine and all its workers (--all: everything runhouse runs here)."""
+    if everything:
+        _stop_everything()
+        return
     port = _port(port)
     if daemon.stop(port):
         console.print(f"daemon on port {port} stopped")
@@ -99,6 +106,22 @@ def stop(port: int | None = PortOption) -> None:
     if taken is not None:
         _fail(f"no daemon of this config folder runs on port {port}: {taken}")
     console.print(f"no daemon running on port {port}")
+
+
+def _stop_everything() -> None:
+    """Stop this runhouse folder's daemons and Dens, and end runhouse's SSH masters (their tunnels go too)."""
+    from runhouse.den.cli import STOP_TIMEOUT_S as DEN_STOP_TIMEOUT_S
+    from runhouse.den.files import running_servers, stop_server
+    from runhouse.transport.ssh import close_masters
+
+    for port in daemon.running_ports():
+        daemon.stop(port)
+        console.print(f"daemon on port {port} stopped")
+    for record in running_servers():
+        stop_server(record, DEN_STOP_TIMEOUT_S)
+        console.print(f"Den on port {record.port} stopped")
+    closed = close_masters()
+    console.print(f"{closed} SSH connection{'s' if closed != 1 else ''} closed (tunnels on them too)")
 
 
 @command()

@@ -204,8 +204,7 @@ def stop(port: int | None = typer.Option(None, min=1, max=65535, help="The Den's
                                          "running from this runhouse folder)."),
          ) -> None:
     """Stop a Den started from this runhouse folder (SIGTERM, then SIGKILL after a few seconds)."""
-    from runhouse.den.files import release_server
-    from runhouse.lifetime import terminate_process
+    from runhouse.den.files import stop_server
 
     records = running_servers() if port is None else [r for r in [read_server(port)] if r is not None]
     if len(records) > 1:
@@ -220,8 +219,7 @@ def stop(port: int | None = typer.Option(None, min=1, max=65535, help="The Den's
         console.print(f"no Den of this runhouse folder ({config_dir()}) runs {where}; nothing to stop", markup=False)
         return
     record = records[0]
-    terminate_process(record.pid, STOP_TIMEOUT_S)
-    release_server(record)
+    stop_server(record, STOP_TIMEOUT_S)
     console.print(f"Den on port {record.port} (pid {record.pid}) stopped", markup=False)
 
 

@@ -154,6 +154,14 @@ def release_server(record: ServerRecord) -> None:
             path.unlink()
 
 
+def stop_server(record: ServerRecord, timeout: float) -> None:
+    """Stop ``record``'s Den (SIGTERM, then SIGKILL after ``timeout`` seconds) and remove its record."""
+    from runhouse.lifetime import terminate_process
+
+    terminate_process(record.pid, timeout)
+    release_server(record)
+
+
 def already_running(record: ServerRecord) -> str:
     """What to tell someone who starts a Den on ``record``'s port."""
     return (f"Den already runs on port {record.port} (pid {record.pid}, {record.url}, database "

@@ -248,6 +248,13 @@ def _config_folder_of(pid: int) -> Path | None:
         return None
 
 
+def running_ports() -> list[int]:
+    """The ports this config folder's daemons run on now."""
+    folder = config_dir() / "daemons"
+    ports = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    return [port for port in ports if running_pid(port) is not None]
+
+
 def stop(port: int | None = None, timeout: float = STOP_TIMEOUT_S) -> bool:
     """Stop the daemon and its workers; returns False if it was not running."""
     port = port or default_server_port()

@@ -5,8 +5,9 @@ the shared master), ``tunnel`` (port forwards) and ``group`` (several hosts at o
 
 One :class:`SSHConnection` per host keeps one multiplexed OpenSSH connection (``ControlMaster``): the first
 operation authenticates, later ones reuse it through a control socket and cost one local process spawn, not
-a handshake. The master outlives a single operation (``ControlPersist``) and is ended with
-:meth:`SSHConnection.close`.
+a handshake. The master outlives a single operation (``ControlPersist``), so the next process reuses it, and
+is ended with :meth:`SSHConnection.close`, or with every other one by :func:`close_masters`
+(``runhouse stop --all``).
 
 Every ssh invocation gets these options (see :meth:`SSHConnection.ssh_options`):
 
@@ -20,7 +21,7 @@ Every ssh invocation gets these options (see :meth:`SSHConnection.ssh_options`):
 - ``ControlMaster=auto``, ``ControlPath``, ``ControlPersist=600``: the shared connection; a stale control
   socket (its master died) is replaced by ssh itself.
 - ``ExitOnForwardFailure=yes``: a port forward that cannot be set up is an error, not a warning.
-- ``-p``, ``-l``, ``-i`` with ``IdentitiesOnly=yes``, ``ProxyCommand``: where and as whom to connect.
+- ``-p``, ``-l``, ``IdentityFile`` with ``IdentitiesOnly=yes``, ``ProxyCommand``: where and as whom to connect.
 
 ssh reports its own failures as exit code 255 plus a line on stderr; those become the typed errors of
 :mod:`runhouse.errors` (:class:`HostKeyError`, :class:`SSHAuthenticationError`, :class:`SSHConnectionError`,
@@ -53,6 +54,7 @@ from runhouse.transport.ssh.connection import (
     CommandResult,
     SSHConnection,
     SSHCredentials,
+    close_masters,
 )
 from runhouse.transport.ssh.group import DEFAULT_GROUP_CONCURRENCY, HostGroup
 from runhouse.transport.ssh.tunnel import Tunnel
@@ -66,4 +68,5 @@ __all__ = [
     "SSHConnection",
     "SSHCredentials",
     "Tunnel",
+    "close_masters",
 ]

@@ -592,6 +592,25 @@ class SSHConnection(Closeable):
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
+def close_masters() -> int:
+    """End every SSH master connection runhouse keeps open for this runhouse folder (each lingers
+    ``CONTROL_PERSIST_S`` after its last use so the next process reuses it), and so every tunnel on them.
+
+    Returns how many were open.
+    """
+    closed = 0
+    folders = [config_dir() / "ssh", Path(tempfile.gettempdir()) / f"rh-ssh-{os.getuid()}"]  # see control_path
+    for folder in folders:
+        for socket_path in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if not stat.S_ISSOCK(socket_path.lstat().st_mode):
+                continue
+            done = subprocess.run(["ssh", "-o", f"ControlPath={_option_path(socket_path)}", "-O", "exit", "runhouse"],
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=CONTROL_TIMEOUT_S)
+            closed += done.returncode == 0
+            socket_path.unlink(missing_ok=True)
+    return closed
+
+
 def _exchange(
     proc: subprocess.Popen[bytes], input: bytes | None, timeout: float | None, on_output: Callable[[str], None] | None
 ) -> tuple[str, str, str]:
