@@ -77,8 +77,8 @@ def demo() -> None:
     reloaded.delete_configs()
 
     with den_server() as den_url:
-        token = subprocess.run([sys.executable, "-m", "runhouse.cli", "den", "user", "add", "demo"],
-                               check=True, capture_output=True, text=True).stdout.strip()
+        token = subprocess.run([sys.executable, "-m", "runhouse.cli", "den", "user", "add", "demo", "--url", den_url],
+                               check=True, capture_output=True, text=True).stdout.strip()  # with Den's admin token
         user = rh.login(token=token, den_url=den_url)
         remote_add.save("@/quickstart/add")  # now in Den: /demo/quickstart/add, from any machine logged in
         print(f"8. Den on {den_url}, logged in as {user}; add(5, 6) loaded from Den =",
