@@ -21,10 +21,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh RH_CONFIG_DIR for the whole run: nothing touches the real ~/.rh (nor ~/.ssh: clusters brought up
-    write no ``ssh NAME`` entries, RH_SSH_CONFIG=0, except in tests that turn it on with a home of their own)."""
+    """A fresh RH_CONFIG_DIR for the whole run, for every test: nothing touches the real ~/.rh (nor ~/.ssh:
+    clusters brought up write no ``ssh NAME`` entries, RH_SSH_CONFIG=0, except in tests that turn it on with a
+    home of their own)."""
     path = tmp_path_factory.mktemp("rhconfig")
     old = os.environ.get("RH_CONFIG_DIR")
     os.environ["RH_CONFIG_DIR"] = str(path)

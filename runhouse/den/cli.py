@@ -322,16 +322,8 @@ def add_user(
     db: str | None = DirectDbOption,
 ) -> None:
     """Create a user and print their token (shown only this once; Den keeps only its hash)."""
-    try:
-        where, client = _where(url, db, admin_token_file)
-        if client is not None:
-            result = client.request("POST", "/v1/admin/users", {"name": name, "email": email})
-        else:
-            assert db is not None
-            result, shown = _directly(db, "add_user", name, email)
-            where = f"database {shown} (directly, not through a running Den)"
-    except RunhouseError as exc:
-        _fail(exc)
+    result, where = _admin(url, db, admin_token_file, ("POST", "/v1/admin/users", {"name": name, "email": email}),
+                           ("add_user", name, email))
     console.print(f"user {name} created in {where}; their token (shown only now, give it to them):", markup=False)
     print(result["token"])
 
@@ -346,16 +338,9 @@ def user_token(
     db: str | None = DirectDbOption,
 ) -> None:
     """Issue a new token for a user and print it (shown only this once)."""
-    try:
-        where, client = _where(url, db, admin_token_file)
-        if client is not None:
-            result = client.request("POST", f"/v1/admin/users/{_segment(name)}/tokens", {"revoke_old": revoke_old})
-        else:
-            assert db is not None
-            result, shown = _directly(db, "issue_token", name, revoke_old)
-            where = f"database {shown} (directly, not through a running Den)"
-    except RunhouseError as exc:
-        _fail(exc)
+    result, where = _admin(url, db, admin_token_file,
+                           ("POST", f"/v1/admin/users/{_segment(name)}/tokens", {"revoke_old": revoke_old}),
+                           ("issue_token", name, revoke_old))
     older = (f"{result['revoked']} older token(s) revoked" if revoke_old
              else "older tokens still work (--revoke-old revokes them)")
     console.print(f"new token for {result['name']} from {where}; {older}; the token (shown only now):", markup=False)
@@ -373,19 +358,27 @@ def add_org(
 ) -> None:
     """Create an org if needed, and add members to it (or change their roles)."""
     members = {**dict.fromkeys(member, "member"), **dict.fromkeys(admins, "admin")}
-    try:
-        where, client = _where(url, db, admin_token_file)
-        if client is not None:
-            result = client.request("PUT", f"/v1/admin/orgs/{_segment(org)}", {"members": members})
-        else:
-            assert db is not None
-            result, shown = _directly(db, "add_org", org, members)
-            where = f"database {shown} (directly, not through a running Den)"
-    except RunhouseError as exc:
-        _fail(exc)
+    result, where = _admin(url, db, admin_token_file, ("PUT", f"/v1/admin/orgs/{_segment(org)}", {"members": members}),
+                           ("add_org", org, members))
     joined = ", ".join(f"{m['user']} ({m['role']})" for m in result["members"]) or "none yet"
     console.print(f"org {org} {'created' if result['created'] else 'updated'} in {where}; members: {joined}",
                   markup=False)
+
+
+def _admin(url: str | None, db: str | None, token_file: Path | None, request: tuple[str, str, dict[str, Any]],
+           direct: tuple[Any, ...]) -> tuple[dict[str, Any], str]:
+    """Do an admin action at the running Den (``request``: method, path, body) or, with ``--db``, straight on
+    that database (``direct``: the action's name and arguments); returns Den's answer and where it was done.
+    A runhouse error is printed and exits 1."""
+    try:
+        where, client = _where(url, db, token_file)
+        if client is not None:
+            return client.request(*request), where
+        assert db is not None
+        result, shown = _directly(db, *direct)
+        return result, f"database {shown} (directly, not through a running Den)"
+    except RunhouseError as exc:
+        _fail(exc)
 
 
 def _segment(text: str) -> str:
