@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ from tests.integration import funcs
 from tests.integration.den.conftest import DenServer, DenUser
 
 RUNHOUSE = [sys.executable, "-m", "runhouse.cli"]
+
+
+@pytest.fixture(scope="module")
+def den(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DenServer]:
+    """One Den on SQLite: what these tests look at is the client's side, the same on either database."""
+    server = DenServer(f"sqlite:///{tmp_path_factory.mktemp('den') / 'den.sqlite'}").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def run_python(code: str, env: dict[str, str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
