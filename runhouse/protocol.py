@@ -65,6 +65,7 @@ class Op:
     RUN = "run"
     STATUS = "status"
     AUTOSTOP = "autostop"
+    DEN_AUTH = "den_auth"
 
 
 # The longest timeout a request may ask for (a call's, or a ``get``'s wait), in seconds: a year.

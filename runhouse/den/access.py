@@ -6,6 +6,8 @@ the same results as pages. A handler passes the action (a function of :class:`~r
 that calls :mod:`runhouse.den.service`, :mod:`runhouse.den.auth` or :mod:`runhouse.den.secret_store`);
 permission checks stay in those libraries, so every surface enforces the same rules.
 
+A cluster's daemon (its heartbeat key, no user) reports through :func:`run_as_cluster`, the same way.
+
 Den's administrator (the admin token) acts through :func:`run_as_admin`, the same way: one transaction,
 audit entries written with it. It reads ``request.app.state.admin_token_hash`` too (None: no admin).
 
@@ -27,8 +29,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from runhouse.den import auth
+from runhouse.den import auth, clusters
 from runhouse.den.auth import Admin, Caller
+from runhouse.den.clusters import ClusterReporter
 from runhouse.den.db import Database
 
 T = TypeVar("T")
@@ -66,6 +69,19 @@ async def run_as_caller(request: Request, action: Callable[[Caller], T], read_on
         return action(caller), caller.queued_audit
 
     return await _run(request, work, read_only, grows)
+
+
+async def run_as_cluster(request: Request, address: str, action: Callable[[ClusterReporter], T]) -> T:
+    """Run ``action`` as the daemon of the cluster at ``address``, if the request's bearer token is that
+    cluster's heartbeat key (:func:`runhouse.den.clusters.authenticate_key`: 401 otherwise), in one write
+    transaction."""
+    key = bearer_token(request)
+
+    def work(session: Session) -> tuple[T, list[dict[str, Any]]]:
+        reporter = clusters.authenticate_key(session, address, key)
+        return action(reporter), reporter.queued_audit
+
+    return await _run(request, work, read_only=False, grows=False)
 
 
 async def run_as_admin(request: Request, action: Callable[[Admin], T]) -> T:

@@ -19,6 +19,11 @@ Tables::
     user_defaults    user_id (PK) -> users, defaults (JSON), updated_at
     secrets          id, owner (a user or org), name, provider, ciphertext (Fernet, see crypto.py),
                      updated_by, created_at, updated_at; unique (owner, name)
+    cluster_keys     address (PK: a cluster's), key_hash (unique SHA-256 hex), created_by, created_at: the one
+                     heartbeat key of a cluster whose daemon accepts Den tokens
+    cluster_launches id, address, user, origin (user@host of the client), time; index (address, time)
+    cluster_heartbeats address (PK), time, status (JSON): a cluster's last heartbeat
+    cluster_usage    (address, user, hour) PK, calls: requests per caller per hour, from heartbeats
 
 Times are naive UTC. Users and orgs share one namespace of owners (``/<owner>/...``), whose names are unique
 regardless of case (the ``owners`` table's key), so no owner can match another's addresses where a database
@@ -46,6 +51,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -236,6 +242,39 @@ class StoredSecret(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class ClusterKey(Base):
+    __tablename__ = "cluster_keys"
+    address: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ClusterLaunch(Base):
+    __tablename__ = "cluster_launches"
+    __table_args__ = (Index("ix_cluster_launches_address_time", "address", "time"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(1024))
+    user: Mapped[str] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(255))
+    time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ClusterHeartbeat(Base):
+    __tablename__ = "cluster_heartbeats"
+    address: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    status: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ClusterUsage(Base):
+    __tablename__ = "cluster_usage"
+    address: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime, primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: ``apply`` brings version ``version - 1`` to ``version``."""
@@ -322,6 +361,8 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "secrets, encrypted with the server key", _create_tables("secrets")),
     Migration(3, "owner names unique regardless of case; who created each org", _unique_owner_names),
     Migration(4, "audit log by owner and by user in time order; shares by user", _audit_by_owner),
+    Migration(5, "clusters: heartbeat keys, launches, last heartbeat, usage per user and hour",
+              _create_tables("cluster_keys", "cluster_launches", "cluster_heartbeats", "cluster_usage")),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -42,7 +42,7 @@ MAX_SHARE_USERS = 100
 MAX_AUDIT_LIMIT = 1000
 ACCESS_LEVELS = ("read", "write")
 ACTIONS = ("create", "update", "rollback", "read", "delete", "share", "unshare", "visibility", "secret_put",
-           "secret_read", "secret_delete", "user_add", "user_token", "org_add")
+           "secret_read", "secret_delete", "user_add", "user_token", "org_add", "cluster_key", "launch")
 AUDIT_SCAN_ENTRIES = 5000
 """The most audit entries one audit request looks at (it answers with a cursor to go on from there)."""
 _EPOCH = datetime(1970, 1, 1)

@@ -86,6 +86,18 @@ class DenClient(Closeable):
     def unshare(self, address: str, users: list[str]) -> dict[str, Any]:
         return self._request("DELETE", f"/v1/shares{address}", params={"users": users})
 
+    # --- clusters -------------------------------------------------------------------------------------
+    def cluster_key(self, address: str) -> str:
+        """A new heartbeat key for the cluster saved at ``address`` (for its daemon; older keys stop working)."""
+        return str(self._request("POST", f"/v1/cluster-keys{address}")["key"])
+
+    def record_launch(self, address: str, origin: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/launches{address}", json={"origin": origin})
+
+    def cluster(self, address: str) -> dict[str, Any]:
+        """The cluster's launches, last heartbeat and usage per user and hour."""
+        return self._request("GET", f"/v1/clusters{address}")
+
     # --- secrets (values are sent and received only here, over the token-authenticated API) -----------
     # Owner and name are single path segments, escaped whole: a name holding / ? # or % reaches Den as
     # written (which refuses it), never as another secret's path, a query or a fragment.

@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from runhouse.den import admin, auth, secret_store, service
-from runhouse.den.access import run_as_admin, run_as_caller
+from runhouse.den import admin, auth, clusters, secret_store, service
+from runhouse.den.access import run_as_admin, run_as_caller, run_as_cluster
 from runhouse.den.api.schemas import (
     MAX_INT,
     AdminNewToken,
@@ -36,10 +36,17 @@ from runhouse.den.api.schemas import (
     AdminTokenCreate,
     AdminUserCreate,
     AuditLog,
+    ClusterAccess,
+    ClusterInfo,
+    ClusterKeyOut,
     Defaults,
     ErrorBody,
     FolderListing,
+    HeartbeatIn,
+    HeartbeatOut,
     History,
+    LaunchIn,
+    LaunchOut,
     Me,
     MemberRole,
     NewToken,
@@ -292,6 +299,43 @@ async def put_secret(owner: str, name: str, body: SecretPut, request: Request) -
 async def delete_secret(owner: str, name: str, request: Request) -> Any:
     """Delete a secret."""
     return JSONResponse(await run_as_caller(request, lambda caller: secret_store.delete_secret(caller, owner, name)))
+
+
+# ------------------------------------------------------------------------------------------- clusters
+
+
+@router.get("/access/{address:address}", response_model=ClusterAccess, tags=["clusters"])
+async def cluster_access(address: str, request: Request) -> Any:
+    """What the token's user may do on the cluster at ``/address`` (its daemon asks, with that token)."""
+    return JSONResponse(await run_as_caller(request, lambda caller: clusters.access_of(caller, "/" + address),
+                                            read_only=True))
+
+
+@router.post("/cluster-keys/{address:address}", response_model=ClusterKeyOut, tags=["clusters"])
+async def issue_cluster_key(address: str, request: Request) -> Any:
+    """A new heartbeat key for the cluster saved at ``/address`` (its writers); older keys stop working."""
+    return JSONResponse(await run_as_caller(request, lambda caller: clusters.issue_key(caller, "/" + address)))
+
+
+@router.post("/launches/{address:address}", response_model=LaunchOut, tags=["clusters"])
+async def record_launch(address: str, body: LaunchIn, request: Request) -> Any:
+    """Record that the caller brought the cluster up, from ``origin``."""
+    result = await run_as_caller(request, lambda caller: clusters.record_launch(caller, "/" + address, body.origin))
+    return JSONResponse(result)
+
+
+@router.post("/heartbeats/{address:address}", response_model=HeartbeatOut, tags=["clusters"])
+async def heartbeat(address: str, body: HeartbeatIn, request: Request) -> Any:
+    """The cluster's daemon reports its status and request counts (its heartbeat key, not a user token)."""
+    result = await run_as_cluster(request, "/" + address, lambda reporter: clusters.record_heartbeat(
+        reporter, body.status, body.calls, body.daemon_calls))
+    return JSONResponse(result)
+
+
+@router.get("/clusters/{address:address}", response_model=ClusterInfo, tags=["clusters"])
+async def cluster_info(address: str, request: Request) -> Any:
+    """A cluster's launches, last heartbeat and usage per user and hour (its readers)."""
+    return await _listing(request, lambda caller: clusters.cluster_info(caller, "/" + address))
 
 
 # ------------------------------------------------------------------------------------- administrator

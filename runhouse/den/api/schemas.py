@@ -216,3 +216,62 @@ class AdminOrgUpdate(_Body):
 
 class AdminOrgOut(OrgOut):
     created: bool = Field(description="Whether the org was created by this request")
+
+
+# ------------------------------------------------------------------------------------------- clusters
+
+
+class ClusterAccess(BaseModel):
+    user: str
+    access: Literal["read", "write"] | None = Field(description="What the token's user may do on the cluster")
+
+
+class ClusterKeyOut(BaseModel):
+    address: str
+    key: str = Field(description="The cluster's heartbeat key, shown once; older keys stop working")
+
+
+class LaunchIn(_Body):
+    origin: str = Field(description="Where the cluster was brought up from, like user@host", max_length=255)
+
+
+class LaunchOut(BaseModel):
+    address: str
+    user: str
+    origin: str
+    time: str
+
+
+class HeartbeatIn(_Body):
+    status: dict[str, Any] = Field(default_factory=dict, description="The daemon's status summary")
+    calls: dict[str, int] = Field(default_factory=dict, description="Requests per Den user since the last heartbeat")
+    daemon_calls: int = Field(0, ge=0, description="Requests made with the daemon's own token since then")
+
+
+class HeartbeatOut(BaseModel):
+    address: str
+    time: str
+
+
+class LaunchItem(BaseModel):
+    user: str
+    origin: str
+    time: str
+
+
+class HeartbeatItem(BaseModel):
+    time: str
+    status: dict[str, Any]
+
+
+class UsageItem(BaseModel):
+    user: str = Field(description="A Den user, or '(daemon token)' for requests made with the daemon's own token")
+    hour: str
+    calls: int
+
+
+class ClusterInfo(BaseModel):
+    address: str
+    launches: list[LaunchItem]
+    heartbeat: HeartbeatItem | None
+    usage: list[UsageItem]
