@@ -9,6 +9,8 @@ derive every path from :class:`DaemonFiles`, so the layout is spelled once::
         daemon.log       its output
         launch.json      how it was last started (bound address, TLS), for restarting it the same way
         registry.json    its envs (with their env var values) and named objects
+        runs/            its runs and their output, bounded (see runhouse.server.runs)
+        den_auth.json    Den's URL, the cluster's Den address and its heartbeat key, when Den auth is on
         tls/cert.pem     the certificate it serves HTTPS with (``--tls``); clients pin it
         tls/key.pem      its private key
 
@@ -72,9 +74,19 @@ class DaemonFiles:
         return self.folder / "registry.json"
 
     @property
+    def runs(self) -> PurePath:
+        """The runs of calls and commands with their output, in segment files (runhouse.server.runs)."""
+        return self.folder / "runs"
+
+    @property
     def autostop(self) -> PurePath:
         """The idle timer's settings (minutes, stop command), kept across restarts."""
         return self.folder / "autostop.json"
+
+    @property
+    def den_auth(self) -> PurePath:
+        """Den auth's settings (Den's URL, the cluster's address, its heartbeat key), kept across restarts."""
+        return self.folder / "den_auth.json"
 
     @property
     def tls_cert(self) -> PurePath:

@@ -41,7 +41,9 @@ from runhouse.errors import (
 )
 from runhouse.protocol import DEFAULT_ENV, Op
 from runhouse.server.backend import Reply
+from runhouse.server.den_auth import DAEMON_CALLER, DenAuth, DenAuthSettings
 from runhouse.server.envs import EnvSpec, PackageInstall
+from runhouse.server.metrics import CONTENT_TYPE
 from runhouse.server.runtime import Runtime
 from runhouse.version import __version__, build_id
 
@@ -54,6 +56,21 @@ _JSON = b"application/json"
 _WATCH_AFTER_S = 0.02
 _CT = protocol.CONTENT_TYPE.encode()
 _CLOSE = [(b"connection", b"close")]
+_METRICS_TYPE = CONTENT_TYPE.encode()
+
+
+# What a Den token's user needs on the cluster for each control operation (calls need read); any other
+# operation needs write, and Op.DEN_AUTH the daemon's own token.
+_READ_OPS = frozenset({Op.GET, Op.GETATTR, Op.READY, Op.KEYS, Op.STATUS, Op.MAP})
+_READ_PATHS = frozenset(protocol.control_path(op) for op in _READ_OPS)
+_OWNER_PATH = protocol.control_path(Op.DEN_AUTH)
+
+
+def _access_needed(path: str) -> str:
+    """``read``, ``write`` or ``owner`` (the daemon's own token only): what a request to ``path`` needs."""
+    if not path.startswith(protocol.CONTROL_PREFIX) or path in _READ_PATHS:
+        return "read"
+    return "owner" if path == _OWNER_PATH else "write"
 
 
 class ClientGone(Exception):
@@ -101,6 +118,13 @@ _MINUTES = _Kind(
     "a number of minutes (negative: never), at most a year",
     lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and -1e9 < v <= protocol.MAX_TIMEOUT_S / 60,
 )
+_RUN_NAME = _Kind(
+    f"a string of 1-{protocol.MAX_OBJECT_NAME_LENGTH} characters without control characters",
+    lambda v: isinstance(v, str) and 0 < len(v) <= protocol.MAX_OBJECT_NAME_LENGTH
+    and not any(ord(c) < 32 or c == "\x7f" for c in v),
+)
+_LIMIT = _Kind("a whole number from 1 to 100000", lambda v: type(v) is int and 1 <= v <= 100_000)
+_OFFSET = _Kind("a byte offset (an integer >= 0)", lambda v: type(v) is int and v >= 0)
 _REQUIRED: Any = object()
 # Option name -> (kind, default); ``None`` sent for an option means "not given".
 _Options = dict[str, tuple[_Kind, Any]]
@@ -112,6 +136,7 @@ _CALL_OPTIONS: _Options = {
     "shm": (_FLAG, False),
     "refs": (_TEXTS, ()),
     "timeout": (_TIMEOUT, None),
+    "run_name": (_RUN_NAME, None),
 }
 
 
@@ -175,10 +200,11 @@ def _checked_payload(body: memoryview) -> memoryview:
 
 
 class _Request:
-    __slots__ = ("path", "options", "body", "json_mode")
+    __slots__ = ("path", "options", "body", "json_mode", "caller")
 
-    def __init__(self, path: str, options: dict[str, Any], body: memoryview, json_mode: bool) -> None:
+    def __init__(self, path: str, options: dict[str, Any], body: memoryview, json_mode: bool, caller: str) -> None:
         self.path, self.options, self.body, self.json_mode = path, options, body, json_mode
+        self.caller = caller  # who sent it, as its run records
 
     def payload(self) -> memoryview:
         """The body as a serialized value (see :func:`_checked_payload`)."""
@@ -209,11 +235,12 @@ class _Request:
 class _Response:
     """One HTTP response: a single frame, or log frames streamed as they come followed by the last frame."""
 
-    __slots__ = ("send", "json_mode", "started", "logs", "flusher")
+    __slots__ = ("send", "json_mode", "started", "logs", "flusher", "sent")
 
     def __init__(self, send: Callable[[dict], Awaitable[None]], json_mode: bool) -> None:
         self.send, self.json_mode = send, json_mode
         self.started = False
+        self.sent = 0  # body bytes, for the metrics
         self.logs: deque[bytes] = deque()
         self.flusher: asyncio.Task | None = None
 
@@ -229,6 +256,7 @@ class _Response:
                 self.started = True
                 await self.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", _CT)]})
             head = protocol.http_frame_head(protocol.LOG, len(data))
+            self.sent += len(head) + len(data)
             await self.send({"type": "http.response.body", "body": head + data, "more_body": True})
         self.flusher = None
 
@@ -237,6 +265,7 @@ class _Response:
             await self.flusher
         size = serialization.serialized_size(parts)
         head = protocol.http_frame_head(kind, size)
+        self.sent += len(head) + size
         if not self.started:
             self.started = True
             hdrs = [(b"content-type", _CT), (b"content-length", str(len(head) + size).encode()), *(headers or [])]
@@ -252,8 +281,10 @@ class _Response:
     async def json(self, status: int, data: Any, headers: list | None = None) -> None:
         await self.json_bytes(status, json.dumps(data, default=repr, allow_nan=False).encode(), headers)
 
-    async def json_bytes(self, status: int, body: bytes, headers: list | None = None) -> None:
-        hdrs = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    async def json_bytes(self, status: int, body: bytes, headers: list | None = None,
+                         content_type: bytes = _JSON) -> None:
+        self.sent += len(body)
+        hdrs = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(headers or [])]
         await self.send({"type": "http.response.start", "status": status, "headers": hdrs})
         await self.send({"type": "http.response.body", "body": body})
         self.started = True
@@ -323,8 +354,11 @@ def _json_result(body: bytes) -> bytes:
 class App:
     """The ASGI application of the daemon; bodies over ``max_body_bytes`` are refused (413) unread."""
 
-    def __init__(self, runtime: Runtime, token: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, runtime: Runtime, token: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 den_auth: DenAuth | None = None) -> None:
         self.runtime = runtime
+        # Den tokens accepted beside the daemon's own (off until enabled; see runhouse.server.den_auth).
+        self.den_auth = den_auth or DenAuth(None, runtime.status)
         self.max_body_bytes = max_body_bytes
         self._auth = f"Bearer {token}".encode()
         self._health = {"status": "ok", "pid": os.getpid(), "version": __version__, "build": build_id()}
@@ -337,7 +371,7 @@ class App:
                                        "spec": (_OBJECT, _REQUIRED), "version": text}),
             Op.INSTANTIATE: (self._instantiate, {"name": text, "class_name": text, "refs": refs}),
             Op.MAP: (self._map, {"name": text, "method": text, "sizes": (_SIZES, _REQUIRED), "stream_logs": flag,
-                                 "refs": refs, "shm": flag}),
+                                 "refs": refs, "shm": flag, "run_name": (_RUN_NAME, None)}),
             Op.PUT: (self._put, {"key": text, "env": env}),
             Op.GET: (self._get, {"key": text, "shm": flag, "timeout": (_WAIT, None)}),
             Op.READY: (self._ready, {"keys": (_TEXTS, _REQUIRED)}),
@@ -345,10 +379,15 @@ class App:
             Op.KEYS: (self._keys, {"env": env}),
             Op.GETATTR: (self._getattr, {"name": text, "attr": text, "shm": flag}),
             Op.SETATTR: (self._setattr, {"name": text, "attr": text}),
-            Op.RUN: (self._run, {"cmds": (_COMMANDS, _REQUIRED), "env": env, "stream_logs": flag, "python": flag}),
+            Op.RUN: (self._run, {"cmds": (_COMMANDS, _REQUIRED), "env": env, "stream_logs": flag, "python": flag,
+                                 "run_name": (_RUN_NAME, None)}),
             Op.STATUS: (self._status, {}),
             Op.AUTOSTOP: (self._autostop, {"minutes": (_MINUTES, _REQUIRED), "command": (_TEXT, None),
                                            "keepalive": (_TEXT, None), "set_commands": flag}),
+            Op.RUNS: (self._runs, {"name": (_TEXT, None), "limit": (_LIMIT, 50)}),
+            Op.LOGS: (self._logs, {"run_id": text, "offset": (_OFFSET, 0)}),
+            Op.DEN_AUTH: (self._den_auth, {"den_url": (_TEXT, None), "address": (_TEXT, None),
+                                           "heartbeat_key": (_TEXT, None)}),
         }
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -366,10 +405,23 @@ class App:
                 await response.json(200, self._health, _CLOSE)  # one answer per connection for strangers
                 return
             headers = dict(scope["headers"])
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self._auth):
+            authorization = headers.get(b"authorization", b"")
+            if hmac.compare_digest(authorization, self._auth):
+                caller = DAEMON_CALLER
+            elif not self.den_auth.enabled:
                 # Closed after the answer: a stranger's connection never waits for a body nobody reads.
                 await response.error(AuthenticationError("missing or wrong token: send 'Authorization: Bearer "
                                                          "<token>' (`runhouse token` prints it)"), 401, _CLOSE)
+                return
+            else:
+                try:
+                    caller = await self.den_auth.caller(authorization, _access_needed(path))
+                except RunhouseError as exc:
+                    await response.error(exc, getattr(exc, "status", 401), _CLOSE)
+                    return
+            self.den_auth.count(caller)
+            if path == protocol.METRICS_PATH and scope["method"] == "GET":  # scrapes keep no cluster awake
+                await response.json_bytes(200, self.runtime.metrics.exposition(), content_type=_METRICS_TYPE)
                 return
             self.runtime.idle.begin()
             counted = True
@@ -390,9 +442,10 @@ class App:
                 table = _CALL_OPTIONS
             options = _parse_options(headers.get(b"x-rh-meta"), table, path)
             body = await _read_body(receive, headers.get(b"content-length"), self.max_body_bytes)
+            self.runtime.metrics.bytes_in.inc(body.nbytes)
             if query:
                 body = memoryview(json.dumps({"kwargs": _query_arguments(query)}).encode())
-            request = _Request(path, options, body, json_mode)
+            request = _Request(path, options, body, json_mode, caller)
             if handler is not None:
                 await handler(request, response)
             else:
@@ -409,6 +462,7 @@ class App:
         finally:
             if counted:
                 self.runtime.idle.end()
+                self.runtime.metrics.bytes_out.inc(response.sent)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
@@ -440,10 +494,12 @@ class App:
             json_result=request.json_mode,
             shm=options["shm"] and not request.json_mode,
             on_log=response.log,
+            caller=request.caller,
+            run_name=options["run_name"],
         )
         reply = await _cancel_on_disconnect(call, receive)
         if "stored" in reply.meta:
-            await response.value({"ref": reply.meta["stored"]})
+            await response.value({"ref": reply.meta["stored"], "run_id": reply.meta["run"]})
         else:
             await response.reply(reply)
 
@@ -470,6 +526,8 @@ class App:
             refs=options["refs"],
             shm=options["shm"],
             on_log=on_log,
+            caller=request.caller,
+            run_name=options["run_name"],
         )
         frames = []
         for result in results:
@@ -557,7 +615,8 @@ class App:
     async def _run(self, request: _Request, response: _Response) -> None:
         options = request.options
         on_log = response.log if options["stream_logs"] and not request.json_mode else None
-        results = await self.runtime.run(options["cmds"], options["env"], on_log, options["python"])
+        results = await self.runtime.run(options["cmds"], options["env"], on_log, options["python"],
+                                         caller=request.caller, run_name=options["run_name"])
         await response.value(results)
 
     async def _autostop(self, request: _Request, response: _Response) -> None:
@@ -565,8 +624,21 @@ class App:
         await response.value(self.runtime.idle.set(options["minutes"], options["command"], options["keepalive"],
                                                    keep_commands=not options["set_commands"]))
 
+    async def _den_auth(self, request: _Request, response: _Response) -> None:
+        options = request.options
+        if options["den_url"] is not None or options["address"] is not None or options["heartbeat_key"] is not None:
+            await self.den_auth.configure(DenAuthSettings(options["den_url"], options["address"],
+                                                          options["heartbeat_key"]))
+        await response.value(self.den_auth.describe())
+
     async def _status(self, request: _Request, response: _Response) -> None:
         await response.value(self.runtime.status())
+
+    async def _runs(self, request: _Request, response: _Response) -> None:
+        await response.value(self.runtime.runs.runs(request.options["name"], request.options["limit"]))
+
+    async def _logs(self, request: _Request, response: _Response) -> None:
+        await response.value(self.runtime.runs.logs(request.options["run_id"], request.options["offset"]))
 
 
 async def _read_body(receive: Callable, length_header: bytes | None, limit: int) -> memoryview:

@@ -28,17 +28,20 @@ import hmac
 import json
 import os
 import resource
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from runhouse.daemon_files import DaemonFiles, ensure_tls_cert, ensure_token, make_private, write_private
 from runhouse.paths import default_server_port
 from runhouse.protocol import DEFAULT_BIND_HOST as HOST
 from runhouse.protocol import error_envelope
+from runhouse.server.den_auth import DenAuth
 
 HEAD_TIMEOUT_S = 5.0
 BODY_IDLE_TIMEOUT_S = 10.0
@@ -204,6 +207,22 @@ def raise_open_file_limit() -> int:
     return target if soft == resource.RLIM_INFINITY else soft
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, also running Den auth's heartbeats (:mod:`runhouse.server.den_auth`) on its loop."""
+
+    def __init__(self, config: uvicorn.Config, den_auth: DenAuth) -> None:
+        super().__init__(config)
+        self.den_auth = den_auth
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.den_auth.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.den_auth.close()
+        await super().shutdown(sockets)
+
+
 def serve(
     port: int,
     host: str = HOST,
@@ -222,9 +241,8 @@ def serve(
     Bodies are capped at ``max_body_bytes`` and connections at ``max_connections`` (None: the defaults),
     lowered to what the open-file limit allows (raised to its hard limit first).
     """
-    import uvicorn
-
     from runhouse.server.app import DEFAULT_MAX_BODY_BYTES, App
+    from runhouse.server.runs import RunStore
     from runhouse.server.runtime import Runtime
 
     files = DaemonFiles.local(port)
@@ -242,8 +260,9 @@ def serve(
         from runhouse.server.ray_backend import RayBackend
 
         backend = RayBackend(ray_address, list(node_ips) or [ray_address.rpartition(":")[0]])
-    runtime = Runtime(Path(files.registry), backend, Path(files.autostop))
-    app = App(runtime, token, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    runtime = Runtime(Path(files.registry), backend, Path(files.autostop), RunStore.from_env(Path(files.runs)))
+    den_auth = DenAuth.load(files.den_auth, runtime.status)
+    app = App(runtime, token, max_body_bytes or DEFAULT_MAX_BODY_BYTES, den_auth)
     if tls:
         ensure_tls_cert(files, host)
     config = uvicorn.Config(
@@ -272,7 +291,7 @@ def serve(
     ray = [ray_address, list(node_ips)] if ray_address else None
     write_private(files.launch, json.dumps({"host": host, "tls": tls, "ray": ray}))
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _Server(config, den_auth).run(sockets=[sock])
     finally:
         if pid_file.exists() and pid_file.read_text() == str(os.getpid()):
             pid_file.unlink()

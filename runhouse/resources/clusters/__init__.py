@@ -25,7 +25,7 @@ _OPTIONS = (
     "server_connection_type", "accept_new_host_keys", "allow_upgrade", "autostop_mins", "autostop_command",
     "ray_port", "node_resources",
     "instance_type", "provider", "num_instances", "use_spot", "region", "image_id", "memory", "disk_size",
-    "open_ports", "provisioner", "cluster_name", "ssh_key_secret", "default_env",
+    "open_ports", "provisioner", "cluster_name", "ssh_key_secret", "default_env", "den_auth",
 )
 
 
@@ -74,14 +74,16 @@ def cluster(
 
         return SSHCluster(name=name, ips=ips, ssh_creds=ssh_creds, server_port=server_port, token=token, **ssh_options)
     default_env = ssh_options.pop("default_env", None)
+    den_auth = ssh_options.pop("den_auth", None)
     if ssh_creds or ssh_options:
         raise ValueError("ssh_creds and SSH options need ips=[...] (the hosts to reach over SSH)")
-    if name is not None and host is None and server_port is None and token is None and default_env is None:
+    if (name is not None and host is None and server_port is None and token is None and default_env is None
+            and den_auth is None):
         from runhouse.resources.resource import load_typed
 
         return load_typed(Cluster, name, dryrun=dryrun)
     return DirectCluster(name=name, host=host or "localhost", server_port=server_port, token=token,
-                         default_env=default_env)
+                         default_env=default_env, den_auth=False if den_auth is None else den_auth)
 
 
 _here: dict[int, Cluster] = {}

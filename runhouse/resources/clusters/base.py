@@ -37,13 +37,14 @@ import functools
 import hashlib
 import ssl
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from runhouse import progress, protocol
 from runhouse.daemon_files import REMOTE_CONFIG_DIR
-from runhouse.errors import ClusterUnreachableError, RunhouseError
+from runhouse.errors import ClusterUnreachableError, ConfigError, RunhouseError
 from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
 from runhouse.protocol import DEFAULT_ENV, LogSink, Op
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 CONTROL_TIMEOUT_S = 60.0
 ENV_TIMEOUT_S = 1800.0  # installing requirements can be slow
 HEALTH_CHECK_TIMEOUT_S = 2.0
+FOLLOW_POLL_S = 0.5  # how often follow_logs asks for a running run's new output
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -119,10 +121,15 @@ class Cluster(Resource, Closeable):
         server_port: int | None = None,
         token: str | None = None,
         default_env: Env | str | None = None,
+        den_auth: bool = False,
     ) -> None:
         super().__init__(name)
+        if not isinstance(den_auth, bool):
+            raise TypeError(f"den_auth is True or False, not {den_auth!r}")
         self.server_port = server_port or default_server_port()
         self._token = token
+        # Whether the daemon also accepts the Den tokens of users the cluster is shared with in Den.
+        self.den_auth = den_auth
         if isinstance(default_env, dict):  # as saved in a config
             default_env = Env.from_config(default_env) if "resource_type" in default_env else Env(**default_env)
         if default_env is not None and not isinstance(default_env, (Env, str)):
@@ -220,11 +227,21 @@ class Cluster(Resource, Closeable):
             self._client = DaemonClient(
                 host,
                 port,
-                self._token or self._read_token(),
+                self._client_token(),
                 reconnect_window=self.RECONNECT_WINDOW_S,
                 ssl_context=self._ssl_context(),
             )
         return self._client
+
+    def _client_token(self) -> str | None:
+        """The daemon's token where this client can read it; else, on a Den-auth cluster, the user's Den token
+        (the daemon asks Den what that user may do on the cluster)."""
+        token = self._token or self._read_token()
+        if token is None and self.den_auth:
+            from runhouse.config import configs
+
+            token = configs.get("token")
+        return token
 
     def _health(self) -> dict[str, Any] | None:
         host, port = self._endpoint()
@@ -237,6 +254,8 @@ class Cluster(Resource, Closeable):
     def up_if_not(self) -> Cluster:
         """Bring the daemon up unless it already answers (starting it, where this cluster can); returns self."""
         self._ensure_up(start=True)
+        if self.den_auth and (self._token or self._read_token()) is not None:
+            self._sync_den_auth()
         return self
 
     def _ensure_up(self, start: bool = False) -> None:
@@ -252,10 +271,90 @@ class Cluster(Resource, Closeable):
             if not (start or self._starts_on_use):
                 raise self._not_running()
             self._start_daemon()
+            self._report_launch()
         else:
             self._accept_running(answer)
         self._client = None  # the token (or the tunnel) may have just been made
         self._checked_up = True
+
+    # --- Den ---------------------------------------------------------------------------------------------
+    def _den_address(self) -> str:
+        """The cluster's Den address; :class:`ConfigError` when it is not saved in Den."""
+        address = self.rns_address
+        if not address or not address.startswith("/"):
+            raise ConfigError(
+                f"Den auth needs the cluster saved in Den (Den says who may use it, by its address); "
+                f"{self.name or 'this cluster'} is {'saved at ' + address if address else 'not saved'}: save it "
+                f"in Den first, e.g. cluster.save('@/{self.name or 'my_cluster'}'), then enable Den auth"
+            )
+        return address
+
+    def enable_den_auth(self) -> Cluster:
+        """Let the daemon also accept the Den tokens of users this cluster is shared with in Den: read access
+        lets them call what is deployed on it, write access also deploy, run commands, put/delete and change
+        envs. The cluster must be saved in Den, and this client hold the daemon's token. Returns self.
+
+        The daemon reports its status and usage (requests per user and hour) to Den, readable by those who can
+        read the cluster. The setting is saved in the cluster's config (so teammates who load it send their
+        Den token) and kept by the daemon across restarts.
+
+        Example::
+
+            gpu = rh.cluster(name="gpu", ips=["10.0.0.5"], ssh_creds={...}).save("@/gpu")
+            gpu.enable_den_auth().share(["bob"], access_level="read")
+
+        Raises:
+            ConfigError: the cluster is not saved in Den, or this client is not logged in to Den.
+            DenUnreachableError: the daemon could not reach Den at the URL this client uses.
+        """
+        from runhouse.errors import ObjectNotFoundError
+        from runhouse.rns.den_client import den_client
+
+        address = self._den_address()
+        den = den_client()
+        try:
+            key = den.cluster_key(address)
+        except ObjectNotFoundError:
+            raise ConfigError(f"{address} is not saved in Den: save the cluster first (cluster.save()), then "
+                              "enable Den auth") from None
+        if not self.den_auth:
+            self.den_auth = True
+            self.save()
+        self._ensure_up()
+        self._control(Op.DEN_AUTH, {"den_url": den.url, "address": address, "heartbeat_key": key})
+        return self
+
+    def _sync_den_auth(self) -> None:
+        """Enable Den auth on the daemon unless it already accepts Den tokens for this cluster at this Den."""
+        from runhouse.config import configs
+
+        address = self._den_address()
+        current = self._control(Op.DEN_AUTH)
+        den_url = (configs.get("den_url") or "").rstrip("/")
+        if current != {"den_url": den_url, "address": address}:
+            self.enable_den_auth()
+
+    def den_usage(self) -> dict[str, Any]:
+        """What Den knows of this cluster's use: launches (who, when, from where), its last heartbeat
+        (status) and requests per user and hour (``usage``); for those who may read it in Den."""
+        from runhouse.rns.den_client import den_client
+
+        return den_client().cluster(self._den_address())
+
+    def _report_launch(self) -> None:
+        """Tell Den who brought the cluster up, from where (for a cluster saved in Den; never failing)."""
+        address = self.rns_address
+        if not address or not address.startswith("/"):
+            return
+        import getpass
+        import socket
+
+        from runhouse.rns.den_client import den_client
+
+        try:
+            den_client().record_launch(address, f"{getpass.getuser()}@{socket.gethostname()}"[:255])
+        except RunhouseError as exc:  # Den down, not logged in, no write access: the cluster is up all the same
+            progress_log(self.name or self.host)(f"launch not recorded in Den: {exc}\n".encode())
 
     def restart_server(self) -> Cluster:
         """Restart the daemon; deployed envs, functions and modules come back from its registry."""
@@ -456,6 +555,41 @@ class Cluster(Resource, Closeable):
         self._ensure_up()
         return self._control(Op.STATUS)
 
+    # --- runs and their logs ------------------------------------------------------------------------
+    def runs(self, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` runs kept on the cluster (calls, map batches, commands), newest first; with
+        ``name``, only those of the function or instance ``name`` or with the run name ``name``.
+
+        Each is a dict: ``id``, ``name``, ``method``, ``kind``, ``env``, ``pid``, ``caller``, ``run_name``,
+        ``started_at``, ``ended_at``, ``duration_s``, ``status`` (running, done, failed, cancelled, crashed),
+        ``error`` (a failure's traceback) and the size of its output.
+        """
+        self._ensure_up()
+        return self._control(Op.RUNS, {"name": name, "limit": limit})
+
+    def logs(self, run_id: str) -> str:
+        """The output (stdout, stderr and ``logging``) of run ``run_id``, so far when it is still running.
+
+        Raises:
+            ObjectNotFoundError: the cluster keeps no run ``run_id`` (the oldest runs are dropped).
+        """
+        self._ensure_up()
+        return self._control(Op.LOGS, {"run_id": run_id})["output"]
+
+    def follow_logs(self, run_id: str, poll_s: float = FOLLOW_POLL_S) -> Iterator[str]:
+        """The output of run ``run_id`` as it comes, until the run ends (checked every ``poll_s`` seconds);
+        then :meth:`runs` says how it ended."""
+        self._ensure_up()
+        offset = 0
+        while True:
+            answer = self._control(Op.LOGS, {"run_id": run_id, "offset": offset})
+            if answer["output"]:
+                yield answer["output"]
+            offset = answer["offset"]
+            if answer["run"]["status"] != "running":
+                return
+            time.sleep(poll_s)
+
     def keep_warm(self, autostop_mins: float = -1) -> Cluster:
         """Set the daemon's idle timer: after ``autostop_mins`` minutes without a call, command or stream the
         cluster stops (fractions allowed); -1 (the default) keeps it up until told otherwise. Returns self."""
@@ -478,6 +612,8 @@ class Cluster(Resource, Closeable):
     # --- config ------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         config = {**super().config(), "server_port": self.server_port}
+        if self.den_auth:
+            config["den_auth"] = True
         if self.default_env is not None:
             config["default_env"] = self.default_env if isinstance(self.default_env, str) else self.default_env.config()
         return config

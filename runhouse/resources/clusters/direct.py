@@ -35,8 +35,10 @@ class DirectCluster(Cluster):
         server_port: int | None = None,
         token: str | None = None,
         default_env: Env | str | None = None,
+        den_auth: bool = False,
     ) -> None:
-        super().__init__(name=name, server_port=server_port, token=token, default_env=default_env)
+        super().__init__(name=name, server_port=server_port, token=token, default_env=default_env,
+                         den_auth=den_auth)
         self._host = host
         self._machine: dict[str, Any] | None = None  # whose "localhost" a loaded config meant (see _foreign)
 
@@ -56,6 +58,8 @@ class DirectCluster(Cluster):
         machine = self._machine
         if not machine or not self.is_local or machine.get("id") == config_dir_id():
             return None
+        if self.den_auth and machine.get("host") == socket.gethostname():
+            return None  # another runhouse folder on this machine: its daemon takes this user's Den token
         label = self.rns_address or self.name or "this cluster"
         return (
             f"{label} is the local daemon of {machine.get('user', '?')}@{machine.get('host', '?')} (its port "
@@ -78,8 +82,8 @@ class DirectCluster(Cluster):
 
     def _accept_running(self, answer: dict[str, Any]) -> None:
         """A daemon of this machine is used only if it is this config folder's, unless a token was given."""
-        if not self.is_local or self._token is not None:
-            return
+        if not self.is_local or self._token is not None or self.den_auth:
+            return  # a Den-auth daemon takes this user's Den token, whichever runhouse folder started it
         taken = local_daemon.other_daemon(self.server_port, answer)
         if taken is not None:  # its token is not in this config folder: every request would be refused
             raise ClusterUnreachableError(taken)
@@ -116,7 +120,7 @@ class DirectCluster(Cluster):
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> DirectCluster:
         cluster = cls(name=config.get("name"), host=config["host"], server_port=config["server_port"],
-                      default_env=config.get("default_env"))
+                      default_env=config.get("default_env"), den_auth=config.get("den_auth") is True)
         machine = config.get("machine")
         cluster._machine = machine if isinstance(machine, dict) else None
         return cluster

@@ -67,6 +67,7 @@ class SSHCluster(Cluster):
         autostop_mins: float | None = None,
         autostop_command: str | None = None,
         default_env: Env | str | None = None,
+        den_auth: bool = False,
     ) -> None:
         if not ips:
             raise ValueError("an SSH cluster needs ips=[...] (the first is the head node)")
@@ -76,7 +77,7 @@ class SSHCluster(Cluster):
                 "'tls' (HTTPS straight to the daemon, its certificate pinned)"
             )
         super().__init__(name=name, server_port=server_port or DEFAULT_SERVER_PORT, token=token,
-                         default_env=default_env)
+                         default_env=default_env, den_auth=den_auth)
         self.ips = list(ips)
         self.ssh_creds = dict(ssh_creds or {})
         self.server_connection_type = server_connection_type
@@ -416,6 +417,7 @@ class SSHCluster(Cluster):
             "autostop_mins": config.get("autostop_mins"),
             "autostop_command": config.get("autostop_command"),
             "default_env": config.get("default_env"),
+            "den_auth": config.get("den_auth") is True,
         }
 
     def __repr__(self) -> str:
