@@ -6,6 +6,7 @@ so none of them depends on another's code to speak to it.
 Routes of the daemon (every one but ``GET /health`` needs ``Authorization: Bearer <token>``)::
 
     GET  /health              liveness, build id
+    GET  /metrics             Prometheus metrics (text format)
     POST /{name}/{method}     call a function (method ``call``) or an instance's method
     POST /_/{op}              a control operation, one of :class:`Op`
 
@@ -38,6 +39,7 @@ from runhouse.errors import BY_NAME, DaemonError, RunhouseError
 
 # --- routes ------------------------------------------------------------------------------------------------
 HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
 CONTROL_PREFIX = "/_/"
 # The method name that calls a function itself (``POST /{function}/call``).
 CALL_METHOD = "call"
@@ -65,6 +67,8 @@ class Op:
     RUN = "run"
     STATUS = "status"
     AUTOSTOP = "autostop"
+    RUNS = "runs"
+    LOGS = "logs"
     DEN_AUTH = "den_auth"
 
 

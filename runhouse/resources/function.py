@@ -61,6 +61,14 @@ class Function(remote.Deployable):
         """Like :meth:`map`, with each item a tuple of positional arguments."""
         return remote.map_call(self._system(), self.remote_name, CALL_METHOD, [items], kwargs, star=True)
 
+    def logs(self) -> str:
+        """The output of this function's latest run on its cluster (so far, when it is still running).
+
+        Raises:
+            RunhouseError: the cluster keeps no run of it.
+        """
+        return remote.latest_logs(self._system(), self.remote_name)
+
 
 
 def function(

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from runhouse.resources.clusters.base import Cluster
 
 # Keyword arguments of a call that are options for runhouse, never passed to the remote code.
-CALL_OPTIONS = ("stream_logs", "timeout")
+CALL_OPTIONS = ("stream_logs", "timeout", "run_name")
 
 
 class Ref:
@@ -41,13 +41,14 @@ class Ref:
     waits for the result and fetches it (the call's error is raised there); passed as an argument to another
     call on the same cluster, it is resolved there without crossing the network. A ref pickles as its key and
     its cluster's config, so another process can fetch it (``cluster.get(key)`` works too) for as long as the
-    cluster keeps it (until it is deleted, or its env's main worker exits).
+    cluster keeps it (until it is deleted, or its env's main worker exits). ``run_id`` names the call's run
+    (``ref.logs()``, ``cluster.logs(ref.run_id)``).
     """
 
-    __slots__ = ("key", "system")
+    __slots__ = ("key", "system", "run_id")
 
-    def __init__(self, key: str, system: Cluster) -> None:
-        self.key, self.system = key, system
+    def __init__(self, key: str, system: Cluster, run_id: str | None = None) -> None:
+        self.key, self.system, self.run_id = key, system, run_id
 
     def get(self, timeout: float | None = None) -> Any:
         """The result, once the call finished: at most ``timeout`` seconds of waiting when given.
@@ -62,21 +63,27 @@ class Ref:
         """Whether the call has finished (successfully or not); never waits for it."""
         return bool(self.system._control(Op.READY, {"keys": [self.key]})[self.key])
 
-    def __reduce__(self) -> tuple[Any, tuple[str, Any]]:
+    def logs(self) -> str:
+        """The output of the call so far (all of it once it finished)."""
+        if self.run_id is None:
+            raise RunhouseError(f"{self!r} has no run id (made by an older runhouse); use cluster.runs()")
+        return self.system.logs(self.run_id)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, Any, str | None]]:
         system = self.system
-        return _ref_on, (self.key, system.rns_address or system.config())
+        return _ref_on, (self.key, system.rns_address or system.config(), self.run_id)
 
     def __repr__(self) -> str:
         return f"<Ref {self.key!r} on {self.system!r}>"
 
 
-def _ref_on(key: str, system: str | dict[str, Any]) -> Ref:
-    """A ref rebuilt in another process from its key and its cluster's name or config."""
+def _ref_on(key: str, system: str | dict[str, Any], run_id: str | None = None) -> Ref:
+    """A ref rebuilt in another process from its key, its cluster's name or config and its run id."""
     from runhouse.resources.clusters.base import Cluster
     from runhouse.resources.resource import load_typed
 
     cluster = load_typed(Cluster, system) if isinstance(system, str) else Cluster.from_config(system)
-    return Ref(key, cluster)
+    return Ref(key, cluster, run_id)
 
 
 def get(ref: Ref | Any, timeout: float | None = None) -> Any:
@@ -266,10 +273,15 @@ def _same_daemon(a: Cluster, b: Cluster) -> bool:
     return a._endpoint() == b._endpoint()
 
 
-def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool, float | None]:
-    stream_logs = kwargs.pop("stream_logs", True)
-    timeout = kwargs.pop("timeout", None)
-    return kwargs, bool(stream_logs), timeout
+def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The call's own keyword arguments, and runhouse's options among them (:data:`CALL_OPTIONS`) as the
+    daemon reads them (``stream_logs`` on unless turned off; the others only when given)."""
+    options = {"stream_logs": bool(kwargs.pop("stream_logs", True))}
+    for name in ("timeout", "run_name"):
+        value = kwargs.pop(name, None)
+        if value is not None:
+            options[name] = value
+    return kwargs, options
 
 
 def call(
@@ -282,17 +294,16 @@ def call(
     remote: bool = False,
     enqueue: bool = False,
 ) -> Any:
-    """Call ``name.method(*args, **kwargs)`` on the cluster; ``stream_logs``/``timeout`` in kwargs are options."""
-    kwargs, stream_logs, timeout = _split_options(dict(kwargs))
+    """Call ``name.method(*args, **kwargs)`` on the cluster; ``stream_logs``, ``timeout`` and ``run_name`` in
+    kwargs are options (``run_name`` names the call's run: ``cluster.runs(name=...)`` finds it)."""
+    kwargs, meta = _split_options(dict(kwargs))
+    stream_logs, timeout = meta["stream_logs"], meta.get("timeout")
     refs: list[str] = []
     parts = _pack(system, (tuple(args), kwargs), refs)
-    meta: dict[str, Any] = {"stream_logs": stream_logs}
     if system.shares_memory:
         meta["shm"] = True
     if refs:
         meta["refs"] = refs
-    if timeout is not None:
-        meta["timeout"] = timeout
     if remote:
         meta["remote"] = True
     if enqueue:
@@ -300,7 +311,8 @@ def call(
     on_log = _log_sink(name, method) if stream_logs else None
     response = _send(system, protocol.call_path(name, method), meta, [parts], on_log, answer_wait(timeout))
     if remote and response.kind == protocol.RESULT:
-        return Ref(response.value()["ref"], system)
+        answer = response.value()
+        return Ref(answer["ref"], system, answer.get("run_id"))
     return response.value()
 
 
@@ -352,7 +364,8 @@ def map_call(
     Raises:
         MapError: some items failed; it carries every item's result or exception.
     """
-    kwargs, stream_logs, _ = _split_options(dict(kwargs))
+    kwargs, options = _split_options(dict(kwargs))
+    stream_logs = options["stream_logs"]
     items = _map_items(iterables, kwargs, star)
     if not items:
         return []
@@ -366,6 +379,7 @@ def map_call(
         "stream_logs": stream_logs,
         "refs": sorted(set(refs)),
         "shm": system.shares_memory,
+        "run_name": options.get("run_name"),
     }
     on_log = _log_sink(name, method) if stream_logs else None
     response = _send(system, protocol.control_path(Op.MAP), meta, packed, on_log, CALL_READ_TIMEOUT_S)
@@ -385,6 +399,18 @@ def map_call(
     if any(isinstance(r, BaseException) for r in results):
         raise MapError(results)
     return results
+
+
+def latest_logs(system: Cluster, name: str) -> str:
+    """The output of the latest run of the object ``name`` on ``system``.
+
+    Raises:
+        RunhouseError: ``system`` keeps no run of it.
+    """
+    latest = system.runs(name=name, limit=1)
+    if not latest:
+        raise RunhouseError(f"no run of {name!r} is kept on {system.name or 'the cluster'}; call it first")
+    return system.logs(latest[0]["id"])
 
 
 def maybe_async(is_async: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -84,6 +84,7 @@ class WorkerChannel:
         self._ids = itertools.count(1)
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
+        self._process: Any = None  # psutil's handle on the process, kept for CPU% between two statuses
 
     @property
     def pid(self) -> int | None:
@@ -265,9 +266,26 @@ class WorkerChannel:
         except NoSuchProcess:
             return 0
 
+    def cpu_percent(self) -> float:
+        """CPU use of the worker process since the previous status (the first one: since it started), in percent
+        of one CPU; 0.0 when it is gone."""
+        from psutil import NoSuchProcess, Process
+
+        try:
+            if self._process is None or self._process.pid != self.pid:
+                self._process = Process(self.pid)
+                times = self._process.cpu_times()
+                elapsed = max(time.time() - self.started_at, 1e-3)
+                self._process.cpu_percent(None)  # starts psutil's interval
+                return 100.0 * (times.user + times.system) / elapsed
+            return self._process.cpu_percent(None)
+        except NoSuchProcess:
+            return 0.0
+
     def status(self) -> dict[str, Any]:
         memory = self.memory()
         return {
+            "cpu_percent": self.cpu_percent() if self.alive else 0.0,
             "env": self.env_name,
             "role": self.role,
             "pid": self.pid,

@@ -407,6 +407,9 @@ class EnvRuntime:
         self._pool_nodes = -1  # the backend's nodes_version the pool was laid out for
         self._backend = backend
         self.on_main_exit: Callable[[EnvRuntime], None] | None = None
+        # Called with (env name, role) for every worker that exits on its own (a crash, a kill): it is replaced.
+        self.on_worker_exit: Callable[[str, str], None] | None = None
+        self.restarts: dict[str, int] = {"main": 0, "pool": 0}  # such exits, by role
         self._lock = asyncio.Lock()
         self._closing = False
         self._watchdog: asyncio.Task | None = None
@@ -475,6 +478,10 @@ class EnvRuntime:
     def _worker_exited(self, worker: WorkerHandle) -> None:
         if self._closing:
             return
+        role = "main" if worker is self.main else "pool"
+        self.restarts[role] += 1
+        if self.on_worker_exit is not None:
+            self.on_worker_exit(self.spec.name, role)
         if worker is self.main:
             if self.on_main_exit is not None:
                 self.on_main_exit(self)

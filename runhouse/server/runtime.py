@@ -32,9 +32,11 @@ from typing import Any
 from runhouse import protocol, serialization
 from runhouse.errors import (
     BadRequestError,
+    CallCancelledError,
     CallTimeoutError,
     NodeLostError,
     ObjectNotFoundError,
+    WorkerCrashedError,
 )
 from runhouse.paths import write_atomic
 from runhouse.protocol import DEFAULT_ENV, LogSink, WorkerOp
@@ -43,6 +45,8 @@ from runhouse.server.autostop import IdleTimer
 from runhouse.server.backend import Reply, WorkerBackend, WorkerHandle
 from runhouse.server.channel import LocalBackend
 from runhouse.server.envs import EnvRuntime, EnvSpec, PackageInstall, ensure_python, install_packages
+from runhouse.server.metrics import DaemonMetrics
+from runhouse.server.runs import CALL, CANCELLED, COMMAND, CRASHED, DONE, FAILED, MAP, Run, RunStore
 from runhouse.version import __version__
 
 FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
@@ -51,6 +55,8 @@ SHM_SWEEP_INTERVAL_S = 60.0
 _PIPE_DRAIN_S = 1.0
 # How many times one map item is run again after its worker was lost with its node.
 MAP_NODE_RETRIES = 3
+# The most of a command a run records as its method (the whole command is in its output's context).
+_COMMAND_SHOWN = 200
 
 
 @dataclass
@@ -120,13 +126,18 @@ def raise_for_reply(reply: Reply) -> Reply:
 class Runtime:
     """Everything the daemon does, independent of HTTP.
 
-    ``backend`` places and makes every env's workers (default: local processes, one pool worker per CPU).
+    ``backend`` places and makes every env's workers (default: local processes, one pool worker per CPU);
+    ``runs`` records every call, map batch and command (default: kept in a ``runs`` folder beside the registry).
     """
 
     def __init__(
-        self, registry_path: Path, backend: WorkerBackend | None = None, autostop_settings: Path | None = None
+        self, registry_path: Path, backend: WorkerBackend | None = None, autostop_settings: Path | None = None,
+        runs: RunStore | None = None,
     ) -> None:
         self.registry = Registry(registry_path)
+        self.runs = runs or RunStore(registry_path.with_name("runs"))
+        self.metrics = DaemonMetrics(lambda: len(self.runs.running))
+        self.runs.on_finish = self.metrics.run_finished
         self.backend: WorkerBackend = backend or LocalBackend()
         self.idle = IdleTimer(autostop_settings or registry_path.with_name("autostop.json"),
                               busy_elsewhere=lambda: bool(self._running_refs))
@@ -147,6 +158,7 @@ class Runtime:
         await self.backend.start()
         await (await self.env_runtime(DEFAULT_ENV)).main_worker()
         self.idle.start()
+        self.runs.start_writer()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_shared_memory())
 
     async def _sweep_shared_memory(self) -> None:
@@ -165,6 +177,7 @@ class Runtime:
                 pass
         await asyncio.gather(*(env.stop() for env in self.envs.values()))
         await self.backend.stop()
+        self.runs.close()
 
     async def env_runtime(self, name: str, progress: Callable[[str], None] | None = None) -> EnvRuntime:
         runtime = self.envs.get(name)
@@ -178,6 +191,7 @@ class Runtime:
                 python = await ensure_python(spec, progress or _quiet)
                 runtime = EnvRuntime(spec, python, self.backend)
                 runtime.on_main_exit = self._forget_values
+                runtime.on_worker_exit = self.metrics.worker_exited
                 self.envs[name] = runtime
         return self.envs[name]
 
@@ -200,6 +214,7 @@ class Runtime:
                 previous = None
             runtime = previous or EnvRuntime(spec, python, self.backend)
             runtime.on_main_exit = self._forget_values
+            runtime.on_worker_exit = self.metrics.worker_exited
             self.envs[spec.name] = runtime
             self.registry.envs[spec.name] = spec
             self.registry.save()
@@ -340,8 +355,12 @@ class Runtime:
         json_result: bool = False,
         shm: bool = False,
         on_log: LogSink | None = None,
+        caller: str = "local",
+        run_name: str | None = None,
     ) -> Reply:
-        """Run ``name.method(*args, **kwargs)`` in the object's env; ERROR replies carry the remote exception.
+        """Run ``name.method(*args, **kwargs)`` in the object's env, as a run of ``caller`` (named ``run_name``
+        when given); ERROR replies carry the remote exception. A ``remote`` call answers at once with the ref's
+        key (``stored``) and its run's id (``run``).
 
         Raises:
             ObjectNotFoundError: no such object or method.
@@ -354,30 +373,52 @@ class Runtime:
             return failed
         worker = await (await self.env_runtime(entry.env)).main_worker()
         await self._load(worker, entry)
-        meta: dict[str, Any] = {"op": WorkerOp.CALL, "name": name, "method": method, "stream_logs": stream_logs}
+        meta: dict[str, Any] = {"op": WorkerOp.CALL, "name": name, "method": method}
         if refs:
             meta["refs"] = await self._fetch_refs(refs, worker)
         if json_result:
             meta["json"] = True
         if shm:
             meta["shm"] = True
-        if remote:  # answered at once with the ref's key; the call runs on, its output goes to the worker's log
+        if remote:  # answered at once with the ref's key; the call runs on, its output goes to its run
             meta["store_as"] = key = f"{name}.{method}-{uuid.uuid4().hex[:12]}"
-            meta["stream_logs"], on_log = False, None
+            on_log = None
+        elif not stream_logs:
+            on_log = None
+        run = self.runs.start(name, method, CALL, entry.env, getattr(worker, "pid", None), caller, run_name)
+        on_log = self.runs.sink(run, on_log)
+        meta["stream_logs"] = on_log is not None  # the worker sends the call's output back
         request = worker.request(meta, [payload] if payload.nbytes else [], on_log)
         if enqueue:
             request = self._queued(name, request)
+        recorded = self._recorded(run, self._with_timeout(request, timeout, name))
         if not remote:
-            return await self._with_timeout(request, timeout, name)
+            return await recorded
         self.registry.entries[key] = Entry(key, entry.env, VALUE)
-        task = asyncio.get_running_loop().create_task(self._run_for_ref(key, request, timeout, name))
+        task = asyncio.get_running_loop().create_task(self._run_for_ref(key, recorded))
         self._running_refs[key] = task
-        return Reply(protocol.RESULT, {"stored": key}, memoryview(b""))
+        return Reply(protocol.RESULT, {"stored": key, "run": run.id}, memoryview(b""))
 
-    async def _run_for_ref(self, key: str, request: Awaitable[Reply], timeout: float | None, name: str) -> Reply:
+    async def _recorded(self, run: Run, request: Awaitable[Reply]) -> Reply:
+        """Await ``request`` and finish ``run`` with how it ended (the reply or the exception passes through)."""
+        try:
+            reply = await request
+        except asyncio.CancelledError:
+            self.runs.finish(run, CANCELLED, "cancelled: its caller went away, or its ref was deleted")
+            raise
+        except Exception as exc:
+            self.runs.finish(run, *_ended_by(exc))
+            raise
+        if reply.kind == protocol.ERROR:
+            self.runs.finish(run, *_ended_by(reply))
+        else:
+            self.runs.finish(run, DONE)
+        return reply
+
+    async def _run_for_ref(self, key: str, request: Awaitable[Reply]) -> Reply:
         """Run a call started by ``.remote()``; its result stays in the worker, its failure here, by ``key``."""
         try:
-            reply = await self._with_timeout(request, timeout, name)
+            reply = await request
         except Exception as exc:  # a crashed worker or a timeout: get() raises it, typed
             error = protocol.encode_meta(serialization.pack_exception(exc))
             reply = Reply(protocol.ERROR, {}, memoryview(error))
@@ -433,8 +474,14 @@ class Runtime:
         refs: Sequence[str] = (),
         shm: bool = False,
         on_log: Callable[[int, bytes], None] | None = None,
+        caller: str = "local",
+        run_name: str | None = None,
     ) -> list[Reply | BaseException]:
-        """Run one call per item in parallel over the workers the env fans out to (see ``fanout_workers``)."""
+        """Run one call per item in parallel over the workers the env fans out to (see ``fanout_workers``).
+
+        The items each slot of a worker runs, one after another, are one run (its output's lines start with
+        ``[item index]``).
+        """
         entry = self.registry.entry(name)
         self._check_method(entry, method)
         failed = await self._settle_refs(refs)
@@ -449,22 +496,52 @@ class Runtime:
 
         async def slot(index: int) -> None:
             nonlocal workers
-            for i in order:
-                log = (lambda data, i=i: on_log(i, data)) if on_log else None
-                for _ in range(MAP_NODE_RETRIES + 1):
-                    try:
+            pid = getattr(workers[index % len(workers)], "pid", None)
+            run = self.runs.start(name, method, MAP, entry.env, pid, caller, run_name)
+            mine: list[int] = []
+            try:
+                for i in order:
+                    mine.append(i)
+                    await item(i, index, run)
+            except asyncio.CancelledError:
+                self.runs.finish(run, CANCELLED, "cancelled: its caller went away")
+                raise
+            run.items = len(mine)
+            ended = [_ended_by(r) for r in (results[i] for i in mine) if r is not None and _is_failure(r)]
+            if not ended:
+                self.runs.finish(run, DONE)
+            else:
+                status = CRASHED if any(s == CRASHED for s, _ in ended) else FAILED
+                self.runs.finish(run, status, f"{len(ended)} of {len(mine)} items failed; the first: {ended[0][1]}")
+
+        def item_log(i: int, run: Run) -> LogSink | None:
+            stream = (lambda data: on_log(i, data)) if on_log is not None and stream_logs else None
+            if not self.runs.enabled:
+                return stream
+
+            def log(data: bytes) -> None:
+                run(_prefixed(i, data))
+                if stream is not None:
+                    stream(data)
+
+            return log
+
+        async def item(i: int, index: int, run: Run) -> None:
+            nonlocal workers
+            log = item_log(i, run)
+            for _ in range(MAP_NODE_RETRIES + 1):
+                try:
+                    worker = workers[index % len(workers)]
+                    if not worker.alive:
+                        workers, _ = await runtime.fanout_workers(stateful)
                         worker = workers[index % len(workers)]
-                        if not worker.alive:
-                            workers, _ = await runtime.fanout_workers(stateful)
-                            worker = workers[index % len(workers)]
-                        results[i] = await self._map_item(worker, entry, method, items[i], stream_logs, shm, refs,
-                                                          fetched, log)
-                        break
-                    except NodeLostError as exc:  # run it again on the workers of the nodes still alive
-                        results[i] = exc
-                    except Exception as exc:  # a crashed worker, or code that fails to load there, fails the item
-                        results[i] = exc
-                        break
+                    results[i] = await self._map_item(worker, entry, method, items[i], shm, refs, fetched, log)
+                    break
+                except NodeLostError as exc:  # run it again on the workers of the nodes still alive
+                    results[i] = exc
+                except Exception as exc:  # a crashed worker, or code that fails to load there, fails the item
+                    results[i] = exc
+                    break
 
         count = min(len(items), len(workers) * slots)
         await asyncio.gather(*(slot(k) for k in range(count)))
@@ -476,14 +553,13 @@ class Runtime:
         entry: Entry,
         method: str,
         item: memoryview,
-        stream_logs: bool,
         shm: bool,
         refs: Sequence[str],
         fetched: dict[int, dict[str, bytes]],
         log: LogSink | None,
     ) -> Reply:
         meta: dict[str, Any] = {
-            "op": WorkerOp.CALL, "name": entry.name, "method": method, "stream_logs": stream_logs, "shm": shm
+            "op": WorkerOp.CALL, "name": entry.name, "method": method, "stream_logs": log is not None, "shm": shm
         }
         await self._load(worker, entry)
         if refs:
@@ -599,20 +675,41 @@ class Runtime:
 
     # --- commands ------------------------------------------------------------------------------------
     async def run(
-        self, cmds: Sequence[str], env: str | None, on_log: LogSink | None, python: bool = False
+        self, cmds: Sequence[str], env: str | None, on_log: LogSink | None, python: bool = False,
+        caller: str = "local", run_name: str | None = None,
     ) -> list[tuple[int, str, str]]:
-        """Run shell commands (or Python sources with ``python=True``) in an env, one after another."""
+        """Run shell commands (or Python sources with ``python=True``) in an env, one after another, as one run
+        of ``caller`` (named ``run_name`` when given); it failed when a command exited with another code than 0."""
         spec = self.registry.envs.get(env or DEFAULT_ENV)
         if spec is None:
             raise ObjectNotFoundError(f"no env named {env!r} on this cluster")
         runtime = await self.env_runtime(spec.name)
-        bin_dir = os.path.dirname(runtime.python)
+        shown = cmds[0] if cmds else ""
+        name = "run_python" if python else "run"
+        run = self.runs.start(name, shown[:_COMMAND_SHOWN], COMMAND, spec.name, None, caller, run_name)
+        try:
+            results = await self._run_commands(cmds, spec, runtime.python, self.runs.sink(run, on_log), python, run)
+        except asyncio.CancelledError:
+            self.runs.finish(run, CANCELLED, "cancelled: its caller went away")
+            raise
+        except Exception as exc:
+            self.runs.finish(run, FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        failures = [f"command {i + 1} of {len(cmds)} exited with code {code}"
+                    for i, (code, _, _) in enumerate(results) if code != 0]
+        self.runs.finish(run, FAILED if failures else DONE, "; ".join(failures) or None)
+        return results
+
+    async def _run_commands(
+        self, cmds: Sequence[str], spec: EnvSpec, python_path: str, on_log: LogSink | None, python: bool, run: Run
+    ) -> list[tuple[int, str, str]]:
+        bin_dir = os.path.dirname(python_path)
         environ = {**os.environ, **dict(spec.env_vars), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
         results = []
         for cmd in cmds:
             if python:
                 proc = await asyncio.create_subprocess_exec(
-                    runtime.python, "-c", cmd, env=environ, stdin=asyncio.subprocess.DEVNULL,
+                    python_path, "-c", cmd, env=environ, stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
                 )
             else:
@@ -621,6 +718,7 @@ class Runtime:
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
                 )
             self._command_groups.add(proc.pid)
+            run.pid = proc.pid
             out: list[bytes] = []
             err: list[bytes] = []
             readers = asyncio.gather(_collect(proc.stdout, out, on_log), _collect(proc.stderr, err, on_log))
@@ -638,25 +736,77 @@ class Runtime:
 
     # --- status --------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """The daemon, its envs (with the nodes their workers run on), objects, workers and the cluster's nodes."""
+        """The daemon (version, uptime, autostop, runs), its envs (workers with pid, RSS, CPU% and restarts,
+        objects, runs in flight, calls and errors in the last minute, the nodes their workers run on), objects,
+        workers and the cluster's nodes (with the live workers on each)."""
         nodes = self.backend.nodes()
         here = nodes[0].ip if nodes else None  # the daemon's own node comes first
-        workers = [{"node": here, **w.status()} for env in self.envs.values() for w in env.workers()]
+        workers = []
+        for env_runtime in self.envs.values():
+            for worker in env_runtime.workers():
+                info = {"node": here, **worker.status()}
+                info["restarts"] = env_runtime.restarts[info.get("role", "main")]
+                workers.append(info)
+        envs = []
+        for name, spec in self.registry.envs.items():
+            mine = [w for w in workers if w["env"] == name]
+            calls, errors = self.runs.window.counts(name)
+            runtime = self.envs.get(name)
+            envs.append({
+                **spec.to_dict(), "env_vars": sorted(dict(spec.env_vars)), "running": runtime is not None,
+                "nodes": sorted({w["node"] for w in mine if w["alive"]}),
+                "workers": [{k: w.get(k) for k in ("role", "pid", "node", "alive", "memory_bytes", "cpu_percent",
+                                                   "restarts")} for w in mine],
+                "restarts": dict(runtime.restarts) if runtime else {"main": 0, "pool": 0},
+                "objects": sum(1 for e in self.registry.entries.values() if e.env == name),
+                "runs_in_flight": self.runs.in_flight(name),
+                "calls_last_minute": calls,
+                "errors_last_minute": errors,
+            })
+        node_infos = []
+        for node in nodes:
+            on_node = [w for w in workers if w["node"] == node.ip and w["alive"]]
+            node_infos.append({**node.to_dict(), "workers": len(on_node),
+                               "worker_memory_bytes": sum(w.get("memory_bytes", 0) for w in on_node)})
         return {
             "version": __version__,
             "pid": os.getpid(),
             "python": sys.version.split()[0],
+            "started_at": self.started_at,
             "uptime_s": time.time() - self.started_at,
-            "envs": [
-                {**spec.to_dict(), "env_vars": sorted(dict(spec.env_vars)), "running": name in self.envs,
-                 "nodes": sorted({w["node"] for w in workers if w["env"] == name and w["alive"]})}
-                for name, spec in self.registry.envs.items()
-            ],
+            "envs": envs,
             "objects": [{"name": e.name, "kind": e.kind, "env": e.env} for e in self.registry.entries.values()],
             "workers": workers,
-            "nodes": [node.to_dict() for node in nodes],
+            "nodes": node_infos,
             "autostop": self.idle.describe(),
+            "runs": {"recording": self.runs.enabled, "in_flight": len(self.runs.running),
+                     "kept": len(self.runs.finished), "max_count": self.runs.max_count,
+                     "max_bytes": self.runs.max_bytes},
         }
+
+
+def _is_failure(result: Reply | BaseException) -> bool:
+    return isinstance(result, BaseException) or result.kind == protocol.ERROR
+
+
+def _ended_by(failure: Reply | BaseException) -> tuple[str, str]:
+    """The status and error text of a run that ended with ``failure``: an ERROR reply (what user code raised,
+    with its traceback) or an exception the daemon saw (a crashed worker, a timeout)."""
+    if isinstance(failure, Reply):
+        info = protocol.decode_meta(failure.payload)
+        status = CANCELLED if info.get("type") == CallCancelledError.__name__ else FAILED
+        return status, info.get("traceback") or f"{info.get('type')}: {info.get('message')}"
+    if isinstance(failure, WorkerCrashedError):
+        return CRASHED, str(failure)
+    if isinstance(failure, (CallTimeoutError, CallCancelledError)):
+        return CANCELLED, str(failure)
+    return FAILED, f"{type(failure).__name__}: {failure}"
+
+
+def _prefixed(index: int, data: bytes) -> bytes:
+    """Output of map item ``index``, each line starting with ``[index]``."""
+    tag = f"[{index}] ".encode()
+    return b"".join(tag + line for line in data.splitlines(keepends=True))
 
 
 async def _finished(task: asyncio.Task[Reply], timeout: float | None) -> None:
