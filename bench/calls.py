@@ -17,7 +17,9 @@ What is measured, for a trivial ``add(a, b)`` deployed by import path from ``ben
 3. a 100 MiB numpy argument and a 100 MiB numpy return, in MB/s (MB = 10^6 bytes), through shared memory
    as on this machine; and the argument in the HTTP request body, as from another host;
 4. cold deploy to first result (a function never deployed before) and re-deploy of unchanged code;
-5. daemon start until ready (``runhouse.resources.clusters.local_daemon.start``).
+5. daemon start until ready (``runhouse.resources.clusters.local_daemon.start``);
+6. what recording every call as a run costs: p50 and throughput again on a daemon started with ``RH_RUNS=0``
+   (no runs recorded), shown as a baseline of 1. (ratio = ours with runs / ours without).
 
 Baselines: a raw TCP ping-pong between two processes (the floor), a bare uvicorn (uvloop + httptools) ASGI
 app called with the same kind of client as ours, and a Ray actor when ``ray`` is importable.
@@ -291,6 +293,31 @@ def bench_ours(rh, daemon, cfg: Config, R: Results, started: list[int], state: P
 
 
 # --- baselines --------------------------------------------------------------------------------------------
+def bench_runs_off(rh, daemon, cfg: Config, R: Results, started: list[int]) -> None:
+    """p50 and throughput of a daemon that records no runs (``RH_RUNS=0``), beside section 1's (runs on)."""
+    port = C.free_port()
+    started.append(port)
+    os.environ["RH_RUNS"] = "0"
+    try:
+        daemon.start(port)
+    finally:
+        del os.environ["RH_RUNS"]
+    cluster = rh.cluster(name="bench-runs-off", host="localhost", server_port=port)
+    add = rh.function(_funcs.add).to(cluster)
+    assert cluster.status()["runs"]["recording"] is False
+    lat = C.latencies(lambda: add(1, 2, stream_logs=False), cfg.calls, cfg.warmup)
+    print(f"  runs off, stream_logs=False: {C.lat_summary(lat)}")
+    rate, errors = C.throughput(lambda: (lambda: add(1, 2, stream_logs=False)), cfg.threads, cfg.seconds)
+    print(rate_line(cfg, rate, errors))
+    p50_off = C.median(lat) * 1e3
+    R.baseline("p50", "runs off (RH_RUNS=0)", p50_off)
+    R.baseline("tput", "runs off (RH_RUNS=0)", rate)
+    on_p50, on_rate = R.metrics["p50"].ours, R.metrics["tput"].ours
+    if on_p50 is not None and on_rate is not None:
+        print(f"  runs on / off: p50 {on_p50:.3f} / {p50_off:.3f} ms = {on_p50 / p50_off:.2f}; "
+              f"throughput {on_rate:,.0f} / {rate:,.0f} calls/s = {on_rate / rate:.2f}")
+
+
 def bench_tcp(cfg: Config, R: Results, procs: C.Processes, big) -> None:
     port = C.free_port()
     proc = procs.spawn(f"serve_tcp({port})", "tcp")
@@ -444,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: bench_daemon_start(rh, daemon, cfg, R, started))
         C.section(R.failures, "1-4. ours: a daemon of our own",
                   lambda: bench_ours(rh, daemon, cfg, R, started, state, big))
+        C.section(R.failures, "6. ours with run recording off (RH_RUNS=0)",
+                  lambda: bench_runs_off(rh, daemon, cfg, R, started))
         C.section(R.failures, "a. baseline: raw TCP between two processes", lambda: bench_tcp(cfg, R, procs, big))
         C.section(R.failures, "b. baseline: bare uvicorn (uvloop, httptools), runhouse's keep-alive client",
                 lambda: bench_uvicorn(cfg, R, procs, big))

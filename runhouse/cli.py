@@ -6,9 +6,10 @@ a runhouse error: every command prints it on stderr and exits with code 1, never
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -151,43 +152,102 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-@command()
-def status(
-    name: str | None = typer.Argument(None, help="A saved cluster (default: the daemon on this machine)."),
-    port: int | None = PortOption,
-) -> None:
-    """Show a daemon's envs, objects and workers (and an on-demand cluster's machines)."""
+@contextlib.contextmanager
+def _daemon_of(name: str | None, port: int | None) -> Iterator[Any]:
+    """The saved cluster ``name``, or the daemon on this machine for no name or ``here``."""
     from runhouse.resources.clusters import DirectCluster, cluster
 
-    if name is not None:
+    if name is not None and name != "here":
         with cluster(name=name) as saved:
-            info = saved.status()
-        if "state" in info:
-            console.print(f"[bold]{name}[/bold]: machines {info['state'] or 'not launched'} {' '.join(info['ips'])}")
-        if "pid" not in info:
-            return
+            yield saved
     else:
-        port = _port(port)
-        with DirectCluster(name="here", host="localhost", server_port=port) as here:
-            info = here.status()
-    where = f"cluster {name}" if name else f"127.0.0.1:{port}"
+        with DirectCluster(name="here", host="localhost", server_port=_port(port)) as here:
+            yield here
+
+
+def _autostop_text(autostop: dict[str, Any]) -> str:
+    minutes = autostop.get("minutes")
+    if minutes is None or minutes < 0:
+        return "autostop off"
+    return f"autostop after {minutes:g} min idle (idle {autostop.get('idle_s', 0):.0f} s)"
+
+
+@command()
+def status(
+    name: str | None = typer.Argument(None, help="A saved cluster, or 'here' (default: the daemon on this machine)."),
+    port: int | None = PortOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Show a daemon's envs (workers, runs, calls), objects, workers and nodes (and an on-demand cluster's
+    machines)."""
+    import json
+
+    with _daemon_of(name, port) as target:
+        info = target.status()
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    if "state" in info:
+        console.print(f"[bold]{name}[/bold]: machines {info['state'] or 'not launched'} {' '.join(info['ips'])}")
+    if "pid" not in info:
+        return
+    where = f"cluster {name}" if name not in (None, "here") else f"127.0.0.1:{_port(port)}"
+    runs = info.get("runs", {})
     console.print(
         f"[bold]runhouse daemon[/bold] {info['version']} on {where}, pid {info['pid']}, "
-        f"Python {info['python']}, up {info['uptime_s']:.0f} s"
+        f"Python {info['python']}, up {info['uptime_s']:.0f} s, {_autostop_text(info.get('autostop', {}))}, "
+        f"runs {'recorded' if runs.get('recording') else 'not recorded'} ({runs.get('in_flight', 0)} in flight, "
+        f"{runs.get('kept', 0)} kept)",
+        highlight=False,
     )
-    envs = Table("env", "reqs", "env vars", "running", title="Envs")
+    envs = Table("env", "reqs", "env vars", "running", "workers", "objects", "in flight", "calls/min", "errors/min",
+                 "restarts", title="Envs")
     for env in info["envs"]:
-        envs.add_row(env["name"], ", ".join(env["reqs"]) or "-", ", ".join(env["env_vars"]) or "-", str(env["running"]))
+        restarts = env.get("restarts", {})
+        envs.add_row(env["name"], ", ".join(env["reqs"]) or "-", ", ".join(env["env_vars"]) or "-",
+                     str(env["running"]), str(len(env.get("workers", []))), str(env.get("objects", 0)),
+                     str(env.get("runs_in_flight", 0)), str(env.get("calls_last_minute", 0)),
+                     str(env.get("errors_last_minute", 0)), str(sum(restarts.values())))
     objects = Table("name", "kind", "env", title="Objects")
     for obj in info["objects"]:
         objects.add_row(obj["name"], obj["kind"], obj["env"])
-    workers = Table("env", "role", "pid", "memory", "in flight", "uptime", title="Workers")
+    workers = Table("env", "role", "node", "pid", "RSS", "CPU %", "in flight", "restarts", "uptime", title="Workers")
     for w in info["workers"]:
         workers.add_row(
-            w["env"], w["role"], str(w["pid"]), _mib(w["memory_bytes"]), str(w["inflight"]), f"{w['uptime_s']:.0f} s"
+            w["env"], w["role"], str(w.get("node") or "-"), str(w["pid"]), _mib(w["memory_bytes"]),
+            f"{w.get('cpu_percent', 0.0):.0f}", str(w["inflight"]), str(w.get("restarts", 0)), f"{w['uptime_s']:.0f} s"
         )
-    for table in (envs, objects, workers):
+    tables = [envs, objects, workers]
+    if len(info.get("nodes", [])) > 1:
+        nodes = Table("node", "ip", "alive", "CPUs", "GPUs", "workers", "worker RSS", title="Nodes")
+        for node in info["nodes"]:
+            nodes.add_row(str(node["index"]), node["ip"], str(node["alive"]), f"{node['cpus']:g}", f"{node['gpus']:g}",
+                          str(node.get("workers", 0)), _mib(node.get("worker_memory_bytes", 0)))
+        tables.append(nodes)
+    for table in tables:
         console.print(table)
+
+
+@command()
+def logs(
+    name: str | None = typer.Argument(None, help="A saved cluster, or 'here' (default: the daemon on this machine)."),
+    run_id: str | None = typer.Argument(None, help="A run (default: the latest, of --name when given)."),
+    fn: str | None = typer.Option(None, "--name", help="The latest run of this function, instance or run name."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing a running run's output until it ends."),
+    port: int | None = PortOption,
+) -> None:
+    """Print a run's output (stdout, stderr and logging): RUN_ID's, else the latest run (of --name)."""
+    with _daemon_of(name, port) as target:
+        if run_id is None:
+            latest = target.runs(name=fn, limit=1)
+            if not latest:
+                _fail(f"no runs{f' of {fn!r}' if fn else ''} are kept on {name or 'this machine'}")
+            run_id = latest[0]["id"]
+        if not follow:
+            print(target.logs(run_id), end="")
+            return
+        for text in target.follow_logs(run_id):
+            print(text, end="", flush=True)
 
 
 @command("down")
