@@ -509,12 +509,13 @@ class Cluster(Resource, Closeable):
         env: Env | str | None = None,
         stream_logs: bool = True,
         timeout: float = CALL_READ_TIMEOUT_S,
+        run_name: str | None = None,
     ) -> list[tuple[int, str, str]]:
         """Run shell commands on the cluster, one after another; returns ``[(returncode, stdout, stderr)]``.
 
-        ``timeout`` bounds the wait for all of them (seconds).
+        ``timeout`` bounds the wait for all of them (seconds); they are one run, named ``run_name`` when given.
         """
-        return self._run(commands, env, stream_logs, False, timeout)
+        return self._run(commands, env, stream_logs, False, timeout, run_name)
 
     def run_python(
         self,
@@ -522,17 +523,20 @@ class Cluster(Resource, Closeable):
         env: Env | str | None = None,
         stream_logs: bool = True,
         timeout: float = CALL_READ_TIMEOUT_S,
+        run_name: str | None = None,
     ) -> list[tuple[int, str, str]]:
-        """Run Python source lines (as one program) in an env's interpreter."""
+        """Run Python source lines (as one program) in an env's interpreter (one run, named ``run_name``)."""
         source = lines if isinstance(lines, str) else "\n".join(lines)
-        return self._run([source], env, stream_logs, True, timeout)
+        return self._run([source], env, stream_logs, True, timeout, run_name)
 
     def _run(
-        self, commands: str | Sequence[str], env: Env | str | None, stream_logs: bool, python: bool, timeout: float
+        self, commands: str | Sequence[str], env: Env | str | None, stream_logs: bool, python: bool, timeout: float,
+        run_name: str | None = None,
     ) -> list[tuple[int, str, str]]:
         self._ensure_up()
         cmds = [commands] if isinstance(commands, str) else list(commands)
-        meta = {"cmds": cmds, "env": self._env_name(env), "stream_logs": stream_logs, "python": python}
+        meta = {"cmds": cmds, "env": self._env_name(env), "stream_logs": stream_logs, "python": python,
+                "run_name": run_name}
         on_log = print_log(self.name or self.host) if stream_logs else None
         results = self._control(Op.RUN, meta, on_log=on_log, timeout=timeout)
         return [tuple(r) for r in results]
