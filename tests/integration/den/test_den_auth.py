@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 import runhouse as rh
-from runhouse.errors import ConfigError
 from runhouse.daemon_files import DaemonFiles
+from runhouse.errors import ConfigError
 from runhouse.resources.clusters import local_daemon
 from runhouse.rns.den_client import den_client
 from runhouse.server.den_auth import ACCESS_TTL_S, HEARTBEAT_INTERVAL_ENV
