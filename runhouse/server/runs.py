@@ -111,7 +111,9 @@ class _Stored:
     segment: int = 0
     offset: int = 0
     length: int = 0
-    line: bytes = b""  # until written
+    output: bytes | None = None  # until written
+    line: bytes = b""  # made by the writer (off the event loop), until its place is recorded
+    dropped: bool = False  # dropped by the count bound before it was written: the writer skips it
 
 
 class _Window:
@@ -212,10 +214,7 @@ class RunStore:
             self.on_finish(run)
         if not self.enabled:
             return
-        summary = run.summary()
-        output, _ = run.output_since(0)
-        line = json.dumps({**summary, "output": output.decode("utf-8", "replace")}).encode() + b"\n"
-        stored = _Stored(summary, line=line)
+        stored = _Stored(run.summary(), output=run.output_since(0)[0])
         self.finished[run.id] = stored
         self._unwritten.append(stored)
         while len(self.finished) > self.max_count:
@@ -257,6 +256,8 @@ class RunStore:
         return {"run": stored.summary, "output": data[start:].decode("utf-8", "replace"), "offset": end}
 
     def _record(self, stored: _Stored) -> dict[str, Any] | None:
+        if stored.output is not None:
+            return {**stored.summary, "output": stored.output.decode("utf-8", "replace")}
         if stored.line:
             return json.loads(stored.line)
         try:
@@ -296,6 +297,11 @@ class RunStore:
         placed, file = [], None
         try:
             for stored in batch:
+                if stored.dropped or stored.output is None:
+                    placed.append((0, 0))
+                    continue
+                output = stored.output.decode("utf-8", "replace")
+                stored.line = json.dumps({**stored.summary, "output": output}).encode() + b"\n"
                 if file is None or size >= self.segment_bytes:
                     if file is not None:
                         file.close()
@@ -315,10 +321,12 @@ class RunStore:
     def _placed(self, batch: list[_Stored], placed: list[tuple[int, int]]) -> None:
         """Record where ``batch`` was written (on the loop), then drop the oldest beyond the bounds."""
         for stored, (number, offset) in zip(batch, placed, strict=True):
+            if not number:
+                continue
             segment = self._segments.setdefault(number, [0, 0])
             segment[0] = offset + len(stored.line)
             stored.segment, stored.offset, stored.length = number, offset, len(stored.line)
-            stored.line = b""
+            stored.line, stored.output = b"", None
             if stored.summary["id"] in self.finished:
                 segment[1] += 1
         self._enforce_bounds()
@@ -333,10 +341,9 @@ class RunStore:
 
     def _forget(self, run_id: str) -> None:
         stored = self.finished.pop(run_id)
+        stored.dropped = True
         if stored.segment in self._segments:
             self._segments[stored.segment][1] -= 1
-        elif stored in self._unwritten:
-            self._unwritten.remove(stored)
 
     def _load(self) -> None:
         """Read back the runs a previous daemon wrote."""
