@@ -61,7 +61,7 @@ _METRICS_TYPE = CONTENT_TYPE.encode()
 
 # What a Den token's user needs on the cluster for each control operation (calls need read); any other
 # operation needs write, and Op.DEN_AUTH the daemon's own token.
-_READ_OPS = frozenset({Op.GET, Op.GETATTR, Op.READY, Op.KEYS, Op.STATUS, Op.MAP})
+_READ_OPS = frozenset({Op.GET, Op.GETATTR, Op.READY, Op.KEYS, Op.STATUS, Op.MAP, Op.RUNS, Op.LOGS})
 _READ_PATHS = frozenset(protocol.control_path(op) for op in _READ_OPS)
 _OWNER_PATH = protocol.control_path(Op.DEN_AUTH)
 

@@ -121,6 +121,9 @@ def test_read_access_lets_a_user_call_but_not_deploy_run_or_put(den: DenServer, 
     box.cluster.share([bob.name], access_level="read")
     assert box.call(bob.token, 1, 2).json() == {"result": 3}
     assert box.control(bob.token, "status", "{}").status_code == 200
+    runs = box.control(bob.token, "runs", "{}")  # who ran what: readers see it
+    assert runs.status_code == 200, runs.text
+    assert any(run["caller"] == bob.name for run in runs.json()["result"]), runs.text
     for op, meta in [("run", '{"cmds": ["touch /tmp/owned"]}'), ("put", '{"key": "k"}'),
                      ("delete", '{"keys": ["k"]}'), ("autostop", '{"minutes": 1}'),
                      ("env", '{"env": {"name": "e"}}')]:
