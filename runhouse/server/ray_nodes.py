@@ -179,13 +179,18 @@ def start_node(
     command = [str(Path(sys.executable).with_name("ray")), "start", f"--node-ip-address={node_ip}",
                f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     if head:
-        command += ["--head", f"--port={port}", "--include-dashboard=false"]
+        # No autoscaler monitor: the nodes are the machines the cluster names, and the monitor would serve its
+        # metrics over HTTP on 0.0.0.0 without any credential once prometheus_client is importable.
+        command += ["--head", f"--port={port}", "--include-dashboard=false", "--no-monitor"]
     else:
         command += [f"--address={address}"]
     for key, value in (options or {}).items():
         command.append(f"{RESOURCE_FLAGS[key]}={json.dumps(value) if key == 'resources' else value}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(ray_environment())
+    # No metrics exporter: with prometheus_client importable (the daemon's /metrics uses it) each node's agent
+    # would serve Ray's metrics over HTTP on 0.0.0.0 without any credential.
+    env["RAY_enable_metrics_collection"] = "0"
     # ``ray start`` runs as the leader of a new session: every process it leaves running is in its process group.
     proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
