@@ -7,6 +7,7 @@ As root, PostgreSQL runs as the ``postgres`` user (it refuses to run as root).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -188,6 +189,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'den.sqlite'}"
     return str(request.getfixturevalue("postgres_server").new_database())
+
+
+@contextlib.contextmanager
+def sqlite_den_in(folder: Path) -> Iterator[DenServer]:
+    """A running Den on a SQLite file in ``folder``, stopped on leaving (for tests of the client's side, or that
+    stop Den themselves)."""
+    server = DenServer(f"sqlite:///{folder / 'den.sqlite'}").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -18,18 +18,15 @@ from runhouse.resources.clusters import local_daemon
 from runhouse.server.den_auth import HEARTBEAT_INTERVAL_ENV
 from tests.conftest import free_port
 from tests.integration import funcs
-from tests.integration.den.conftest import DenServer, DenUser, assert_error, put
+from tests.integration.den.conftest import DenServer, DenUser, assert_error, put, sqlite_den_in
 
 WAIT_S = 20.0
 
 
 @pytest.fixture
 def sqlite_den(tmp_path: Path) -> Iterator[DenServer]:
-    server = DenServer(f"sqlite:///{tmp_path / 'den.sqlite'}").start()
-    try:
+    with sqlite_den_in(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from runhouse.rns.den_client import den_client
 from runhouse.server.den_auth import ACCESS_TTL_S, HEARTBEAT_INTERVAL_ENV
 from tests.conftest import free_port
 from tests.integration import funcs
-from tests.integration.den.conftest import DenServer, DenUser
+from tests.integration.den.conftest import DenServer, DenUser, sqlite_den_in
 
 HTTP_TIMEOUT_S = 30.0
 
@@ -36,11 +36,8 @@ HTTP_TIMEOUT_S = 30.0
 @pytest.fixture
 def den(tmp_path: Path) -> Iterator[DenServer]:
     """A Den of the test's own on SQLite (tests stop it to see the daemon without Den)."""
-    server = DenServer(f"sqlite:///{tmp_path / 'den.sqlite'}").start()
-    try:
+    with sqlite_den_in(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass

@@ -22,7 +22,7 @@ import runhouse as rh
 from runhouse.config import configs
 from runhouse.errors import ObjectNotFoundError
 from tests.integration import funcs
-from tests.integration.den.conftest import DenServer, DenUser
+from tests.integration.den.conftest import DenServer, DenUser, sqlite_den_in
 
 RUNHOUSE = [sys.executable, "-m", "runhouse.cli"]
 
@@ -30,11 +30,8 @@ RUNHOUSE = [sys.executable, "-m", "runhouse.cli"]
 @pytest.fixture(scope="module")
 def den(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DenServer]:
     """One Den on SQLite: what these tests look at is the client's side, the same on either database."""
-    server = DenServer(f"sqlite:///{tmp_path_factory.mktemp('den') / 'den.sqlite'}").start()
-    try:
+    with sqlite_den_in(tmp_path_factory.mktemp("den")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def run_python(code: str, env: dict[str, str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
