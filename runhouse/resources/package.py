@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from runhouse.errors import DataNotFoundError, PackageError
 from runhouse.resources.resource import Resource
+from runhouse.rns.local_store import repo_relative, repo_root
 
 if TYPE_CHECKING:
     from runhouse.resources.clusters.base import Cluster
@@ -84,11 +85,20 @@ class Package(Resource):
         return {"kind": "local", "target": there, "version": tree_hash(folder, files)}
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "kind": self.kind, "install_target": self.install_target}
+        """The package's config; a local folder inside a git repo is named relative to the repo's root
+        (``in_repo``), read against the reader's checkout, never as a folder of the author's machine."""
+        config = {**super().config(), "kind": self.kind, "install_target": self.install_target}
+        relative = repo_relative(Path(self.install_target)) if self.kind == "local" else None
+        if relative is not None:
+            config.update(install_target=relative, in_repo=True)
+        return config
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], dryrun: bool) -> Package:
-        return cls(config["install_target"], kind=config["kind"], name=config.get("name"))
+        target = config["install_target"]
+        if config.get("in_repo"):
+            target = str(repo_root() / target)
+        return cls(target, kind=config["kind"], name=config.get("name"))
 
     def __repr__(self) -> str:
         named = f" {self.rns_address or self.name!r}" if self.name else ""

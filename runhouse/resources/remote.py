@@ -24,7 +24,7 @@ from runhouse.protocol import DEFAULT_ENV, LogSink, Op
 from runhouse.resources.clusters.base import print_log
 from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
-from runhouse.rns.local_store import repo_root
+from runhouse.rns.local_store import repo_relative, repo_root
 from runhouse.transport.client import CALL_READ_TIMEOUT_S, Response, answer_wait
 
 if TYPE_CHECKING:
@@ -223,10 +223,8 @@ def _portable(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     root = (spec or {}).get("root")
     if not spec or not root or spec.get("root_in_repo") or not Path(root).is_absolute():
         return spec
-    repo = repo_root(Path(root))
-    if not (repo / ".git").exists():
-        return spec
-    return {**spec, "root": Path(root).relative_to(repo).as_posix(), "root_in_repo": True}
+    relative = repo_relative(Path(root))
+    return spec if relative is None else {**spec, "root": relative, "root_in_repo": True}
 
 
 def code_from_spec(spec: dict[str, Any]) -> Any:

@@ -39,6 +39,15 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
+def repo_relative(path: Path) -> str | None:
+    """``path`` (absolute) relative to the root of the git repo holding it, as a config keeps it so that it
+    names no folder of the author's machine; None outside a git repo."""
+    repo = repo_root(path)
+    if not (repo / ".git").exists():
+        return None
+    return path.resolve().relative_to(repo).as_posix()
+
+
 def rns_root(start: Path | None = None) -> Path:
     return repo_root(start) / RNS_DIR
 

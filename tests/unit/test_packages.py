@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import runhouse as rh
@@ -68,3 +70,17 @@ def test_env_reqs_split_into_requirements_and_local_packages(tmp_path):
     assert [p.install_target for p in env.packages] == [str(tmp_path)]
     assert rh.Env.from_config(env.config()) == env
     assert rh.env(reqs=["numpy"]).name != env.name
+
+
+def test_a_local_package_in_a_git_repo_is_saved_relative_to_the_repo(tmp_path, monkeypatch):
+    import subprocess
+
+    for checkout in ("alice", "bob"):  # the author's checkout and a reader's clone of the same repo
+        (tmp_path / checkout / "libs" / "pkg").mkdir(parents=True)
+        (tmp_path / checkout / "libs" / "pkg" / "pyproject.toml").write_text("[project]\nname = 'pkg'\n")
+        subprocess.run(["git", "init", "-q", str(tmp_path / checkout)], check=True)
+    config = rh.package(tmp_path / "alice" / "libs" / "pkg").config()
+    assert (config["install_target"], config["in_repo"]) == ("libs/pkg", True)
+    assert str(tmp_path) not in json.dumps(config)
+    monkeypatch.chdir(tmp_path / "bob")
+    assert rh.Package.from_config(config).install_target == str((tmp_path / "bob" / "libs" / "pkg").resolve())
