@@ -47,6 +47,8 @@ CALL_METHOD = "call"
 DEFAULT_BIND_HOST = "127.0.0.1"
 # The env that code runs in when none is named; it runs in the daemon's own interpreter.
 DEFAULT_ENV = "default"
+# What makes a folder a Python package to install (the client checks it before shipping, the daemon again).
+PACKAGE_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
 
 
 class Op:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runhouse.errors import DataNotFoundError, PackageError
+from runhouse.protocol import PACKAGE_FILES
 from runhouse.resources.resource import Resource
 from runhouse.rns.local_store import repo_relative, repo_root
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from runhouse.resources.env import Env
 
 KINDS = ("local", "git", "pip")
-PACKAGE_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
 # git@host:org/repo.git[@ref], the scp-like form git itself takes (pip needs it as git+ssh://git@host/org/repo.git)
 _SCP_GIT = re.compile(r"^(?P<user>[\w.-]+)@(?P<host>[\w.-]+):(?P<path>[^/@][^@]*?\.git)(?:@(?P<ref>[^@]+))?$")
 _URL = re.compile(r"^(https?|ssh|file)://", re.IGNORECASE)

@@ -32,7 +32,7 @@ from typing import Any
 
 from runhouse.errors import BadRequestError, EnvCreationError
 from runhouse.paths import envs_dir, write_atomic
-from runhouse.protocol import object_name_problem
+from runhouse.protocol import PACKAGE_FILES, object_name_problem
 from runhouse.server.backend import Role, Slot, WorkerBackend, WorkerHandle
 
 _READY_MARKER = ".rh-ready"
@@ -207,9 +207,6 @@ def _checked_compute(compute: Any) -> tuple[tuple[str, float], ...]:
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < float("inf"):
             raise BadRequestError(f"compute[{name!r}] must be a positive number, not {amount!r}")
     return tuple(sorted((name, float(amount)) for name, amount in compute.items()))
-
-
-PACKAGE_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
 
 
 @dataclass(frozen=True)

@@ -636,17 +636,22 @@ class Runtime:
                 await self._delete_env(key)
                 deleted.append(key)
                 continue
-            entry = self.registry.entries.pop(key, None)
-            running = self._running_refs.pop(key, None)
-            if running is not None:  # nobody can get its result any more: stop the call
-                running.cancel()
-            if self._failed_refs.pop(key, None) is not None and entry is None:
+            entry, failed = self._forget(key)
+            if entry is not None or failed:
                 deleted.append(key)
             if entry is not None:
-                deleted.append(key)
                 await self._drop_from_workers(entry)
         self.registry.save()
         return deleted
+
+    def _forget(self, key: str) -> tuple[Entry | None, bool]:
+        """Forget ``key``: its registry entry, its running ``.remote()`` call (cancelled: nobody can get its result
+        any more) and its kept failure; returns the entry and whether a failure was kept."""
+        entry = self.registry.entries.pop(key, None)
+        running = self._running_refs.pop(key, None)
+        if running is not None:
+            running.cancel()
+        return entry, self._failed_refs.pop(key, None) is not None
 
     async def _delete_env(self, name: str) -> None:
         if name == DEFAULT_ENV:
@@ -656,10 +661,7 @@ class Runtime:
             if runtime is not None:
                 await runtime.stop()
             for key in [k for k, e in self.registry.entries.items() if e.env == name]:
-                del self.registry.entries[key]
-                running = self._running_refs.pop(key, None)
-                if running is not None:
-                    running.cancel()
+                self._forget(key)
             del self.registry.envs[name]
             self.registry.save()
 

@@ -343,8 +343,9 @@ class Cluster(Resource, Closeable):
 
     def _report_launch(self) -> None:
         """Tell Den who brought the cluster up, from where (for a cluster saved in Den; never failing)."""
-        address = self.rns_address
-        if not address or not address.startswith("/"):
+        try:
+            address = self._den_address()
+        except ConfigError:
             return
         import getpass
         import socket
