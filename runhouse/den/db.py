@@ -24,6 +24,9 @@ Tables::
     cluster_launches id, address, user, origin (user@host of the client), time; index (address, time)
     cluster_heartbeats address (PK), time, status (JSON): a cluster's last heartbeat
     cluster_usage    (address, user, hour) PK, calls: requests per caller per hour, from heartbeats
+    web_sessions     id_hash (PK: SHA-256 hex of the cookie's session id), token_id -> tokens (cascade: a revoked
+                     token ends its sessions), token_ciphertext (the token, sealed with the server key),
+                     created_at, expires_at (indexed): the web UI's sign-ins
 
 Times are naive UTC. Users and orgs share one namespace of owners (``/<owner>/...``), whose names are unique
 regardless of case (the ``owners`` table's key), so no owner can match another's addresses where a database
@@ -275,6 +278,17 @@ class ClusterUsage(Base):
     calls: Mapped[int] = mapped_column(BigInteger)
 
 
+class WebSession(Base):
+    """A sign-in to the web UI (:mod:`runhouse.den.ui`): the cookie holds only the random session id."""
+
+    __tablename__ = "web_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    token_ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: ``apply`` brings version ``version - 1`` to ``version``."""
@@ -363,6 +377,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "audit log by owner and by user in time order; shares by user", _audit_by_owner),
     Migration(5, "clusters: heartbeat keys, launches, last heartbeat, usage per user and hour",
               _create_tables("cluster_keys", "cluster_launches", "cluster_heartbeats", "cluster_usage")),
+    Migration(6, "web UI sessions", _create_tables("web_sessions")),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
