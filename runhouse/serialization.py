@@ -33,10 +33,11 @@ import mmap
 import os
 import pickle
 import struct
+import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import cloudpickle
@@ -336,6 +337,38 @@ def deserialize(data: Buffer, persistent_load: PersistentLoad | None = None) -> 
         raise
     except Exception as exc:
         raise SerializationError(f"cannot deserialize value: {type(exc).__name__}: {exc}") from exc
+
+
+def code_versions() -> dict[str, str]:
+    """What code sent by value needs to be rebuilt as it was: the same Python (major.minor: bytecode changes
+    between them) and the same cloudpickle (it supports loading only what its own version wrote)."""
+    return {"python": f"{sys.version_info.major}.{sys.version_info.minor}", "cloudpickle": cloudpickle.__version__}
+
+
+def load_code(payload: Buffer, made_with: Mapping[str, Any], what: str) -> Any:
+    """Rebuild code sent by value (cloudpickled) as ``what``, after checking it was written by this Python and
+    cloudpickle (``made_with`` holds :func:`code_versions` of the writer; a record without them is tried as is).
+
+    Raises:
+        SerializationError: the versions differ, or unpickling failed (a module it refers to is missing here);
+            the message says which and what to do.
+    """
+    here = code_versions()
+    differ = [f"{key} {made_with[key]} (here {version})" for key, version in here.items()
+              if made_with.get(key, version) != version]
+    if differ:
+        raise SerializationError(
+            f"cannot rebuild {what}: it was sent by value (cloudpickled, as code written in a notebook or "
+            f"__main__ is) with {' and '.join(differ)}, and such code only loads with the same versions; use the "
+            f"same versions here, or define the code in a module of your repo so it is imported by path")
+    try:
+        return pickle.loads(payload)
+    except ImportError as exc:
+        raise SerializationError(
+            f"cannot rebuild {what}: it refers to the module {exc.name!r}, which cannot be imported here "
+            f"(install it in the env, e.g. reqs=[...], or ship it with your repo)") from exc
+    except Exception as exc:
+        raise SerializationError(f"cannot rebuild {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def pack_exception(exc: BaseException) -> dict[str, Any]:

@@ -99,7 +99,9 @@ def get(ref: Ref | Any, timeout: float | None = None) -> Any:
 
 
 def describe_code(obj: Any) -> tuple[dict[str, Any], bytes, str]:
-    """How a worker re-creates ``obj``: by import path, or by value (cloudpickle) for ``__main__`` code.
+    """How a worker re-creates ``obj``: by import path, or by value (cloudpickle) for code written in a
+    notebook or ``__main__`` (with the globals it uses, as they are now), recording the Python and cloudpickle
+    versions it needs.
 
     Returns:
         ``(spec, payload, version)``; ``payload`` is empty for code imported by path, and ``version``
@@ -111,7 +113,7 @@ def describe_code(obj: Any) -> tuple[dict[str, Any], bytes, str]:
     source = getattr(module, "__file__", None)
     if module_name == "__main__" or "<locals>" in qualname or module is None or source is None:
         payload = cloudpickle.dumps(obj)
-        spec = {"module": module_name, "qualname": qualname, "pickled": True}
+        spec = {"module": module_name, "qualname": qualname, "pickled": True, **serialization.code_versions()}
         return spec, payload, hashlib.sha256(payload).hexdigest()[:20]
     path = Path(source).resolve()
     if path.name == "__init__.py":
@@ -229,9 +231,14 @@ def _portable(spec: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def code_from_spec(spec: dict[str, Any]) -> Any:
     """The code a config recorded: unpickled when it was sent by value, else imported by path (a root relative
-    to a repo is read against the current checkout's root)."""
+    to a repo is read against the current checkout's root).
+
+    Raises:
+        SerializationError: code sent by value was written by another Python or cloudpickle version, or
+            refers to a module missing here.
+    """
     if spec.get("pickled"):
-        return cloudpickle.loads(base64.b64decode(spec["payload"]))
+        return serialization.load_code(base64.b64decode(spec["payload"]), spec, repr(spec.get("qualname")))
     try:
         obj: Any = importlib.import_module(spec["module"])
     except ImportError:

@@ -21,7 +21,6 @@ import inspect
 import io
 import json
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -376,7 +375,7 @@ class Worker:
     def op_deploy(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
         spec = meta["spec"]
         if payload:
-            obj = pickle.loads(payload)  # code from __main__, cloudpickled by value
+            obj = serialization.load_code(payload, spec, repr(meta["name"]))  # notebook/__main__ code, by value
         else:
             root = spec.get("root")
             if root and root not in sys.path:
