@@ -74,22 +74,24 @@ def login(
     """Log in to Den: check the token, save it with Den's URL and the user name in ``~/.rh/config.yaml``.
 
     Afterwards bare names save to the user's Den folder (``@/...``); ``~/...`` still saves locally.
-    ``rh.login()`` with no token asks for what is missing when there is a terminal (``interactive``, by
-    default whether stdin is one) and offers to upload or download config defaults and secrets (upload: the
-    credentials found on this machine; download: stored ones, never replacing local files). With ``RH_TOKEN``
-    set and no ``token=``, that token is checked and nothing is written: the environment is the login.
+    ``rh.login()`` with no token asks for what is missing when someone can answer (``interactive``, by
+    default: stdin is a terminal, or this runs in a Jupyter or Colab kernel whose page takes input, where the
+    token goes in a password box) and offers to upload or download config defaults and secrets (upload: the
+    credentials found on this machine; download: stored ones, never replacing local files). Given a token
+    (``rh.login(token=..., den_url=...)``: notebooks, scripts), it never asks anything. With ``RH_TOKEN`` set
+    and no ``token=``, that token is checked and nothing is written: the environment is the login.
 
     Returns:
         The user name.
 
     Raises:
-        ConfigError: a token or Den's URL is missing and there is no terminal to ask on (the message says
-            how to pass them).
+        ConfigError: a token or Den's URL is missing and nobody can be asked (no terminal; a kernel run
+            headless, by nbclient or papermill); the message says how to pass them.
         AuthenticationError: Den does not know the token.
     """
     env_token = os.environ.get("RH_TOKEN")
     if interactive is None:
-        interactive = not (token or env_token) and sys.stdin is not None and sys.stdin.isatty()
+        interactive = not (token or env_token) and _can_ask()
     url = den_url or configs.get("den_url")
     if not url and interactive:
         url = input("Den URL (e.g. http://den.example.com:32400): ").strip()
@@ -106,7 +108,8 @@ def login(
         token = getpass.getpass("Den token: ").strip()
     if not token:
         raise ConfigError(
-            "rh.login needs a token and there is no terminal to ask for one: call rh.login(token=..., "
+            "rh.login needs a token and nobody can be asked for one here (no terminal, or a notebook run "
+            "headless): call rh.login(token=..., "
             "den_url=...), run `runhouse login` in a terminal, or set RH_TOKEN in the environment "
             "(an administrator makes tokens with `runhouse den user add NAME`)")
     user = check_token(url, token)["name"]
@@ -130,6 +133,17 @@ def login(
         configs.upload_defaults()
     _sync_secrets(upload_secrets, download_secrets)
     return user
+
+
+def _can_ask() -> bool:
+    """Whether questions reach a person: in a Jupyter or Colab kernel, when the page running the cell takes
+    input (headless runners such as nbclient do not, and there ``input()`` would fail); elsewhere, when stdin
+    is a terminal."""
+    ipython = sys.modules.get("IPython")
+    kernel = getattr(ipython.get_ipython(), "kernel", None) if ipython is not None else None
+    if kernel is not None:
+        return bool(getattr(kernel, "_allow_stdin", False))
+    return sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
 
 
 def _sync_secrets(upload: bool, download: bool) -> None:

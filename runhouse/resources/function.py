@@ -28,8 +28,14 @@ class Function(remote.Deployable):
 
     @property
     def fn(self) -> Callable | None:
-        """The local function, when this process has it."""
-        return self.code
+        """The function itself, runnable here: the one given, or rebuilt from the saved config of a loaded one
+        (None for a handle from ``cluster.get``).
+
+        Raises:
+            SerializationError: it was sent by value (written in a notebook) by another Python or cloudpickle
+                version, or needs a module missing here.
+        """
+        return self._rebuilt_code()
 
     @property
     def is_async(self) -> bool:

@@ -48,8 +48,9 @@ class RemoteClass(remote.Deployable):
 
     @property
     def cls(self) -> type | None:
-        """The local class, when this process has it."""
-        return self.code
+        """The class itself: the one given, or rebuilt from the saved config of a loaded one (None for a
+        handle from ``cluster.get``; raises SerializationError like :attr:`Function.fn`)."""
+        return self._rebuilt_code()
 
     def __call__(self, *args: Any, name: str | None = None, **kwargs: Any) -> RemoteInstance:
         """Create an instance on the cluster, named ``name`` (generated when omitted); returns its handle."""

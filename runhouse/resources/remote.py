@@ -150,6 +150,10 @@ class Deployable(Resource):
         stub.system, stub.env, stub.info = system, env, info
         return stub
 
+    def _rebuilt_code(self) -> Any:
+        """The code here: the one given, else rebuilt from a loaded config (None for a bare handle)."""
+        return self._local_code() if self.code is None and self.code_spec is not None else self.code
+
     def _local_code(self) -> Any:
         if self.code is None and self.code_spec is not None:
             self.code = code_from_spec(self.code_spec)
