@@ -8,24 +8,22 @@ workers a ``map`` spreads over. Workers are local processes unless another backe
 worker was lost with its node is run again on another worker (at most ``MAP_NODE_RETRIES`` times).
 
 The registry records, for every name, how to re-create the object: a function or class by import path (or
-cloudpickled code), a stateful instance by its class and serialized init args. It is persisted atomically,
-so a restarted daemon brings everything back. Workers load what a call needs on demand, keyed by version:
-a restarted worker, a pool worker and a daemon that restarted all catch up the same way, lazily.
+cloudpickled code), a stateful instance by its class and serialized init args. Every change to it is
+journaled as it is made (:mod:`runhouse.server.registry`), so a restarted daemon brings everything back.
+Workers load what a call needs on demand, keyed by version: a restarted worker, a pool worker and a daemon
+that restarted all catch up the same way, lazily.
 Plain values (``put``, results of ``.remote()``) live only in their env's main worker and are lost with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import signal
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,6 @@ from runhouse.errors import (
     ObjectNotFoundError,
     WorkerCrashedError,
 )
-from runhouse.paths import write_atomic
 from runhouse.protocol import DEFAULT_ENV, LogSink, WorkerOp
 from runhouse.serialization import sweep_shm, unpack_exception
 from runhouse.server.autostop import IdleTimer
@@ -46,10 +43,10 @@ from runhouse.server.backend import Reply, WorkerBackend, WorkerHandle
 from runhouse.server.channel import LocalBackend
 from runhouse.server.envs import EnvRuntime, EnvSpec, PackageInstall, ensure_python, install_packages
 from runhouse.server.metrics import DaemonMetrics
+from runhouse.server.registry import CLASS, FUNCTION, INSTANCE, VALUE, Entry, Registry
 from runhouse.server.runs import CALL, CANCELLED, COMMAND, CRASHED, DONE, FAILED, MAP, Run, RunStore
 from runhouse.version import __version__
 
-FUNCTION, CLASS, INSTANCE, VALUE = "function", "class", "instance", "value"
 SHM_SWEEP_INTERVAL_S = 60.0
 # After a command exits, how long to wait for the rest of its output.
 _PIPE_DRAIN_S = 1.0
@@ -57,63 +54,6 @@ _PIPE_DRAIN_S = 1.0
 MAP_NODE_RETRIES = 3
 # The most of a command a run records as its method (the whole command is in its output's context).
 _COMMAND_SHOWN = 200
-
-
-@dataclass
-class Entry:
-    """One named object on the daemon."""
-
-    name: str
-    env: str
-    kind: str
-    spec: dict[str, Any] = field(default_factory=dict)
-    payload: bytes = b""  # cloudpickled code, or serialized init args of an instance
-    version: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["payload"] = base64.b64encode(self.payload).decode()
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Entry:
-        return cls(**{**data, "payload": base64.b64decode(data["payload"])})
-
-
-class Registry:
-    """Envs and named objects, persisted (without plain values) to one JSON file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.envs: dict[str, EnvSpec] = {DEFAULT_ENV: EnvSpec(DEFAULT_ENV)}
-        self.entries: dict[str, Entry] = {}
-        if path.exists():
-            data = json.loads(path.read_text())
-            for env in data.get("envs", []):
-                try:
-                    spec = EnvSpec.from_dict(env)
-                except BadRequestError as exc:  # kept by an older daemon that did not check specs
-                    print(f"runhouse daemon: dropped a saved env that is not valid ({exc})", file=sys.stderr)
-                    continue
-                self.envs[spec.name] = spec
-            for item in data.get("entries", []):
-                entry = Entry.from_json(item)
-                if entry.env in self.envs:
-                    self.entries[entry.name] = entry
-
-    def save(self) -> None:
-        data = {
-            "envs": [s.to_dict() for s in self.envs.values()],
-            "entries": [e.to_json() for e in self.entries.values() if e.kind != VALUE],
-        }
-        write_atomic(self.path, json.dumps(data))
-
-    def entry(self, name: str) -> Entry:
-        try:
-            return self.entries[name]
-        except KeyError:
-            raise ObjectNotFoundError(f"no object named {name!r} on this cluster") from None
 
 
 def raise_for_reply(reply: Reply) -> Reply:
@@ -178,6 +118,7 @@ class Runtime:
         await asyncio.gather(*(env.stop() for env in self.envs.values()))
         await self.backend.stop()
         self.runs.close()
+        self.registry.close()
 
     async def env_runtime(self, name: str, progress: Callable[[str], None] | None = None) -> EnvRuntime:
         runtime = self.envs.get(name)
@@ -216,8 +157,7 @@ class Runtime:
             runtime.on_main_exit = self._forget_values
             runtime.on_worker_exit = self.metrics.worker_exited
             self.envs[spec.name] = runtime
-            self.registry.envs[spec.name] = spec
-            self.registry.save()
+            self.registry.set_env(spec)
         return spec.to_dict()
 
     async def install(
@@ -244,7 +184,7 @@ class Runtime:
 
     def _forget_values(self, env: EnvRuntime) -> None:
         for name in [n for n, e in self.registry.entries.items() if e.env == env.spec.name and e.kind == VALUE]:
-            del self.registry.entries[name]
+            self.registry.remove(name)
 
     # --- loading objects into workers ----------------------------------------------------------------
     async def _load(self, worker: WorkerHandle, entry: Entry) -> None:
@@ -283,8 +223,7 @@ class Runtime:
         worker.loaded[name] = version
         if current is not None and current.env != env:
             await self._drop_from_workers(current)
-        self.registry.entries[name] = entry
-        self.registry.save()
+        self.registry.set(entry)
         return reply
 
     async def instantiate(
@@ -314,8 +253,7 @@ class Runtime:
         entry = Entry(name, cls.env, INSTANCE, spec, bytes(payload), uuid.uuid4().hex)
         entry.info = reply.meta["info"]
         worker.loaded[name] = entry.version
-        self.registry.entries[name] = entry
-        self.registry.save()
+        self.registry.set(entry)
         return reply
 
     # --- calls ---------------------------------------------------------------------------------------
@@ -394,7 +332,7 @@ class Runtime:
         recorded = self._recorded(run, self._with_timeout(request, timeout, name))
         if not remote:
             return await recorded
-        self.registry.entries[key] = Entry(key, entry.env, VALUE)
+        self.registry.set(Entry(key, entry.env, VALUE))
         task = asyncio.get_running_loop().create_task(self._run_for_ref(key, recorded))
         self._running_refs[key] = task
         return Reply(protocol.RESULT, {"stored": key, "run": run.id}, memoryview(b""))
@@ -576,9 +514,7 @@ class Runtime:
         raise_for_reply(await worker.request({"op": WorkerOp.PUT, "key": key}, [payload]))
         if current is not None and current.env != env:
             await self._drop_from_workers(current)
-        self.registry.entries[key] = Entry(key, env, VALUE)
-        if current is not None and current.kind != VALUE:
-            self.registry.save()
+        self.registry.set(Entry(key, env, VALUE))
 
     async def get(self, key: str, shm: bool = False, timeout: float | None = None) -> tuple[Entry, Reply | None]:
         """A stored value (its serialized bytes), or only the entry for functions, classes and instances.
@@ -641,13 +577,12 @@ class Runtime:
                 deleted.append(key)
             if entry is not None:
                 await self._drop_from_workers(entry)
-        self.registry.save()
         return deleted
 
     def _forget(self, key: str) -> tuple[Entry | None, bool]:
         """Forget ``key``: its registry entry, its running ``.remote()`` call (cancelled: nobody can get its result
         any more) and its kept failure; returns the entry and whether a failure was kept."""
-        entry = self.registry.entries.pop(key, None)
+        entry = self.registry.remove(key)
         running = self._running_refs.pop(key, None)
         if running is not None:
             running.cancel()
@@ -662,8 +597,7 @@ class Runtime:
                 await runtime.stop()
             for key in [k for k, e in self.registry.entries.items() if e.env == name]:
                 self._forget(key)
-            del self.registry.envs[name]
-            self.registry.save()
+            self.registry.remove_env(name)
 
     async def _drop_from_workers(self, entry: Entry) -> None:
         runtime = self.envs.get(entry.env)
