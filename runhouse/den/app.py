@@ -36,7 +36,7 @@ from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runhouse.den import DEFAULT_HOST, DEFAULT_PORT, api, auth
+from runhouse.den import DEFAULT_HOST, DEFAULT_PORT, api, auth, ui
 from runhouse.den.access import GROWING_READS_AT_ONCE, is_admin, run_as_caller
 from runhouse.den.api.schemas import Health
 from runhouse.den.crypto import SecretBox
@@ -56,7 +56,7 @@ _TYPE_BY_STATUS = {
 }
 
 ADMIN_PREFIX = f"{api.router.prefix}/admin/"
-ROUTERS: tuple[APIRouter, ...] = (api.router,)
+ROUTERS: tuple[APIRouter, ...] = (api.router, ui.router)
 """The routers :func:`create_app` includes, side by side; a web UI router joins the API here."""
 
 # The bearer scheme, for the OpenAPI schema only: the access check reads the header itself (a FastAPI
