@@ -298,6 +298,28 @@ def ssh(name: str = typer.Argument(..., help="Name of a saved SSH cluster.")) ->
     raise typer.Exit(box.ssh())
 
 
+@command("notebook")
+def notebook(
+    name: str = typer.Argument(..., help="A saved cluster, or 'here' (this machine's daemon, on $RH_SERVER_PORT)."),
+    port: int = typer.Option(8888, "--port", min=1, max=65535, help="Local port to open JupyterLab at."),
+    env: str | None = typer.Option(None, help="The env whose interpreter runs JupyterLab (default: the cluster's)."),
+) -> None:
+    """Start JupyterLab on a cluster and open it here (the URL with its token is printed); Ctrl-C stops it."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # A closed terminal (SIGHUP) or `kill` (SIGTERM) stops JupyterLab on the cluster as Ctrl-C does.
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+    with _daemon_of(name, None) as target:
+        server = target.notebook(port_forward=port, env=env)
+        console.print("Ctrl-C stops JupyterLab and the tunnel")
+        server.wait()
+    console.print(f"JupyterLab on {name} stopped")
+
+
 @command("ls")
 def ls(folder: str = typer.Argument(None, help="Folder to list (default: the current folder, e.g. ~).")) -> None:
     """List saved resources with their type and last-saved time, here (local) and in Den when logged in."""

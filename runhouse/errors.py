@@ -27,6 +27,8 @@
     │   ├── SSHTimeoutError (TimeoutError)         an SSH step ran past its timeout
     │   └── HostGroupError             a command failed on some hosts of a group (carries every host's outcome)
     ├── DaemonStartError               the daemon did not come up (carries the last log lines)
+    ├── NotebookError                  JupyterLab on a cluster did not start or answer (carries the last log lines)
+    ├── PortInUseError (OSError)       a port needed here is taken by another process (carries the port)
     ├── EnvCreationError               an env's packages could not be installed
     ├── WorkerCrashedError             the worker process running a call died (carries exit code / signal)
     │   └── NodeLostError              ... with the node it ran on (a multi-node cluster's machine stopped answering)
@@ -201,6 +203,23 @@ class DaemonStartError(RunhouseError):
     def __init__(self, message: str, log_tail: str = "") -> None:
         super().__init__(f"{message}\n--- last lines of the daemon log ---\n{log_tail}" if log_tail else message)
         self.log_tail = log_tail
+
+
+class NotebookError(RunhouseError):
+    """JupyterLab did not start on the cluster, or did not answer through its tunnel; ``log_tail`` holds the end
+    of its log."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(f"{message}\n--- last lines of JupyterLab's log ---\n{log_tail}" if log_tail else message)
+        self.log_tail = log_tail
+
+
+class PortInUseError(RunhouseError, OSError):
+    """A port this machine needs to listen on (a tunnel's local end, a local server) is taken; ``port`` names it."""
+
+    def __init__(self, message: str, port: int) -> None:
+        super().__init__(message)
+        self.port = port
 
 
 class EnvCreationError(RunhouseError):

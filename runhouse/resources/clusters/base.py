@@ -48,6 +48,7 @@ from runhouse.errors import ClusterUnreachableError, ConfigError, RunhouseError
 from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
 from runhouse.protocol import DEFAULT_ENV, LogSink, Op
+from runhouse.resources.clusters.notebook import DEFAULT_NOTEBOOK_PORT
 from runhouse.resources.env import Env, Requirement
 from runhouse.resources.package import packages_from
 from runhouse.resources.resource import Resource
@@ -59,8 +60,10 @@ from runhouse.transport.client import (
     answer_wait,
     health,
 )
+from runhouse.transport.direct import DirectCalls
 
 if TYPE_CHECKING:
+    from runhouse.resources.clusters.notebook import NotebookServer
     from runhouse.resources.data.base import DataSystem
 
 CONTROL_TIMEOUT_S = 60.0
@@ -136,6 +139,7 @@ class Cluster(Resource, Closeable):
             raise TypeError(f"default_env is an rh.env(...) or an env's name, not {default_env!r}")
         self.default_env = default_env  # the env every call, put and command uses unless told otherwise
         self._client: DaemonClient | None = None
+        self._direct: DirectCalls | None = None
         self._envs_ready: dict[str, dict] = {}  # env name -> spec known to exist on the daemon
         self._checked_up = False
 
@@ -203,6 +207,8 @@ class Cluster(Resource, Closeable):
         if self._client is not None:
             self._client.close()
         self._client = None
+        if self._direct is not None:
+            self._direct.close()
         self._checked_up = False
         self._envs_ready.clear()
 
@@ -218,6 +224,16 @@ class Cluster(Resource, Closeable):
         from runhouse.serialization import shm_available
 
         return self.is_local and shm_available()
+
+    @property
+    def direct_calls(self) -> DirectCalls | None:
+        """Calls straight to env workers, for a daemon on this machine whose own token this client holds (None:
+        every call goes through the daemon); see :mod:`runhouse.transport.direct`."""
+        if self._direct is None and self.shares_memory:
+            token = self._token or self._read_token()
+            if token:
+                self._direct = DirectCalls(token)
+        return self._direct
 
     @property
     def client(self) -> DaemonClient:
@@ -375,6 +391,42 @@ class Cluster(Resource, Closeable):
             f"{self.name or self.host} is reached directly at {self.host}:{self.server_port}, not over SSH, so there "
             f"is no tunnel to open: connect to {self.host}:{remote_port or self.server_port} itself"
         )
+
+    def notebook(
+        self,
+        port_forward: int = DEFAULT_NOTEBOOK_PORT,
+        env: Env | str | None = None,
+        persist: bool = False,
+        sync_package_on_close: str | None = None,
+    ) -> NotebookServer:
+        """Start JupyterLab on the cluster and open it here at ``http://127.0.0.1:{port_forward}`` (the URL with its
+        token is printed); installs JupyterLab into ``env``'s interpreter (the cluster's ``default_env``) when it
+        lacks it. Use as a context manager: leaving the block stops JupyterLab, its kernels and the tunnel;
+        ``.wait()`` blocks until Ctrl-C, then does the same (as ``runhouse notebook CLUSTER`` does).
+
+        JupyterLab binds 127.0.0.1 on the cluster with a new random token; an SSH cluster forwards it through its
+        SSH connection, a daemon on this machine runs it on ``port_forward`` itself. ``persist=True`` and
+        ``sync_package_on_close`` (Runhouse's other arguments) are refused with a ValueError saying what to do.
+
+        Example::
+
+            with gpu.notebook(port_forward=8888) as nb:
+                print(nb.url)   # open it in a browser; the kernels run on gpu
+
+        Raises:
+            PortInUseError: ``port_forward`` is taken here.
+            NotebookError: JupyterLab did not start or answer (carries the end of its log).
+            ClusterUnreachableError: a daemon on another machine reached without SSH (nothing to forward through).
+        """
+        from runhouse.resources.clusters.notebook import LocalHost, start_notebook
+
+        if not self.is_local:
+            raise ClusterUnreachableError(
+                f"{self.name or self.host} is reached directly at {self.host}:{self.server_port}, not over SSH, so "
+                "JupyterLab's port there cannot be forwarded here: use it as an SSH cluster (rh.cluster(ips=..., "
+                "ssh_creds=...)), or run `runhouse notebook here` on that machine"
+            )
+        return start_notebook(self, LocalHost(), port_forward, env, persist, sync_package_on_close)
 
     def teardown(self) -> None:
         """Stop the daemon and its workers, then close the connections (also when stopping failed)."""
