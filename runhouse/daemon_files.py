@@ -8,7 +8,8 @@ derive every path from :class:`DaemonFiles`, so the layout is spelled once::
         pid              the running daemon's pid
         daemon.log       its output
         launch.json      how it was last started (bound address, TLS), for restarting it the same way
-        registry.json    its envs (with their env var values) and named objects
+        registry.json    its envs (with their env var values) and named objects; registry.journal: the
+                         changes since (runhouse.server.registry)
         runs/            its runs and their output, bounded (see runhouse.server.runs)
         den_auth.json    Den's URL, the cluster's Den address and its heartbeat key, when Den auth is on
         tls/cert.pem     the certificate it serves HTTPS with (``--tls``); clients pin it

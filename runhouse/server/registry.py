@@ -9,7 +9,7 @@ A change (an env or an entry set or dropped) is one line appended to the journal
 (``fdatasync``) before the call that made it answers: saving costs the size of the change, not of the
 registry. Loading reads the snapshot and replays the journal; a line whose checksum does not match (a daemon
 killed in the middle of an append, or a damaged disk) is skipped. The journal is folded into a new snapshot
-when the registry is loaded with a non-empty journal, and while the daemon runs once the journal outgrows
+when the registry is loaded with a non-empty journal (or without a snapshot yet), at a clean stop, and while the daemon runs once the journal outgrows
 ``max(JOURNAL_SLACK * snapshot, JOURNAL_MIN_BYTES)``, so each change is written a bounded number of times
 (amortized O(change)). Records set or drop by name, so replaying a journal over a snapshot that already holds
 it (a crash between writing the snapshot and emptying the journal) gives the same registry.
@@ -81,7 +81,7 @@ class Registry:
         self._journal_bytes = 0
         self._load()
         self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
-        if self._journal_bytes:
+        if self._journal_bytes or not self.path.exists():
             self.compact()
 
     # --- reading -------------------------------------------------------------------------------------
