@@ -152,12 +152,14 @@ async def folder(path: str, request: Request) -> Response:
     """A folder's entries the user can read."""
     def render(caller: Caller, visit: Visit) -> Response:
         listing = service.list_folder(caller, _address(path))
-        shares = caller.shares
+        owner = listing["folder"].split("/")[1]
+        # Write access to the folder is write access to all in it; otherwise each entry has its own.
+        whole = queries.access_label(caller, listing["folder"], False) == "write"
         for entry in listing["entries"]:
-            entry["owner"] = entry["address"].split("/")[1]
+            entry["owner"] = owner
             # Shown without access of its own: a public resource, or a folder with something readable inside.
-            entry["access"] = queries.access_label(caller, entry["address"], entry["kind"] == "resource",
-                                                   shares) or "partial"
+            entry["access"] = "write" if whole else queries.access_label(
+                caller, entry["address"], entry["kind"] == "resource") or "partial"
         return user_page("folder.html", caller, visit, section="folders", folder=listing["folder"],
                          entries=listing["entries"])
 

@@ -16,7 +16,6 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -51,10 +50,8 @@ MAX_FIELD_LENGTH = 1024
 
 
 def _when(value: str | None) -> str:
-    """An ISO time as ``2026-12-02 03:10:05 UTC``."""
-    if not value:
-        return "never"
-    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A stored time in ISO 8601 (``2026-12-02T03:10:05.123456+00:00``, always UTC) as ``2026-12-02 03:10:05 UTC``."""
+    return f"{value[:10]} {value[11:19]} UTC" if value else "never"
 
 
 def href(address: str) -> str:
