@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/den.py           # about a minute and a half on 2 cores
+    .venv/bin/python bench/den.py           # about two minutes on 2 cores
     .venv/bin/python bench/den.py --quick   # smoke run, fewer resources and shorter windows
 
 For each backend, Den runs as ``runhouse den serve --port P --db URL`` in a process of its own (exactly what
@@ -12,19 +12,29 @@ added straight to the database with :func:`runhouse.den.auth.add_user`, and the 
 temporary folder on a free loopback port, started as the integration tests start it (``initdb`` + ``pg_ctl``
 as the ``postgres`` user when root, ``fsync=off``); it is skipped, with a note, when its binaries are missing.
 
+Before anything is measured, each database gets the scale of a busy team's Den, written straight into its
+tables in bulk (SQLAlchemy Core ``executemany``, seconds, not 100,000 HTTP requests): 1,000 users (each with
+a token) and 100,000 resources with one version each, 100 under each other user's ``/<user>/fns``, each of
+those folders shared (read) with the bench user.
+
 What is measured, per backend:
 
 1. save latency p50/p99: 1,000 distinct resources, each a small function-like config (~400 bytes), saved
    one after the other (each save creates the resource: version 1);
 2. load latency p50/p99: the same 1,000 loaded back in a shuffled order (and checked equal to what was saved);
-3. throughput of 32 client threads for 5 s doing loads, then 90% loads / 10% saves (a save is a new version
+   then loads of resources others shared with the bench user (the ACL check: a share on a folder above);
+3. a folder listing of 1,000 entries (``GET /v1/folders/bench/fns``, the JSON API), p50/p99; and the web
+   UI's folder page through ``bench/_den_pages.py`` when that file is there;
+4. throughput of 32 client threads for 5 s doing loads, then 90% loads / 10% saves (a save is a new version
    of a random one of the 1,000), with the count of failed requests and the latency under load;
-4. for scale: ``GET /health`` on Den (no token; one small SELECT), and the same client against a bare
+5. for scale: ``GET /health`` on Den (no token; one small SELECT), and the same client against a bare
    uvicorn app answering ``/health`` (the floor of client + HTTP on loopback).
 
 ``RH_CONFIG_DIR`` points to a new temporary folder, and every process started here (Den servers, the bare
 uvicorn, PostgreSQL) is stopped in ``finally`` blocks. Figures are printed, never asserted; the final table
-shows each one beside its target (load p50 < 3 ms; 32 clients with zero errors).
+shows each one beside its target (load p50 < 3 ms, folder of 1,000 < 20 ms, 32 clients with zero errors)
+and beside the figures before the Speed II work (issue 20, one run of this script at 24c1e26 with 1,000
+resources and one user).
 """
 
 from __future__ import annotations
@@ -55,21 +65,38 @@ from tests.support.postgres import PostgresServer, postgres_bin, postgres_unavai
 
 USER = "bench"
 LOAD_P50_TARGET_MS = 3.0
+FOLDER_P50_TARGET_MS = 20.0
+# The figures before the Speed II work (issue 20): one full run of this script at 24c1e26 on the 2-core
+# machine, with 1,000 resources and one user in the database (no scale), as (sqlite, postgres).
+BEFORE: dict[str, tuple[float, float]] = {
+    "save_p50": (4.58, 7.10), "save_p99": (14.5, 24.2), "load_p50": (2.52, 3.23), "load_p99": (6.01, 13.2),
+    "load_cpu": (1.45, 1.90), "tput_load": (508, 333), "err_load": (0, 0), "tput_load_p50": (59.1, 66.9),
+    "tput_mixed": (365, 300), "err_mixed": (0, 0), "tput_mixed_p99": (180, 221), "health_p50": (2.45, 3.37),
+}
 MAX_ERRORS_PER_THREAD = 1000  # a thread that fails this often stops (the server is likely gone)
 
 
 @dataclass(frozen=True)
 class Config:
-    resources: int = 1000
+    resources: int = 1000  # saved, loaded and listed by the bench user (one folder)
     warmup: int = 50
     threads: int = 32
     seconds: float = 5.0
     save_share: float = 0.10  # of the mixed run
     health_calls: int = 1000
+    users: int = 1000  # in the database, the bench user included
+    scale_resources: int = 100_000  # in the database in all, the bench user's included
+    folder_lists: int = 100
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(resources=100, warmup=10, threads=32, seconds=1.0, health_calls=200)
+        return cls(resources=100, warmup=10, threads=32, seconds=1.0, health_calls=200, users=20,
+                   scale_resources=2000, folder_lists=20)
+
+    @property
+    def per_user(self) -> int:
+        """Resources under each other user's folder, so the database holds ``scale_resources`` or a few more."""
+        return -(-(self.scale_resources - self.resources) // max(1, self.users - 1))
 
 
 # --- results ---------------------------------------------------------------------------------------------
@@ -93,6 +120,11 @@ class Results:
             "load_p50": Row(f"load p50 ({n:,} resources)", "ms", f"< {LOAD_P50_TARGET_MS:g} ms",
                             lambda v: v < LOAD_P50_TARGET_MS),
             "load_p99": Row("load p99", "ms"),
+            "shared_p50": Row(f"load p50, shared with the caller ({n:,})", "ms", f"< {LOAD_P50_TARGET_MS:g} ms",
+                              lambda v: v < LOAD_P50_TARGET_MS),
+            "folder_p50": Row(f"folder listing p50 ({n:,} entries, JSON API)", "ms",
+                              f"< {FOLDER_P50_TARGET_MS:g} ms", lambda v: v < FOLDER_P50_TARGET_MS),
+            "folder_p99": Row("folder listing p99", "ms"),
             "load_cpu": Row("Den server CPU per load (user + system)", "ms"),
             "tput_load": Row(f"loads/s, {t} client threads", "calls/s"),
             "err_load": Row(f"failed requests, {t} threads, loads", "errors", "0", lambda v: v == 0),
@@ -110,6 +142,12 @@ class Results:
         row = self.rows[key]
         row.values[backend] = value
         verdict = "" if row.check is None else f"   target {row.target}: {'ok' if row.check(value) else 'MISS'}"
+        if row.check is not None and row.unit == "ms":
+            verdict += f" ({value / float(row.target.split()[1]):.2f}x the target)"
+        before = BEFORE.get(key)
+        if before is not None:
+            old = before[self.BACKENDS.index(backend)]
+            verdict += f"   before: {fmt(old, row.unit)}" + (f" ({value / old:.2f}x)" if old else "")
         print(f"  {row.label:<48} {fmt(value, row.unit):>14}{verdict}", flush=True)
 
     def table(self) -> None:
@@ -117,14 +155,18 @@ class Results:
         from rich.table import Table
 
         console = Console(width=None if sys.stdout.isatty() else 132)
-        table = Table(title="Den: figures vs targets (client: DenClient in another process)", show_lines=False)
+        table = Table(title="Den: figures vs targets and before (client: DenClient in another process)",
+                      show_lines=False)
         table.add_column("metric")
         for backend in self.BACKENDS:
             table.add_column(backend, justify="right")
+            table.add_column("before", justify="right")
         table.add_column("target", justify="right")
         table.add_column("met", justify="center")
-        for row in self.rows.values():
-            cells = [fmt(row.values.get(b), row.unit) for b in self.BACKENDS]
+        for key, row in self.rows.items():
+            before = BEFORE.get(key)
+            cells = [cell for i, b in enumerate(self.BACKENDS) for cell in
+                     (fmt(row.values.get(b), row.unit), fmt(before[i], row.unit) if before else "-")]
             if row.check is None:
                 met = "-"
             else:
@@ -133,6 +175,7 @@ class Results:
                 met = " / ".join(verdicts) or "n/a"
             table.add_row(row.label, *cells, row.target, met)
         console.print(table)
+        console.print("before: this script at 24c1e26, before issue 20, with 1,000 resources and one user")
         for label, value in self.floor:
             console.print(f"floor: {label}: {value}")
         for note in self.notes:
@@ -155,20 +198,20 @@ def fmt(value: float | None, unit: str) -> str:
 
 
 # --- what is saved ---------------------------------------------------------------------------------------
-def address(i: int) -> str:
-    return f"/{USER}/fns/fn_{i:05d}"
+def address(i: int, owner: str = USER) -> str:
+    return f"/{owner}/fns/fn_{i:05d}"
 
 
-def function_config(i: int, revision: int = 0) -> dict[str, Any]:
+def function_config(i: int, revision: int = 0, owner: str = USER) -> dict[str, Any]:
     """A small config shaped like a deployed function's (``Function.config()``): about 400 bytes as JSON."""
     return {
-        "name": address(i),
+        "name": address(i, owner),
         "resource_type": "function",
         "resource_subtype": "Function",
         "remote_name": f"fn_{i:05d}",
         "env": {"name": "base", "reqs": ["numpy", "pandas"], "env_vars": {"BENCH": "1"}},
-        "system": f"/{USER}/clusters/gpu-{i % 4}",
-        "code": {"module": "bench_funcs", "qualname": f"fn_{i:05d}", "root": "/home/bench/project",
+        "system": f"/{owner}/clusters/gpu-{i % 4}",
+        "code": {"module": "bench_funcs", "qualname": f"fn_{i:05d}", "root": f"/home/{owner}/project",
                  "code_hash": f"{i:064x}"},
         "info": {"revision": revision},
     }
@@ -184,14 +227,43 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 # --- Den server ------------------------------------------------------------------------------------------
-def add_user(url: str) -> str:
-    """Create the bench user straight in the database (as ``runhouse den user add`` does); its token."""
+def populate(url: str, cfg: Config) -> tuple[str, list[str]]:
+    """The database at Den's scale, written straight into its tables in bulk: the bench user (as ``runhouse
+    den user add`` makes it) and ``cfg.users - 1`` others with a token each, and ``cfg.per_user`` resources
+    (version 1) under each other user's ``/<user>/fns``, that folder shared (read) with the bench user.
+
+    Returns the bench user's token and the addresses of the others' resources.
+    """
+    from sqlalchemy import insert, select
+
     from runhouse.den import auth
-    from runhouse.den.db import Database
+    from runhouse.den.db import Database, Owner, Resource, ResourceVersion, Share, Token, User, owner_key, utcnow
 
     with Database(url) as database:
         database.migrate()
-        return database.run(lambda session: auth.add_user(session, USER))
+        token = database.run(lambda session: auth.add_user(session, USER))
+        names = [f"user{i:04d}" for i in range(cfg.users - 1)]
+        now = utcnow()
+        with database.engine.begin() as conn:
+            bench_id = conn.scalar(select(User.id).where(User.name == USER))
+            if not names:
+                return token, []
+            conn.execute(insert(Owner), [{"key": owner_key(name), "name": name, "kind": "user"} for name in names])
+            conn.execute(insert(User), [{"name": name, "email": None, "created_at": now} for name in names])
+            ids = {name: id_ for name, id_ in conn.execute(select(User.name, User.id).where(User.name != USER))}
+            conn.execute(insert(Token), [{"user_id": ids[name], "token_hash": auth.hash_token(auth.new_token()),
+                                          "created_at": now} for name in names])
+            owned = [(name, j) for name in names for j in range(cfg.per_user)]
+            conn.execute(insert(Resource), [
+                {"address": address(j, name), "owner": name, "resource_type": "function", "public": False,
+                 "current_version": 1, "created_at": now, "updated_at": now} for name, j in owned])
+            resource_ids = {where: id_ for where, id_ in conn.execute(select(Resource.address, Resource.id))}
+            conn.execute(insert(ResourceVersion), [
+                {"resource_id": resource_ids[address(j, name)], "version": 1, "author": name, "created_at": now,
+                 "config": function_config(j, owner=name)} for name, j in owned])
+            conn.execute(insert(Share), [{"address": f"/{name}/fns", "user_id": bench_id, "access_level": "read",
+                                          "granted_by": name, "created_at": now} for name in names])
+    return token, [address(j, name) for name, j in owned]
 
 
 def start_den(procs: C.Processes, url: str, name: str) -> tuple[subprocess.Popen, int]:
@@ -231,13 +303,14 @@ def concurrent(make_client: Callable[[], Any], op: Callable[[Any, random.Random]
 
     Unlike ``_common.throughput``, a failed request is counted (by error type) and the thread goes on, so
     the error count is the number of failed requests in the window. Each thread makes one untimed call to
-    open its connection before all start together.
+    open its connection before all start together; each runs ``seconds`` from there (on a loaded machine
+    the warm-up calls of 32 threads can take longer than a short window).
     """
     barrier = threading.Barrier(threads + 1)
     counts = [0] * threads
     lats: list[list[float]] = [[] for _ in range(threads)]
     errors: list[Counter] = [Counter() for _ in range(threads)]
-    start: list[float] = []
+    starts = [0.0] * threads
     ends = [0.0] * threads
 
     def run(index: int) -> None:
@@ -250,8 +323,9 @@ def concurrent(make_client: Callable[[], Any], op: Callable[[Any, random.Random]
             errors[index][f"warm-up {type(exc).__name__}"] += 1
         try:
             barrier.wait()
-            deadline = start[0] + seconds
             clock = time.perf_counter
+            starts[index] = clock()
+            deadline = starts[index] + seconds
             done = failed = 0
             mine = lats[index]
             while clock() < deadline and failed < MAX_ERRORS_PER_THREAD:
@@ -272,12 +346,10 @@ def concurrent(make_client: Callable[[], Any], op: Callable[[Any, random.Random]
     pool = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
     for t in pool:
         t.start()
-    time.sleep(0.2)  # let every thread open its connection
-    start.append(time.perf_counter())
     barrier.wait()
     for t in pool:
         t.join(seconds + 120)
-    elapsed = max(ends) - start[0] if any(ends) else seconds
+    elapsed = max(ends) - min(starts) if any(ends) else seconds
     return LoadRun(sum(counts), elapsed, sum(errors, Counter()), [x for per in lats for x in per])
 
 
@@ -286,8 +358,9 @@ def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Proc
     from runhouse.rns.den_client import DenClient
 
     t0 = time.perf_counter()
-    token = add_user(url)
-    print(f"  database {url}; user {USER!r} added in {time.perf_counter() - t0:.2f} s")
+    token, shared = populate(url, cfg)
+    print(f"  database {url}: {cfg.users:,} users and {len(shared):,} resources shared with {USER!r} written in "
+          f"{time.perf_counter() - t0:.1f} s (bulk inserts); {cfg.resources:,} more are saved below")
     proc, port = start_den(procs, url, f"den-{backend}")
     den_url = f"http://{C.HOST}:{port}"
     client = DenClient(den_url, token)
@@ -327,6 +400,27 @@ def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Proc
         cpu1 = cpu_seconds(proc.pid)
         if cpu0 is not None and cpu1 is not None:
             R.put(backend, "load_cpu", (cpu1 - cpu0) / n * 1e3)
+
+        if shared:
+            picked = random.Random(11).sample(shared, min(n, len(shared)))
+            print(f"-- load: {len(picked):,} of the {len(shared):,} resources other users shared with {USER!r}")
+            loads, wrong = [0.0] * len(picked), 0
+            for k, where in enumerate(picked):
+                t = clock()
+                got = client.get(where)
+                loads[k] = clock() - t
+                wrong += got["config"]["name"] != where
+            print(f"  {C.lat_summary(loads)}" + (f"; {wrong} configs are not the ones asked for!" if wrong else ""))
+            R.put(backend, "shared_p50", C.median(loads) * 1e3)
+
+        folder = f"/{USER}/fns"
+        print(f"-- folder listing: {folder} ({n:,} entries), {cfg.folder_lists} times (JSON API)")
+        listed = len(client.folder(folder)["entries"])
+        lat = C.latencies(lambda: client.folder(folder), cfg.folder_lists, 3)
+        print(f"  {C.lat_summary(lat)}" + ("" if listed == n else f"; {listed:,} entries listed, not {n:,}!"))
+        R.put(backend, "folder_p50", C.median(lat) * 1e3)
+        R.put(backend, "folder_p99", C.percentile(lat, 99) * 1e3)
+        bench_pages(backend, den_url, token, folder, R)
 
         def make_client() -> DenClient:
             return DenClient(den_url, token)
@@ -368,6 +462,17 @@ def bench_backend(backend: str, url: str, cfg: Config, R: Results, procs: C.Proc
     finally:
         client.close()
         procs.stop(proc)
+
+
+def bench_pages(backend: str, den_url: str, token: str, folder: str, R: Results) -> None:
+    """The web UI's pages, measured by ``bench/_den_pages.py`` (the UI's own bench) where that file exists."""
+    if not (BENCH_DIR / "_den_pages.py").exists():
+        R.notes.append("bench/_den_pages.py is not there: the web UI's folder page was not measured")
+        return
+    import _den_pages
+
+    print(f"-- web UI pages (bench/_den_pages.py): {folder}")
+    _den_pages.bench(backend, den_url, token, folder, R)
 
 
 def bench_floor(cfg: Config, R: Results, procs: C.Processes) -> None:

@@ -196,6 +196,15 @@ def authenticate(session: Session, token: str | None, read_only: bool = False,
                   read_only=read_only)
 
 
+def cached_account(token: str | None, cache: TokenCache) -> Account | None:
+    """The account of ``token`` if ``cache`` knows it (seen within its TTL), without the database; None
+    otherwise, for :func:`authenticate` to decide (and to give the error of a missing or unknown token)."""
+    if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+        return None
+    cached = cache.get(hash_token(token))
+    return cached[0] if cached is not None else None
+
+
 def _unknown_token(token: str) -> AuthenticationError:
     if token.startswith(ADMIN_TOKEN_PREFIX):
         return AuthenticationError(

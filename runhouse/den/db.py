@@ -38,10 +38,17 @@ COMMITTED with row locks where it reads then writes the same row. A read-only re
 ``BEGIN`` on SQLite (readers never wait for the write lock, WAL lets them run beside the writer) and runs in
 autocommit on PostgreSQL (no BEGIN/COMMIT round trips). Audit entries of reads are not written in the read's
 transaction but queued, and a background thread inserts them in batches (:class:`AuditWriter`).
+
+The hottest reads (a resource by name) can skip the session altogether: :meth:`Database.fetch_one` runs one
+Core ``SELECT`` from the event loop, on SQLite right there (local work, shorter than a thread handoff) and
+on PostgreSQL through asyncpg (a pool of its own, prepared statements), so the loop waits on the network
+without blocking and without a thread hop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import threading
@@ -75,10 +82,11 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, QueryableAttribute, Session, mapped_column, sessionmaker
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql import ColumnElement, Select
 
 from runhouse.den import ConflictError
 from runhouse.den.files import den_folder
@@ -97,6 +105,9 @@ _MIGRATION_LOCK_ID = 0x52484445  # "RHDE": PostgreSQL advisory lock held while m
 # Connections for 32 concurrent clients without waiting on the pool; PostgreSQL ones are recycled hourly.
 POOL_SIZE = 32
 POOL_RECYCLE_S = 3600
+# asyncpg (fetch_one on PostgreSQL): how long to wait for a connection, and for the pool to close.
+ASYNC_CONNECT_TIMEOUT_S = 10.0
+ASYNC_CLOSE_TIMEOUT_S = 5.0
 # Queued audit entries are written at least this often, and at once when this many are waiting.
 AUDIT_FLUSH_INTERVAL_S = 0.25
 AUDIT_BATCH = 500
@@ -402,6 +413,27 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
+def _asyncpg_record_class() -> type:
+    """asyncpg's record with its columns as attributes too, as SQLAlchemy's rows have them."""
+    import asyncpg
+
+    class Record(asyncpg.Record):  # type: ignore[misc]
+        __slots__ = ()
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return self[name]
+            except KeyError:
+                raise AttributeError(name) from None
+
+    return Record
+
+
+async def _json_columns(connection: Any) -> None:
+    """JSON columns as Python values, as SQLAlchemy's ``JSON`` type gives them."""
+    await connection.set_type_codec("json", schema="pg_catalog", encoder=json.dumps, decoder=json.loads)
+
+
 class Database(Closeable):
     """Den's database: an engine, sessions, migrations and the one-transaction-per-request runner.
 
@@ -423,13 +455,24 @@ class Database(Closeable):
                 "for PostgreSQL install runhouse[postgres]"
             ) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Read-only connections: a deferred BEGIN on SQLite, autocommit on PostgreSQL.
+        self._read_engine = self.engine.execution_options(
+            **({_READ_ONLY: True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}))
         self._audit: AuditWriter | None = None
         self._audit_lock = threading.Lock()
+        # fetch_one on PostgreSQL: asyncpg's pool, being made or made (a task all first requests wait on), in
+        # the event loop that first needed it; statements compiled for asyncpg.
+        self._async_pool: asyncio.Task[Any] | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._record_class = None if self.is_sqlite else _asyncpg_record_class()
+        self._compiled: dict[Select[Any], tuple[str, Any]] = {}
 
     def _create_engine(self) -> Engine:
         # No pre-ping (a round trip per request): a connection found dead is discarded and the request
         # retried by run().
         if not self.is_sqlite:
+            import asyncpg  # noqa: F401 - fetch_one's driver: missing, it is the same ConfigError as psycopg
+
             return create_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_recycle=POOL_RECYCLE_S)
         path = _sqlite_file(self.url)
         if path is not None and not path.exists():
@@ -504,9 +547,50 @@ class Database(Closeable):
             return
         # The session begins on its first query (a deferred BEGIN on SQLite, nothing in autocommit) and the
         # connection ends it with a rollback on its way back to the pool: there is nothing to commit.
-        options = {_READ_ONLY: True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
-        with self.engine.connect() as conn, self._sessions(bind=conn.execution_options(**options)) as session:
+        with self._read_engine.connect() as conn, self._sessions(bind=conn) as session:
             yield session
+
+    async def fetch_one(self, statement: Select[Any], params: dict[str, Any]) -> Any:
+        """The first row of a read-only ``statement`` (a Core select, built once: it is compiled once per
+        database) with bind ``params``, its columns as attributes, or None; for the hottest reads, which
+        need no session.
+
+        On SQLite it runs right here, in a read-only transaction; on PostgreSQL through asyncpg from the
+        running event loop, retried once on a connection found dead (the database restarted, say), after
+        marking every pooled connection to be opened anew.
+        """
+        if self.is_sqlite:
+            with self._read_engine.connect() as conn:
+                return conn.execute(statement, params).first()
+        sql, compiled = self._compiled.get(statement) or self._compile(statement)
+        values = compiled.construct_params(params)
+        args = [values[name] for name in compiled.positiontup]
+        import asyncpg
+
+        for attempt in (1, 2):
+            pool = await self._pool()
+            try:
+                return await pool.fetchrow(sql, *args, record_class=self._record_class)
+            except (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.InterfaceError,
+                    ConnectionError):
+                if attempt == 2:
+                    raise
+                await pool.expire_connections()
+        raise AssertionError("unreachable")
+
+    def _compile(self, statement: Select[Any]) -> tuple[str, Any]:
+        compiled = statement.compile(dialect=asyncpg_dialect())
+        self._compiled[statement] = entry = (str(compiled), compiled)
+        return entry
+
+    async def _pool(self) -> Any:
+        """asyncpg's pool, made on first use in the running loop (Den serves from one loop), and made again
+        after a failed attempt (the database was down, say)."""
+        loop, task = asyncio.get_running_loop(), self._async_pool
+        if task is None or self._async_loop is not loop or (task.done() and (task.cancelled() or task.exception())):
+            task = loop.create_task(self._create_pool())
+            self._async_loop, self._async_pool = loop, task
+        return await task
 
     def run(self, work: Callable[[Session], T], attempts: int = TRANSACTION_ATTEMPTS, read_only: bool = False) -> T:
         """``work(session)`` in one transaction, retried when it lost a race with a concurrent request or
@@ -538,12 +622,31 @@ class Database(Closeable):
                     self._audit = AuditWriter(self)
         return self._audit
 
+    async def _create_pool(self) -> Any:
+        import asyncpg
+
+        url = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        return await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, init=_json_columns,
+                                         timeout=ASYNC_CONNECT_TIMEOUT_S)
+
     def close(self) -> None:
         """Write queued audit entries, then close every pooled connection."""
         if self._audit is not None:
             self._audit.close()
             self._audit = None
+        self._close_async_pool()
         self.engine.dispose()
+
+    def _close_async_pool(self) -> None:
+        task, loop, self._async_pool, self._async_loop = self._async_pool, self._async_loop, None, None
+        if task is None or loop is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return
+        if loop.is_closed():
+            return  # a closed loop closed the pool's connections with it
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(task.result().close(), loop).result(ASYNC_CLOSE_TIMEOUT_S)
+        else:
+            task.result().terminate()
 
 
 

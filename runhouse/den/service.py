@@ -22,15 +22,27 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, bindparam, delete, func, literal, or_, select
+from sqlalchemy import ColumnElement, Integer, String, bindparam, delete, exists, func, literal, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 from runhouse.den import PayloadTooLargeError, PermissionDeniedError
-from runhouse.den.auth import Admin, Caller, find_user, validate_owner_name
-from runhouse.den.db import AuditEntry, Resource, ResourceVersion, Share, User, UserDefaults, starts_with, utcnow
+from runhouse.den.auth import Account, Admin, Caller, find_user, validate_owner_name
+from runhouse.den.db import (
+    AuditEntry,
+    Database,
+    Membership,
+    Org,
+    Resource,
+    ResourceVersion,
+    Share,
+    User,
+    UserDefaults,
+    starts_with,
+    utcnow,
+)
 from runhouse.errors import BadRequestError, InvalidNameError, ObjectNotFoundError
 from runhouse.rns.names import DEN, Address, parse, parse_folder
 
@@ -213,15 +225,20 @@ def audit(caller: Caller | Admin, action: str, address: Address | str, at_once: 
     """Record who did ``action`` at ``address`` (a user, or the administrator): in the request's transaction,
     or after the request when it is read-only. ``at_once`` entries (a secret read) must be committed before
     the request answers, so such requests run in a write transaction."""
-    text = str(address)
-    entry = {"time": utcnow(), "user": caller.name, "action": action, "address": text,
-             "owner": text[1:].split("/", 1)[0], "detail": detail}
+    entry = audit_entry(caller.name, action, address, **detail)
     if caller.read_only:
         if at_once:
             raise RuntimeError(f"the {action} audit entry must be written with the request: run it read_only=False")
         caller.queued_audit.append(entry)
     else:
         caller.session.add(AuditEntry(**entry))
+
+
+def audit_entry(who: str, action: str, address: Address | str, **detail: Any) -> dict[str, Any]:
+    """The audit entry (``AuditEntry`` column values) of ``who`` doing ``action`` at ``address`` now."""
+    text = str(address)
+    return {"time": utcnow(), "user": who, "action": action, "address": text, "owner": text[1:].split("/", 1)[0],
+            "detail": detail}
 
 
 # ---------------------------------------------------------------------------------------- resources
@@ -296,28 +313,68 @@ def _no_version(resource: Resource, number: int | None) -> ObjectNotFoundError:
     )
 
 
-# Built once: a resource with its current (or a given) version in one query, the hottest read.
+# Built once, the hottest read: a resource with its current (or a given) version, and what the reader
+# may do there (:func:`access` in SQL: a share on the address or a folder above it, a range of the
+# (user_id, address) index; membership of the owner org), in one query.
+_ADDRESS = bindparam("address", type_=String)
+_READER = bindparam("user_id", type_=Integer)
+_SHARED = select(func.max(Share.access_level)).where(  # "write" > "read"
+    Share.user_id == _READER, Share.address >= bindparam("owner_root", type_=String), Share.address <= _ADDRESS,
+    or_(Share.address == _ADDRESS,
+        func.substr(_ADDRESS, 1, func.length(Share.address) + 1) == Share.address + literal("/")),
+).scalar_subquery()
+_MEMBER = exists().where(Membership.user_id == _READER, Membership.org_id == Org.id,
+                         Org.name == bindparam("owner", type_=String))
 _RESOURCE_VERSION = (
     select(Resource.address, Resource.resource_type, Resource.public, Resource.current_version, Resource.created_at,
            Resource.updated_at, ResourceVersion.version, ResourceVersion.author,
-           ResourceVersion.created_at.label("saved_at"), ResourceVersion.config)
+           ResourceVersion.created_at.label("saved_at"), ResourceVersion.config, _SHARED.label("shared"),
+           _MEMBER.label("member"))
     .join(ResourceVersion, ResourceVersion.resource_id == Resource.id)
-    .where(Resource.address == bindparam("address"),
+    .where(Resource.address == _ADDRESS,
            ResourceVersion.version == func.coalesce(bindparam("version", type_=Integer), Resource.current_version))
 )
+
+
+def _read_params(user: Account, address: Address, version: int | None) -> dict[str, Any]:
+    owner = address.parts[0]
+    return {"address": str(address), "version": version, "user_id": user.id, "owner": owner, "owner_root": "/" + owner}
+
+
+def _may_read(user: Account, address: Address, row: Any) -> bool:
+    """Whether ``user`` may read ``row`` (of ``_RESOURCE_VERSION``) at ``address``: :func:`access`, or public."""
+    return address.parts[0] == user.name or bool(row.member) or row.shared is not None or bool(row.public)
+
+
+def _loaded(row: Any) -> dict[str, Any]:
+    return {**_summary(row), "version": row.version, "author": row.author, "saved_at": iso(row.saved_at),
+            "config": row.config}
 
 
 def get_resource(caller: Caller, text: str, version: int | None = None) -> dict[str, Any]:
     """The current version of the resource at ``text``, or version ``version``."""
     address = resource_address(text)
-    row = caller.session.connection().execute(_RESOURCE_VERSION, {"address": str(address), "version": version}).first()
-    _require_read(caller, address, lambda: bool(row.public if row is not None else caller.session.scalar(
-        select(Resource.public).where(Resource.address == str(address)))))
+    row = caller.session.connection().execute(_RESOURCE_VERSION, _read_params(caller.user, address, version)).first()
+    if row is None or not _may_read(caller.user, address, row):
+        _require_read(caller, address, lambda: bool(row.public if row is not None else caller.session.scalar(
+            select(Resource.public).where(Resource.address == str(address)))))
     if row is None:
         raise _no_version(_existing(_find(caller.session, address), address), version)
     audit(caller, "read", address, version=row.version)
-    return {**_summary(row), "version": row.version, "author": row.author, "saved_at": iso(row.saved_at),
-            "config": row.config}
+    return _loaded(row)
+
+
+async def load_resource(database: Database, user: Account, text: str,
+                        version: int | None = None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """:func:`get_resource` without a session, for a caller already authenticated as ``user``: one query
+    (:meth:`Database.fetch_one`, from the event loop). Returns the answer and its audit entry (to queue),
+    or None where that query cannot answer alone (no such resource or version, or no access), for
+    :func:`get_resource` to answer with its error."""
+    address = resource_address(text)
+    row = await database.fetch_one(_RESOURCE_VERSION, _read_params(user, address, version))
+    if row is None or not _may_read(user, address, row):
+        return None
+    return _loaded(row), audit_entry(user.name, "read", address, version=row.version)
 
 
 def list_versions(caller: Caller, text: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
 from runhouse.den import admin, auth, clusters, secret_store, service
-from runhouse.den.access import run_as_admin, run_as_caller, run_as_cluster
+from runhouse.den.access import run_as_admin, run_as_caller, run_as_cluster, run_read
 from runhouse.den.api.schemas import (
     MAX_INT,
     AdminNewToken,
@@ -104,6 +104,60 @@ async def _listing(request: Request, action: Callable[[auth.Caller], dict[str, A
     return await run_as_caller(request, lambda caller: JSONResponse(action(caller)), read_only=True, grows=True)
 
 
+# ------------------------------------------------------------------------------------------ resources
+# First, and the load of a resource first of all: a request's route is found by trying each in turn.
+
+
+@router.get("/resources/{address:address}", response_model=ResourceOut, tags=["resources"])
+async def get_resource(
+    address: str, request: Request, version: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None
+) -> Any:
+    """The current config at ``/address``, or the given version."""
+    text, database = "/" + address, request.app.state.database
+    result = await run_read(request, lambda account: service.load_resource(database, account, text, version),
+                            lambda caller: service.get_resource(caller, text, version))
+    return JSONResponse(result)
+
+
+@router.put("/resources/{address:address}", response_model=ResourceOut, tags=["resources"])
+async def put_resource(address: str, body: ResourcePut, request: Request) -> Any:
+    """Save a config at ``/address``: every put is a new version."""
+    result = await run_as_caller(request, lambda caller: service.put_resource(caller, "/" + address, body.config))
+    return JSONResponse(result)
+
+
+@router.patch("/resources/{address:address}", response_model=ResourceSummary, tags=["resources"])
+async def set_visibility(address: str, body: Visibility, request: Request) -> Any:
+    """Make a resource readable by every logged-in user, or stop that."""
+    result = await run_as_caller(request, lambda caller: service.set_public(caller, "/" + address, body.public))
+    return JSONResponse(result)
+
+
+@router.delete("/resources/{address:address}", response_model=ResourceSummary, tags=["resources"])
+async def delete_resource(address: str, request: Request) -> Any:
+    """Delete a resource and all its versions."""
+    return JSONResponse(await run_as_caller(request, lambda caller: service.delete_resource(caller, "/" + address)))
+
+
+@router.get("/history/{address:address}", response_model=History, tags=["resources"])
+async def history(address: str, request: Request) -> Any:
+    """Every version of a resource: number, author and time."""
+    return await _listing(request, lambda caller: service.list_versions(caller, "/" + address))
+
+
+@router.post("/rollback/{address:address}", response_model=ResourceOut, tags=["resources"])
+async def rollback(address: str, body: Rollback, request: Request) -> Any:
+    """Make an older version current again (saved as a new version)."""
+    result = await run_as_caller(request, lambda caller: service.rollback(caller, "/" + address, body.version))
+    return JSONResponse(result)
+
+
+@router.get("/folders/{address:address}", response_model=FolderListing, tags=["resources"])
+async def list_folder(address: str, request: Request) -> Any:
+    """The direct children of a folder that the caller may read."""
+    return await _listing(request, lambda caller: service.list_folder(caller, "/" + address))
+
+
 # ------------------------------------------------------------------------------------------- accounts
 
 
@@ -152,59 +206,6 @@ async def set_member(org: str, user: str, body: MemberRole, request: Request) ->
 async def remove_member(org: str, user: str, request: Request) -> Any:
     """Remove a member (org admins only; never the last admin)."""
     return JSONResponse(await run_as_caller(request, lambda caller: auth.remove_member(caller, org, user)))
-
-
-# ------------------------------------------------------------------------------------------ resources
-
-
-@router.put("/resources/{address:address}", response_model=ResourceOut, tags=["resources"])
-async def put_resource(address: str, body: ResourcePut, request: Request) -> Any:
-    """Save a config at ``/address``: every put is a new version."""
-    result = await run_as_caller(request, lambda caller: service.put_resource(caller, "/" + address, body.config))
-    return JSONResponse(result)
-
-
-@router.get("/resources/{address:address}", response_model=ResourceOut, tags=["resources"])
-async def get_resource(
-    address: str, request: Request, version: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None
-) -> Any:
-    """The current config at ``/address``, or the given version."""
-    result = await run_as_caller(
-        request, lambda caller: service.get_resource(caller, "/" + address, version), read_only=True
-    )
-    return JSONResponse(result)
-
-
-@router.patch("/resources/{address:address}", response_model=ResourceSummary, tags=["resources"])
-async def set_visibility(address: str, body: Visibility, request: Request) -> Any:
-    """Make a resource readable by every logged-in user, or stop that."""
-    result = await run_as_caller(request, lambda caller: service.set_public(caller, "/" + address, body.public))
-    return JSONResponse(result)
-
-
-@router.delete("/resources/{address:address}", response_model=ResourceSummary, tags=["resources"])
-async def delete_resource(address: str, request: Request) -> Any:
-    """Delete a resource and all its versions."""
-    return JSONResponse(await run_as_caller(request, lambda caller: service.delete_resource(caller, "/" + address)))
-
-
-@router.get("/history/{address:address}", response_model=History, tags=["resources"])
-async def history(address: str, request: Request) -> Any:
-    """Every version of a resource: number, author and time."""
-    return await _listing(request, lambda caller: service.list_versions(caller, "/" + address))
-
-
-@router.post("/rollback/{address:address}", response_model=ResourceOut, tags=["resources"])
-async def rollback(address: str, body: Rollback, request: Request) -> Any:
-    """Make an older version current again (saved as a new version)."""
-    result = await run_as_caller(request, lambda caller: service.rollback(caller, "/" + address, body.version))
-    return JSONResponse(result)
-
-
-@router.get("/folders/{address:address}", response_model=FolderListing, tags=["resources"])
-async def list_folder(address: str, request: Request) -> Any:
-    """The direct children of a folder that the caller may read."""
-    return await _listing(request, lambda caller: service.list_folder(caller, "/" + address))
 
 
 # -------------------------------------------------------------------------------------------- sharing
