@@ -7,6 +7,7 @@ session's ``RH_CONFIG_DIR`` (so it reads the daemon's token like the tests do).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 
 KERNEL_NAME = "rh-test-python"
@@ -55,6 +57,33 @@ class Kernel:
         finally:
             self.client.on_stream = None
         return self.client.nb
+
+
+    def run_answering(self, code: str, answer: Callable[[str, bool], str]) -> list[tuple[str, bool]]:
+        """Execute ``code`` as a page that takes input does (JupyterLab, Colab): every prompt (its text, and
+        whether it is a password box) is answered with ``answer(prompt, password)``. Returns the prompts, in
+        order; raises AssertionError with the traceback when the code failed."""
+        return run_sync(self._run_answering)(code, answer)
+
+    async def _run_answering(self, code: str, answer: Callable[[str, bool], str]) -> list[tuple[str, bool]]:
+        kc = self.client.kc
+        assert kc is not None
+        msg_id = kc.execute(code, allow_stdin=True)
+        prompts: list[tuple[str, bool]] = []
+        reply = asyncio.ensure_future(kc.get_shell_msg(timeout=CELL_TIMEOUT_S))
+        while True:
+            request = asyncio.ensure_future(kc.get_stdin_msg(timeout=CELL_TIMEOUT_S))
+            await asyncio.wait([reply, request], return_when=asyncio.FIRST_COMPLETED)
+            if reply.done():
+                request.cancel()
+                break
+            content = request.result()["content"]
+            prompts.append((content["prompt"], content["password"]))
+            kc.input(answer(content["prompt"], content["password"]))
+        content = reply.result()
+        assert content["parent_header"]["msg_id"] == msg_id
+        assert content["content"]["status"] == "ok", "\n".join(content["content"].get("traceback", []))
+        return prompts
 
 
 def stream_text(cell: Any) -> str:

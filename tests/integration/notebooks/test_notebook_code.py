@@ -85,15 +85,28 @@ def test_a_class_from_a_cell_makes_stateful_instances(kernel: Kernel) -> None:
         assert tally.add("a") == 11
         assert tally.count == 11 and tally.seen == collections.Counter(a=2, b=1)
         assert rh.module(Tally).to(box).remote_name == "Tally"
+
+        class Scaler(rh.Module):
+            def __init__(self, k):
+                self.k = k
+
+            def scale(self, x):
+                return self.k * x
+
+        scaler = Scaler(3).to(box, name="nb-scaler")
+        assert scaler.scale(5) == 15
+        scaler.k = 4
+        assert scaler.scale(5) == 20
         """))
 
 
 def test_redefining_a_function_in_a_cell_deploys_the_new_code(kernel: Kernel) -> None:
+    send = "g = rh.function(greet).to(box)\nassert g('a') == {0!r}\nassert g.map(['a', 'b']) == [{0!r}, {1!r}]"
     kernel.run(
         "GREETING = 'hi'\n\ndef greet(name):\n    return f'v1 {GREETING} {name}'",
-        "g = rh.function(greet).to(box)\nassert g('a') == 'v1 hi a'\nassert g.map(['a', 'b']) == ['v1 hi a', 'v1 hi b']",
+        send.format("v1 hi a", "v1 hi b"),
         "def greet(name):\n    return f'v2 {GREETING} {name}'",
-        "g = rh.function(greet).to(box)\nassert g('a') == 'v2 hi a'\nassert g.map(['a', 'b']) == ['v2 hi a', 'v2 hi b']",
+        send.format("v2 hi a", "v2 hi b"),
         # Only a global it uses changed: the function goes with the new value.
         "GREETING = 'yo'\ng = rh.function(greet).to(box)\nassert g.map(['a', 'b']) == ['v2 yo a', 'v2 yo b']",
     )
@@ -164,7 +177,7 @@ def test_a_saved_function_from_another_python_fails_to_rebuild_saying_why(kernel
             print(type(error).__name__, error)
         """)
     out = _python(script, kernel.project)
-    here = "%d.%d" % sys.version_info[:2]
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert out.startswith("8\nSerializationError cannot rebuild 'quadruple'")
     assert f"python 3.9 (here {here})" in out and "same versions" in out
 
@@ -212,6 +225,21 @@ def test_login_with_a_token_in_a_notebook_never_prompts(kernel: Kernel, tmp_path
             )
         finally:
             kernel.run("rh.logout()\nrh.configs.set('den_url', None)")
+
+
+def test_login_without_a_token_asks_in_the_page_when_it_takes_input(kernel: Kernel, tmp_path: Path) -> None:
+    # As in JupyterLab or Colab: the token in a password box, then the yes/no questions (all answered no).
+    with sqlite_den_in(tmp_path) as den:
+        user = den.user("nb")
+        try:
+            prompts = kernel.run_answering(
+                f"assert rh.login(den_url={den.url!r}) == {user.name!r}",
+                lambda prompt, password: user.token if password else "n",
+            )
+        finally:
+            kernel.run("rh.logout()\nrh.configs.set('den_url', None)")
+    assert prompts[0] == ("Den token: ", True)
+    assert len(prompts) > 1 and not any(password for _, password in prompts[1:])
 
 
 def test_a_failing_cell_shows_the_remote_error(kernel: Kernel) -> None:
