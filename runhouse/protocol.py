@@ -72,6 +72,7 @@ class Op:
     RUNS = "runs"
     LOGS = "logs"
     DEN_AUTH = "den_auth"
+    ROUTE = "route"
 
 
 # The longest timeout a request may ask for (a call's, or a ``get``'s wait), in seconds: a year.
@@ -125,6 +126,7 @@ class WorkerOp:
     PUT = "put"
     GET = "get"
     DELETE = "delete"
+    FLUSH = "flush"
 
 
 # The class attribute through which a class deployed to a cluster names its client-side-only members (a
@@ -138,6 +140,10 @@ ERROR = 2
 LOG = 3
 REQUEST = 10
 CANCEL = 11
+# A client's first frame on a direct connection to a worker: its payload is the daemon's token.
+HELLO = 12
+# Worker -> daemon: what direct calls did (runs started, their output, how they ended), batched.
+EVENTS = 13
 
 WORKER_HEADER = struct.Struct("!BIIQ")
 HTTP_FRAME = struct.Struct("!BQ")

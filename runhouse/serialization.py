@@ -135,9 +135,13 @@ def sweep_shm(max_age: float = SHM_MAX_AGE_S) -> int:
     return removed
 
 
-def remove_shm(owners: Collection[str]) -> int:
-    """Remove the shared-memory buffers written under any of ``owners`` (see :func:`serialize`), whose reader
-    will never come; returns how many there were."""
+def remove_shm(owners: Collection[str] | Callable[[str], bool]) -> int:
+    """Remove the shared-memory buffers written under any of ``owners`` (see :func:`serialize`; or under any
+    owner the function accepts), whose reader will never come; returns how many there were."""
+    if callable(owners):
+        owned = owners
+    else:
+        owned = owners.__contains__
     removed = 0
     try:
         entries = list(os.scandir(SHM_DIR))
@@ -145,7 +149,7 @@ def remove_shm(owners: Collection[str]) -> int:
         return 0
     for entry in entries:
         owner = entry.name[len(SHM_PREFIX) :].rpartition("-")[0]
-        if entry.name.startswith(SHM_PREFIX) and owner in owners and _unlink(entry.path):
+        if entry.name.startswith(SHM_PREFIX) and owned(owner) and _unlink(entry.path):
             removed += 1
     return removed
 

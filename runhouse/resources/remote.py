@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import cloudpickle
 
 from runhouse import protocol, serialization
-from runhouse.errors import MapError, RunhouseError, SerializationError
+from runhouse.errors import MapError, RunhouseError, SerializationError, WorkerCrashedError
 from runhouse.protocol import DEFAULT_ENV, LogSink, Op
 from runhouse.resources.clusters.base import print_log
 from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
 from runhouse.rns.local_store import repo_relative, repo_root
 from runhouse.transport.client import CALL_READ_TIMEOUT_S, Response, answer_wait
+from runhouse.transport.direct import Route, Unroutable, WorkerGone
 
 if TYPE_CHECKING:
     from runhouse.resources.clusters.base import Cluster
@@ -318,11 +319,46 @@ def call(
     if enqueue:
         meta["enqueue"] = True
     on_log = _log_sink(name, method) if stream_logs else None
-    response = _send(system, protocol.call_path(name, method), meta, [parts], on_log, answer_wait(timeout))
+    response = None
+    if not (refs or remote or enqueue or timeout is not None or meta.get("run_name")):
+        response = _call_direct(system, name, method, stream_logs, parts, on_log)
+    if response is None:
+        response = _send(system, protocol.call_path(name, method), meta, [parts], on_log, answer_wait(timeout))
     if remote and response.kind == protocol.RESULT:
         answer = response.value()
         return Ref(answer["ref"], system, answer.get("run_id"))
     return response.value()
+
+
+def _call_direct(
+    system: Cluster, name: str, method: str, stream_logs: bool, parts: list, on_log: LogSink | None
+) -> Response | None:
+    """Send a plain call straight to the worker that runs it, when the daemon is on this machine (None: send
+    it through the daemon; nothing ran). A worker that dies mid-call raises the daemon's crash error."""
+    calls = system.direct_calls
+    if calls is None:
+        return None
+    if name not in calls.routes:
+        try:
+            found = system._control(Op.ROUTE, {"name": name})
+        except BaseException:  # no such object, say: the arguments' shared-memory files will never be read
+            serialization.discard(parts)
+            raise
+        calls.routes[name] = Route(found["address"], found["pid"], found["methods"]) if found else None
+    route = calls.routes[name]
+    if route is None or method not in route.methods:
+        return None
+    meta = {"name": name, "method": method, "stream_logs": stream_logs, "shm": system.shares_memory}
+    try:
+        return calls.call(route, meta, parts, on_log)
+    except Unroutable:
+        calls.forget(name)
+        return None
+    except WorkerGone as gone:
+        calls.forget(name)
+        serialization.discard(parts)
+        system._control(Op.ROUTE, {"name": name, "crashed_pid": gone.pid, "method": method})  # raises the crash
+        raise WorkerCrashedError(f"the worker running {name}.{method} (pid {gone.pid}) went away mid-call") from gone
 
 
 def _send(

@@ -42,6 +42,7 @@ from runhouse.errors import (
 from runhouse.protocol import DEFAULT_ENV, Op
 from runhouse.server.backend import Reply
 from runhouse.server.den_auth import DAEMON_CALLER, DenAuth, DenAuthSettings
+from runhouse.server.direct import DirectHub
 from runhouse.server.envs import EnvSpec, PackageInstall
 from runhouse.server.metrics import CONTENT_TYPE
 from runhouse.server.runtime import Runtime
@@ -61,7 +62,7 @@ _METRICS_TYPE = CONTENT_TYPE.encode()
 
 # What a Den token's user needs on the cluster for each control operation (calls need read); any other
 # operation needs write, and Op.DEN_AUTH the daemon's own token.
-_READ_OPS = frozenset({Op.GET, Op.GETATTR, Op.READY, Op.KEYS, Op.STATUS, Op.MAP, Op.RUNS, Op.LOGS})
+_READ_OPS = frozenset({Op.GET, Op.GETATTR, Op.READY, Op.KEYS, Op.STATUS, Op.MAP, Op.RUNS, Op.LOGS, Op.ROUTE})
 _READ_PATHS = frozenset(protocol.control_path(op) for op in _READ_OPS)
 _OWNER_PATH = protocol.control_path(Op.DEN_AUTH)
 
@@ -123,6 +124,7 @@ _RUN_NAME = _Kind(
     lambda v: isinstance(v, str) and 0 < len(v) <= protocol.MAX_OBJECT_NAME_LENGTH
     and not any(ord(c) < 32 or c == "\x7f" for c in v),
 )
+_PID = _Kind("a process id (an integer > 0)", lambda v: type(v) is int and v > 0)
 _LIMIT = _Kind("a whole number from 1 to 100000", lambda v: type(v) is int and 1 <= v <= 100_000)
 _OFFSET = _Kind("a byte offset (an integer >= 0)", lambda v: type(v) is int and v >= 0)
 _REQUIRED: Any = object()
@@ -361,6 +363,8 @@ class App:
         self.den_auth = den_auth or DenAuth(None, runtime.status)
         self.max_body_bytes = max_body_bytes
         self._auth = f"Bearer {token}".encode()
+        # Calls straight from this machine's clients to main workers (None: workers are elsewhere).
+        self.direct = DirectHub.attach(runtime, token, lambda: self.den_auth.count(DAEMON_CALLER))
         self._health = {"status": "ok", "pid": os.getpid(), "version": __version__, "build": build_id()}
         # Each control operation: its handler, and its options (the one place they are checked).
         text, env, flag, refs = (_TEXT, _REQUIRED), (_TEXT, None), (_FLAG, False), (_TEXTS, ())
@@ -388,6 +392,7 @@ class App:
             Op.LOGS: (self._logs, {"run_id": text, "offset": (_OFFSET, 0)}),
             Op.DEN_AUTH: (self._den_auth, {"den_url": (_TEXT, None), "address": (_TEXT, None),
                                            "heartbeat_key": (_TEXT, None)}),
+            Op.ROUTE: (self._route, {"name": text, "crashed_pid": (_PID, None), "method": (_TEXT, None)}),
         }
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -421,6 +426,7 @@ class App:
                     return
             self.den_auth.count(caller)
             if path == protocol.METRICS_PATH and scope["method"] == "GET":  # scrapes keep no cluster awake
+                await self._flush_direct()
                 await response.json_bytes(200, self.runtime.metrics.exposition(), content_type=_METRICS_TYPE)
                 return
             self.runtime.idle.begin()
@@ -631,13 +637,32 @@ class App:
                                                           options["heartbeat_key"]))
         await response.value(self.den_auth.describe())
 
+    async def _route(self, request: _Request, response: _Response) -> None:
+        """Where the daemon's own token holder may call an object directly (None: through the daemon); with
+        ``crashed_pid``, the error of a direct call whose worker went away mid-call."""
+        options = request.options
+        if self.direct is None or request.caller != DAEMON_CALLER:
+            await response.value(None)
+        elif options["crashed_pid"] is not None:
+            raise await self.direct.crashed(options["crashed_pid"], options["name"], options["method"] or "call")
+        else:
+            await response.value(await self.direct.route(options["name"]))
+
+    async def _flush_direct(self) -> None:
+        """Runs of direct calls reach the daemon in batches: collect them before anything reads runs."""
+        if self.direct is not None:
+            await self.direct.flush()
+
     async def _status(self, request: _Request, response: _Response) -> None:
+        await self._flush_direct()
         await response.value(self.runtime.status())
 
     async def _runs(self, request: _Request, response: _Response) -> None:
+        await self._flush_direct()
         await response.value(self.runtime.runs.runs(request.options["name"], request.options["limit"]))
 
     async def _logs(self, request: _Request, response: _Response) -> None:
+        await self._flush_direct()
         await response.value(self.runtime.runs.logs(request.options["run_id"], request.options["offset"]))
 
 

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import itertools
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,8 +28,10 @@ from runhouse import protocol, serialization
 from runhouse.errors import WorkerCrashedError
 from runhouse.protocol import LogSink
 from runhouse.server.backend import Buffer, ExitCallback, Layout, NodeInfo, Reply, Role, Slot, choose_node
+from runhouse.server.worker import DIRECT_KEY_ENV
 
 if TYPE_CHECKING:
+    from runhouse.server.direct import DirectHub
     from runhouse.server.envs import EnvSpec
 
 # How long a cancelled call may take to stop before its worker is killed (and restarted) to stop it for sure:
@@ -68,8 +71,12 @@ class WorkerChannel:
     ``pid`` and ``inflight`` are this backend's own.
     """
 
-    def __init__(self, spec: EnvSpec, python: str, role: Role, on_exit: ExitCallback) -> None:
+    def __init__(self, spec: EnvSpec, python: str, role: Role, on_exit: ExitCallback,
+                 direct: DirectHub | None = None) -> None:
         self.env_name, self.python, self.role = spec.name, python, role
+        # Calls straight from clients on this machine (main workers only): the hub, and the listener's address.
+        self.direct = direct if role == "main" else None
+        self.direct_address: str | None = None
         self.env_vars = dict(spec.env_vars)
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
@@ -102,10 +109,16 @@ class WorkerChannel:
         """Start the worker process; returns this end of its channel."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {**os.environ, **self.env_vars, "RH_ENV_NAME": self.env_name, "PYTHONUNBUFFERED": "1"}
+        listener = None
+        if self.direct is not None:
+            listener, self.direct_address = _direct_listener()
+            env[DIRECT_KEY_ENV] = self.direct.key_digest.hex()
         try:
-            self.proc = spawn_worker(self.python, theirs, env)
+            self.proc = spawn_worker(self.python, theirs, env, listener=listener)
         finally:
             theirs.close()
+            if listener is not None:
+                listener.close()  # the worker's now
         self.started_at = time.time()
         return ours
 
@@ -164,6 +177,10 @@ class WorkerChannel:
     def _on_frame(self, fields: tuple, frame: bytearray) -> None:
         kind, rid, meta_len, _ = fields
         body = memoryview(frame)
+        if kind == protocol.EVENTS:
+            if self.direct is not None:
+                self.direct.on_events(self, protocol.decode_meta(body[:meta_len])["events"])
+            return
         entry = self._pending.get(rid)
         if entry is None:
             if kind != protocol.LOG:
@@ -224,6 +241,8 @@ class WorkerChannel:
                 future.set_exception(error)
         if self._transport is not None:
             self._transport.close()
+        if self.direct is not None:
+            self.direct.exited(self)
         if self._on_exit is not None:
             self._on_exit(self)
 
@@ -305,6 +324,7 @@ class LocalBackend:
     def __init__(self, pool_size: int | None = None) -> None:
         self.pool_size = pool_size or os.cpu_count() or 1
         self._node: NodeInfo | None = None
+        self.direct: DirectHub | None = None  # set by the daemon to let its clients call main workers directly
 
     async def start(self) -> None:
         pass
@@ -320,7 +340,7 @@ class LocalBackend:
         return Layout(None, (None,) * self.pool_size)
 
     def worker(self, spec: EnvSpec, python: str, role: Role, on_exit: ExitCallback, slot: Slot) -> WorkerChannel:
-        return WorkerChannel(spec, python, role, on_exit)
+        return WorkerChannel(spec, python, role, on_exit, self.direct)
 
     def nodes(self) -> list[NodeInfo]:
         if self._node is None:
@@ -347,17 +367,30 @@ def _local_addresses() -> set[str]:
     return {a.address for addrs in psutil.net_if_addrs().values() for a in addrs} | {"localhost"}
 
 
-def spawn_worker(python: str, channel: socket.socket, env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:
-    """Start :mod:`runhouse.server.worker` in ``python`` serving ``channel`` (its end of the channel), in a process
-    group of its own: stopping it also stops what user code spawned."""
+def spawn_worker(python: str, channel: socket.socket, env: dict[str, str], cwd: str | None = None,
+                 listener: socket.socket | None = None) -> subprocess.Popen:
+    """Start :mod:`runhouse.server.worker` in ``python`` serving ``channel`` (its end of the channel) and, when
+    given, direct calls on ``listener``, in a process group of its own: stopping it also stops what user code
+    spawned."""
+    fds = (channel.fileno(),) + ((listener.fileno(),) if listener is not None else ())
     return subprocess.Popen(
-        [python, "-c", _BOOT, str(channel.fileno())],
-        pass_fds=(channel.fileno(),),
+        [python, "-c", _BOOT, *map(str, fds)],
+        pass_fds=fds,
         env=env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def _direct_listener() -> tuple[socket.socket, str]:
+    """A listening abstract Unix socket for a worker's direct calls, and its address as clients write it
+    (``@name``). Abstract: nothing on disk to clean up after a crash; the token is the gate."""
+    name = f"runhouse-{os.getpid()}-{secrets.token_hex(8)}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name)
+    listener.listen(128)
+    return listener, "@" + name
 
 
 def _wait(proc: subprocess.Popen) -> int:

@@ -203,11 +203,12 @@ class RunStore:
 
         return both
 
-    def finish(self, run: Run, status: str, error: str | None = None) -> None:
-        """End ``run`` with ``status`` (and the error text of a failure); it is written to disk soon after."""
+    def finish(self, run: Run, status: str, error: str | None = None, ended_at: float | None = None) -> None:
+        """End ``run`` with ``status`` (and the error text of a failure) at ``ended_at`` (default: now); it is
+        written to disk soon after."""
         if run.status != RUNNING:
             return
-        run.status, run.error, run.ended_at = status, error, time.time()
+        run.status, run.error, run.ended_at = status, error, ended_at or time.time()
         self.running.pop(run.id, None)
         self.window.add(run.env, status != DONE)
         if self.on_finish is not None:
@@ -368,6 +369,13 @@ class RunStore:
         while len(self.finished) > self.max_count:
             self._forget(next(iter(self.finished)))
         self._enforce_bounds()
+
+
+def ended_with(info: dict[str, Any]) -> tuple[str, str]:
+    """The status and error text of a run whose call failed with ``info`` (a packed exception: what user code
+    raised, with its traceback)."""
+    status = CANCELLED if info.get("type") == "CallCancelledError" else FAILED
+    return status, info.get("traceback") or f"{info.get('type')}: {info.get('message')}"
 
 
 def _segment_name(number: int) -> str:

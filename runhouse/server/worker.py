@@ -15,16 +15,22 @@ from __future__ import annotations
 import builtins
 import contextvars
 import ctypes
+import functools
+import hashlib
+import hmac
 import importlib
 import importlib.util
 import inspect
 import io
+import itertools
 import json
 import os
+import select
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +40,15 @@ from runhouse.protocol import WorkerOp
 
 MAX_THREADS = int(os.environ.get("RH_WORKER_THREADS", "128"))
 _READ_BUFFER = 256 * 1024
+# Where the daemon passes the SHA-256 (hex) of the token that direct connections must present.
+DIRECT_KEY_ENV = "RH_DIRECT_KEY"
+MAX_DIRECT_CONNECTIONS = 512
+MAX_TOKEN_BYTES = 4096
+HELLO_TIMEOUT_S = 5.0
+# How long what direct calls did may wait before it goes to the daemon (in one frame with whatever follows).
+EVENTS_DELAY_S = 0.005
+# Set in the ids of direct calls: the daemon's request ids never have it.
+DIRECT_RID_BIT = 0x80000000
 
 
 def _read(stream: Any, n: int) -> bytearray:
@@ -50,12 +65,12 @@ def _read(stream: Any, n: int) -> bytearray:
 
 
 class _CallContext:
-    """Per-call state reachable from user code through a context variable."""
+    """Per-call state reachable from user code through a context variable: where the call's output goes."""
 
-    __slots__ = ("rid", "stream_logs", "pending", "worker")
+    __slots__ = ("rid", "sinks", "pending")
 
-    def __init__(self, worker: Worker, rid: int, stream_logs: bool) -> None:
-        self.worker, self.rid, self.stream_logs = worker, rid, stream_logs
+    def __init__(self, rid: int, sinks: Sequence[Callable[[bytes], None]]) -> None:
+        self.rid, self.sinks = rid, sinks
         self.pending = ""
 
     def write(self, text: str) -> None:
@@ -63,7 +78,9 @@ class _CallContext:
         cut = self.pending.rfind("\n") + 1
         if cut:
             lines, self.pending = self.pending[:cut], self.pending[cut:]
-            self.worker.send(protocol.LOG, self.rid, None, [lines.encode("utf-8", "replace")])
+            data = lines.encode("utf-8", "replace")
+            for sink in self.sinks:
+                sink(data)
 
     def close(self) -> None:
         if self.pending:
@@ -81,7 +98,7 @@ class _CallOutput(io.TextIOBase):
 
     def write(self, text: str) -> int:
         ctx = _current_call.get()
-        if ctx is not None and ctx.stream_logs:
+        if ctx is not None and ctx.sinks:
             ctx.write(text)
         else:
             self._real.write(text)
@@ -186,6 +203,8 @@ class Worker:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.objects: dict[str, Any] = {}
+        self.callables: set[str] = set()  # names of deployed functions, classes and instances (not values)
+        self.direct: _DirectServer | None = None
         self.module_hashes: dict[str, str] = {}
         self._send_lock = threading.Lock()
         self._cancel_lock = threading.Lock()
@@ -206,6 +225,7 @@ class Worker:
             WorkerOp.PUT: self.op_put,
             WorkerOp.GET: self.op_get,
             WorkerOp.DELETE: self.op_delete,
+            WorkerOp.FLUSH: self.op_flush,
         }
 
     # --- transport ---------------------------------------------------------------------------------
@@ -264,8 +284,24 @@ class Worker:
             os._exit(0)
 
     def _handle(self, rid: int, meta: dict, payload: bytearray) -> None:
-        ctx = _CallContext(self, rid, bool(meta.get("stream_logs")))
+        sinks = [functools.partial(self._log_frame, rid)] if meta.get("stream_logs") else []
+        kind, reply_meta, parts, _ = self.execute(rid, meta, payload, sinks)
+        self.send(kind, rid, reply_meta, parts)
+
+    def _log_frame(self, rid: int, data: bytes) -> None:
+        self.send(protocol.LOG, rid, None, [data])
+
+    def execute(self, rid: int, meta: dict, payload: bytearray,
+                sinks: Sequence[Callable[[bytes], None]]) -> tuple[int, dict | None, list, dict | None]:
+        """Run one request as call ``rid`` (cancellable by that id), its output going to ``sinks``.
+
+        Returns:
+            ``(kind, reply meta, reply parts, error info)``; the error info (None on success) is what the
+            ERROR reply carries.
+        """
+        ctx = _CallContext(rid, sinks)
         token = _current_call.set(ctx)
+        info: dict | None = None
         try:
             with self._cancel_lock:
                 self._running[rid] = threading.get_ident()
@@ -275,15 +311,16 @@ class Worker:
                     raise ValueError(f"unknown worker op {meta.get('op')!r}")
                 kind, reply_meta, parts = protocol.RESULT, *op(meta, payload)
             except BaseException as exc:  # noqa: BLE001 - every failure of user code goes back to the caller
-                error = protocol.encode_meta(serialization.pack_exception(exc))
-                kind, reply_meta, parts = protocol.ERROR, None, [error]
+                info = serialization.pack_exception(exc)
+                kind, reply_meta, parts = protocol.ERROR, None, [protocol.encode_meta(info)]
             self._finish(rid)
         except CallCancelledError as exc:  # a cancellation that landed after the call itself had finished
             self._finish(rid)
-            kind, reply_meta, parts = protocol.ERROR, None, [protocol.encode_meta(serialization.pack_exception(exc))]
+            info = serialization.pack_exception(exc)
+            kind, reply_meta, parts = protocol.ERROR, None, [protocol.encode_meta(info)]
         ctx.close()
         _current_call.reset(token)
-        self.send(kind, rid, reply_meta, parts)
+        return kind, reply_meta, parts, info
 
     def _finish(self, rid: int) -> None:
         """Mark the call done; after this no cancellation can reach this thread (a pending one is cleared)."""
@@ -388,6 +425,7 @@ class Worker:
             self.module_hashes[module_name] = code_hash
             obj = _resolve(module, spec["qualname"])
         self.objects[meta["name"]] = obj
+        self.callables.add(meta["name"])
         return {"info": describe(obj)}, []
 
     def op_instantiate(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
@@ -395,6 +433,7 @@ class Worker:
         args, kwargs = self._load_args(meta, payload) if payload else ((), {})
         instance = cls(*args, **kwargs)
         self.objects[meta["name"]] = instance
+        self.callables.add(meta["name"])
         return {"info": describe(instance)}, []
 
     def op_getattr(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
@@ -411,6 +450,7 @@ class Worker:
 
     def op_put(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
         self.objects[meta["key"]] = self._load_args(meta, payload)
+        self.callables.discard(meta["key"])
         return None, []
 
     def op_get(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
@@ -419,7 +459,196 @@ class Worker:
     def op_delete(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
         for key in meta["keys"]:
             self.objects.pop(key, None)
+            self.callables.discard(key)
         return None, []
+
+    def op_flush(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        """Send what direct calls did so far to the daemon (before this reply, on the same channel)."""
+        if self.direct is not None:
+            self.direct.flush()
+        return None, []
+
+
+class _DirectServer:
+    """Calls from clients on this machine straight to this worker, beside the daemon's channel.
+
+    The daemon opens the listener (an abstract Unix socket) and tells its clients where it is
+    (``Op.ROUTE``); it stays the control plane: deploys, envs, refs, timeouts and everything else go through
+    it. A connection's first frame is HELLO carrying the daemon's token (checked against its SHA-256, which
+    the daemon passed in :data:`DIRECT_KEY_ENV`; nothing of a connection is read before it passes). Then
+    each REQUEST is a call of a deployed function or method, run on the connection's own thread and answered
+    on the connection: RESULT or ERROR after any LOG frames, as through the daemon. A name that is not a
+    deployed function, class or instance here is answered ``{"missing": True}`` without running anything,
+    and the client asks the daemon instead. A client that goes away mid-call cancels it (the connection is
+    watched while the call runs).
+
+    What direct calls do is reported to the daemon as EVENTS frames, batched every
+    :data:`EVENTS_DELAY_S` (never waited for on the call path): a run started, its output, how it ended, a
+    cancelled call; the daemon records runs, counts calls and keeps the cluster awake from them, and asks for
+    a flush (``WorkerOp.FLUSH``) before it answers anything that reads them.
+    """
+
+    def __init__(self, worker: Worker, listener: socket.socket, key_digest: bytes) -> None:
+        self.worker, self.listener, self.key_digest = worker, listener, key_digest
+        self._ids = itertools.count(1)
+        self._connections = 0
+        self._count_lock = threading.Lock()
+        self._events: list[tuple] = []
+        self._events_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._flush_wanted = threading.Event()
+        self._watch = select.epoll()
+        self._watched: dict[int, int] = {}  # connection fd -> the call it is running
+        self._watch_lock = threading.Lock()
+        self._open_fds: set[int] = set()
+        os.register_at_fork(after_in_child=self._in_forked_child)
+
+    def _in_forked_child(self) -> None:
+        """A fork of the worker must not keep a client's connection open after the worker died."""
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in list(self._open_fds):
+            os.dup2(devnull, fd, inheritable=False)
+        os.close(devnull)
+
+    def start(self) -> None:
+        for target, name in ((self._accept, "rh-direct"), (self._flusher, "rh-events"), (self._watcher, "rh-watch")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    # --- connections -------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._count_lock:
+                full = self._connections >= MAX_DIRECT_CONNECTIONS
+                self._connections += not full
+            if full:
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="rh-direct-call", daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        fd = conn.fileno()
+        self._open_fds.add(fd)
+        try:
+            conn.settimeout(HELLO_TIMEOUT_S)  # a stranger that never says hello is dropped
+            stream = conn.makefile("rb", buffering=_READ_BUFFER)
+            kind, _, meta_len, size = protocol.WORKER_HEADER.unpack(_read(stream, protocol.WORKER_HEADER.size))
+            if kind != protocol.HELLO or meta_len or size > MAX_TOKEN_BYTES:
+                return
+            digest = hashlib.sha256(_read(stream, size)).digest()
+            if not hmac.compare_digest(digest, self.key_digest):
+                return
+            conn.settimeout(None)
+            send = _Sender(conn)
+            send(protocol.RESULT, 0, None, [])
+            while True:
+                kind, rid, meta_len, size = protocol.WORKER_HEADER.unpack(
+                    _read(stream, protocol.WORKER_HEADER.size)
+                )
+                meta = protocol.decode_meta(_read(stream, meta_len)) if meta_len else {}
+                payload = _read(stream, size)
+                if kind != protocol.REQUEST:
+                    return
+                self._call(conn, send, rid, meta, payload)
+        except (EOFError, OSError, ValueError):
+            pass
+        finally:
+            self._open_fds.discard(fd)
+            conn.close()
+            with self._count_lock:
+                self._connections -= 1
+
+    def _call(self, conn: socket.socket, send: _Sender, rid: int, meta: dict, payload: bytearray) -> None:
+        name = meta.get("name")
+        if name not in self.worker.callables:
+            send(protocol.RESULT, rid, {"missing": True}, [])
+            return
+        drid = (next(self._ids) & 0x7FFFFFFF) | DIRECT_RID_BIT  # never one of the daemon's request ids
+        method = meta.get("method") or protocol.CALL_METHOD
+        record = functools.partial(self._output, drid)
+        sinks = [functools.partial(send.log, rid), record] if meta.get("stream_logs") else [record]
+        self.event(("start", drid, name, method, time.time()))
+        fd = conn.fileno()
+        with self._watch_lock:
+            self._watched[fd] = drid
+        self._watch.register(fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
+        try:
+            call = {"op": WorkerOp.CALL, "name": name, "method": method, "shm": meta.get("shm")}
+            kind, reply_meta, parts, info = self.worker.execute(drid, call, payload, sinks)
+        finally:
+            with self._watch_lock:
+                self._watched.pop(fd, None)
+            self._watch.unregister(fd)
+        self.event(("end", drid, info, time.time()))
+        send(kind, rid, reply_meta, parts)
+
+    def _watcher(self) -> None:
+        """Cancel the call of a connection whose client went away."""
+        while True:
+            for fd, _ in self._watch.poll():
+                with self._watch_lock:
+                    drid = self._watched.pop(fd, None)
+                if drid is not None:
+                    self.worker._cancel(drid)
+                    self.event(("cancelled", drid))
+                    self.flush()
+
+    # --- events ------------------------------------------------------------------------------------
+    def _output(self, drid: int, data: bytes) -> None:
+        """Output goes to the daemon at once (with the run's start before it): it is the last word of a call
+        that crashes the worker."""
+        self.event(("out", drid, data))
+        self.flush()
+
+    def event(self, event: tuple) -> None:
+        with self._events_lock:
+            self._events.append(event)
+        if not self._flush_wanted.is_set():
+            self._flush_wanted.set()
+
+    def _flusher(self) -> None:
+        while True:
+            self._flush_wanted.wait()
+            time.sleep(EVENTS_DELAY_S)
+            self._flush_wanted.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the events so far to the daemon now."""
+        with self._flush_lock:
+            with self._events_lock:
+                batch, self._events = self._events, []
+            if batch:
+                self.worker.send(protocol.EVENTS, 0, {"events": batch}, [])
+
+
+class _Sender:
+    """Writes frames to one direct connection."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()  # user code may print from threads of its own while the reply goes out
+
+    def __call__(self, kind: int, rid: int, meta: dict | None, parts: list) -> None:
+        meta_bytes = protocol.encode_meta(meta) if meta else b""
+        size = serialization.serialized_size(parts)
+        head = protocol.worker_frame_head(kind, rid, meta_bytes, size)
+        with self.lock:
+            if size < protocol.SMALL_FRAME_BYTES:
+                self.conn.sendall(b"".join([head, *parts]))
+            else:
+                self.conn.sendall(head)
+                for part in parts:
+                    self.conn.sendall(part)
+
+    def log(self, rid: int, data: bytes) -> None:
+        try:
+            self(protocol.LOG, rid, None, [data])
+        except OSError:  # the client went away; the call is being cancelled
+            pass
 
 
 def _die_with_parent() -> None:
@@ -431,18 +660,22 @@ def _die_with_parent() -> None:
             pass
 
 
-def _keep_channel_private(sock: socket.socket) -> None:
-    """Keep the channel in this process only, so that it closes exactly when this process dies.
+def _keep_channel_private(*socks: socket.socket) -> None:
+    """Keep the channel (and the direct-call listener) in this process only, so that they close exactly when
+    this process dies.
 
-    Programs that user code runs do not inherit it, and a fork of the worker (``os.fork``, multiprocessing)
-    gets /dev/null in its place, and no call context: else the daemon would not see a dead worker while
-    such processes live, and a fork could write frames into the channel.
+    Programs that user code runs do not inherit them, and a fork of the worker (``os.fork``, multiprocessing)
+    gets /dev/null in their place, and no call context: else the daemon would not see a dead worker while
+    such processes live, a client could connect to a listener nobody serves, and a fork could write frames
+    into the channel.
     """
-    sock.set_inheritable(False)
+    for sock in socks:
+        sock.set_inheritable(False)
 
     def in_forked_child() -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, sock.fileno(), inheritable=False)
+        for sock in socks:
+            os.dup2(devnull, sock.fileno(), inheritable=False)
         os.close(devnull)
         _current_call.set(None)
 
@@ -450,14 +683,19 @@ def _keep_channel_private(sock: socket.socket) -> None:
 
 
 def main() -> None:
-    fd = int(sys.argv[1])
-    sock = socket.socket(fileno=fd)
-    _keep_channel_private(sock)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    listener = socket.socket(fileno=int(sys.argv[2])) if len(sys.argv) > 2 else None
+    key = os.environ.pop(DIRECT_KEY_ENV, "")
+    _keep_channel_private(sock, *([listener] if listener else []))
     _die_with_parent()
     builtins.__import__ = _parents_first(builtins.__import__)
     sys.stdout = _CallOutput(sys.stdout)
     sys.stderr = _CallOutput(sys.stderr)
-    Worker(sock).serve()
+    worker = Worker(sock)
+    if listener is not None and key:
+        worker.direct = _DirectServer(worker, listener, bytes.fromhex(key))
+        worker.direct.start()
+    worker.serve()
 
 
 if __name__ == "__main__":

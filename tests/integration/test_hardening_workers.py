@@ -63,10 +63,12 @@ def test_concurrent_first_calls_that_import_numpy_never_fail(own_cluster):
 
 # --- item 10: every way a request can meet a dead worker ---------------------------------------------------
 def test_a_call_to_a_worker_whose_channel_closed_raises_worker_crashed_and_the_worker_comes_back(
-    own_cluster, tmp_path
+    own_cluster, tmp_path, monkeypatch
 ):
     """The daemon sees the channel close before it sees the process exit; a call arriving in between used to
-    get an untyped 500 (``RuntimeError: ... UnixTransport closed``)."""
+    get an untyped 500 (``RuntimeError: ... UnixTransport closed``). Calls go through the daemon here: a call
+    sent straight to the worker leaves its channel reader free, which then sees the close and exits at once."""
+    monkeypatch.setenv("RH_DIRECT_CALLS", "0")
     env = rh.env(name="one_thread_env", env_vars={"RH_WORKER_THREADS": "1"})
     linger = rh.function(worker_funcs.close_channel_and_linger).to(own_cluster, env=env)
     add = rh.function(worker_funcs.add).to(own_cluster, env=env)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import abc
 import functools
 import hashlib
+import os
 import ssl
 import sys
 import time
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
     from runhouse.resources.data.base import DataSystem
 
 CONTROL_TIMEOUT_S = 60.0
+# Set to 0 to send every call through the daemon (calls from this machine go straight to workers by default).
+DIRECT_CALLS_ENV = "RH_DIRECT_CALLS"
 ENV_TIMEOUT_S = 1800.0  # installing requirements can be slow
 HEALTH_CHECK_TIMEOUT_S = 2.0
 FOLLOW_POLL_S = 0.5  # how often follow_logs asks for a running run's new output
@@ -228,7 +231,9 @@ class Cluster(Resource, Closeable):
     @property
     def direct_calls(self) -> DirectCalls | None:
         """Calls straight to env workers, for a daemon on this machine whose own token this client holds (None:
-        every call goes through the daemon); see :mod:`runhouse.transport.direct`."""
+        every call goes through the daemon; also with ``RH_DIRECT_CALLS=0``); see :mod:`runhouse.transport.direct`."""
+        if os.environ.get(DIRECT_CALLS_ENV) == "0":
+            return None
         if self._direct is None and self.shares_memory:
             token = self._token or self._read_token()
             if token:

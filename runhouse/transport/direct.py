@@ -1,0 +1,182 @@
+"""Client end of direct calls: a call sent straight to the env worker that runs it, on this machine.
+
+The daemon answers ``Op.ROUTE`` with a worker's listener address (an abstract Unix socket) for a deployed
+object; :class:`DirectCalls` keeps those routes per object name and one connection per thread per worker,
+opened with a HELLO frame carrying the daemon's token and kept alive. Frames are the daemon <-> worker
+frames of :mod:`runhouse.protocol`. See :mod:`runhouse.server.direct` for what goes direct and what does not.
+
+A route that no longer leads anywhere (the worker restarted, the object moved or is gone) costs nothing
+but the fallback: connecting fails, or the worker answers ``missing`` without running anything, and the
+call goes through the daemon, which routes the next one afresh. A connection that closes mid-call means
+the worker died: :class:`WorkerGone` says so and the caller asks the daemon for the crash error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from runhouse import protocol, serialization
+from runhouse.lifetime import Closeable
+from runhouse.transport.client import Response
+
+_RECV_CHUNK = 256 * 1024
+
+
+class Unroutable(Exception):
+    """The call cannot go direct (nothing was run): send it through the daemon."""
+
+
+class WorkerGone(Exception):
+    """The worker closed the connection mid-call: it died (the call may have run in part)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"worker {pid} went away")
+        self.pid = pid
+
+
+class Route:
+    """Where an object's calls go: a worker's listener ``address`` (``@name``: abstract), its ``pid``, and the
+    methods that may be called there."""
+
+    __slots__ = ("address", "pid", "methods")
+
+    def __init__(self, address: str, pid: int, methods: Sequence[str]) -> None:
+        self.address, self.pid, self.methods = address, pid, frozenset(methods)
+
+
+class _Connection:
+    """One authenticated connection to a worker; one call at a time (each thread has its own)."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect("\0" + address[1:] if address.startswith("@") else address)
+        except OSError:
+            self.sock.close()
+            raise
+        self.buffer = bytearray(_RECV_CHUNK)
+        self.final: tuple[int, dict, bytearray] | None = None
+        self.on_log: protocol.LogSink | None = None
+        self.frames = protocol.FrameAssembler(protocol.WORKER_HEADER, lambda f: f[2] + f[3], self._on_frame)
+        self.ids = itertools.count(1)
+        secret = token.encode()
+        self.sock.sendall(protocol.WORKER_HEADER.pack(protocol.HELLO, 0, 0, len(secret)) + secret)
+        self._receive()  # the worker's welcome; it closes instead when the token is wrong
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _on_frame(self, fields: tuple, body: bytearray) -> None:
+        kind, _, meta_len, _ = fields
+        if kind == protocol.LOG:
+            if self.on_log is not None:
+                self.on_log(bytes(memoryview(body)[meta_len:]))
+            return
+        meta = protocol.decode_meta(memoryview(body)[:meta_len]) if meta_len else {}
+        self.final = (kind, meta, body[meta_len:] if meta_len else body)
+
+    def _receive(self) -> tuple[int, dict, bytearray]:
+        self.final = None
+        view = memoryview(self.buffer)
+        while self.final is None:
+            count = self.sock.recv_into(view)
+            if count == 0:
+                raise EOFError("the worker closed the connection")
+            self.frames.feed(view[:count])
+        return self.final
+
+    def stale(self) -> bool:
+        """Whether the worker closed this kept-alive connection (it exited) before this call was sent."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def call(self, meta: dict[str, Any], parts: Sequence[Any], on_log: protocol.LogSink | None) -> Response:
+        meta_bytes = protocol.encode_meta(meta)
+        size = serialization.serialized_size(parts)
+        head = protocol.worker_frame_head(protocol.REQUEST, next(self.ids) & 0xFFFFFFFF, meta_bytes, size)
+        if size < protocol.SMALL_FRAME_BYTES:
+            self.sock.sendall(b"".join([head, *parts]))
+        else:
+            self.sock.sendall(head)
+            for part in parts:
+                self.sock.sendall(part)
+        self.on_log = on_log
+        kind, reply_meta, payload = self._receive()
+        if reply_meta.get("missing"):
+            raise Unroutable()
+        return Response(kind, payload, {})
+
+
+class DirectCalls(Closeable):
+    """Routes and per-thread worker connections of one cluster's client (a daemon on this machine)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.routes: dict[str, Route | None] = {}  # object name -> route (None: through the daemon)
+        self._local = threading.local()
+        self._all: list[_Connection] = []
+        self._lock = threading.Lock()
+
+    def forget(self, name: str | None = None) -> None:
+        """Drop the route of ``name`` (of every object when None): the next call asks the daemon."""
+        if name is None:
+            self.routes.clear()
+        else:
+            self.routes.pop(name, None)
+
+    def close(self) -> None:
+        """Close every thread's connections and forget the routes."""
+        self.routes.clear()
+        with self._lock:
+            connections, self._all = self._all, []
+        for conn in connections:
+            conn.close()
+
+    def call(self, route: Route, meta: dict[str, Any], parts: Sequence[Any],
+             on_log: protocol.LogSink | None) -> Response:
+        """Send one call along ``route``.
+
+        Raises:
+            Unroutable: nothing ran; send the call through the daemon.
+            WorkerGone: the worker died during the call.
+        """
+        conns: dict[str, _Connection] | None = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(route.address)
+        if conn is not None and conn.stale():
+            self._drop(conns, route.address, conn)
+            raise Unroutable()
+        if conn is None:
+            try:
+                conn = _Connection(route.address, self.token)
+            except (OSError, EOFError) as exc:
+                raise Unroutable() from exc
+            conns[route.address] = conn
+            with self._lock:
+                self._all.append(conn)
+        try:
+            return conn.call(meta, parts, on_log)
+        except Unroutable:
+            raise
+        except (OSError, EOFError) as exc:
+            self._drop(conns, route.address, conn)
+            raise WorkerGone(route.pid) from exc
+        except BaseException:  # e.g. Ctrl-C mid-call: closing the connection cancels the call in the worker
+            self._drop(conns, route.address, conn)
+            raise
+
+    def _drop(self, conns: dict[str, _Connection], address: str, conn: _Connection) -> None:
+        conns.pop(address, None)
+        conn.close()
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
