@@ -1,0 +1,148 @@
+"""Direct calls: a client on the daemon's machine calls the env's main worker straight (issue 20).
+
+The daemon stays the token gate and the control plane: these tests check that calls really go direct, that a
+connection without the daemon's token gets nothing, and that runs, crashes, cancellation and moved or
+restarted objects behave as they do through the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import runhouse as rh
+from runhouse import protocol
+from runhouse.errors import WorkerCrashedError
+from runhouse.transport.direct import Route
+from tests.integration import funcs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _route(cluster: rh.Cluster, name: str) -> Route:
+    route = cluster.direct_calls.routes.get(name)  # type: ignore[union-attr]
+    assert isinstance(route, Route), f"calls of {name} did not go direct"
+    return route
+
+
+def _connect(route: Route) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect("\0" + route.address[1:])
+    return sock
+
+
+def _closed_without_answer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _wait_for_run(cluster: rh.Cluster, name: str, status: str, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = cluster.runs(name=name, limit=5)
+        if runs and runs[0]["status"] == status:
+            return runs[0]
+        assert time.monotonic() < deadline, f"no {status} run of {name}: {runs}"
+        time.sleep(0.05)
+
+
+def test_calls_go_straight_to_the_worker_and_are_recorded_as_runs(cluster):
+    shout = rh.function(funcs.shout).to(cluster, name="direct_shout")
+    assert shout("hi", times=2) == "hi"
+    route = _route(cluster, "direct_shout")
+    worker = next(w for w in cluster.status()["workers"] if w["role"] == "main" and w["env"] == "default")
+    assert route.pid == worker["pid"]
+    before = _calls_last_minute(cluster)
+    for _ in range(20):
+        shout("x")
+    run = cluster.runs(name="direct_shout", limit=1)[0]  # read at once: the daemon collects direct runs first
+    assert run["status"] == "done" and run["pid"] == route.pid
+    assert "x line 0" in cluster.logs(run["id"])
+    assert _calls_last_minute(cluster) >= before + 20
+
+
+def _calls_last_minute(cluster: rh.Cluster) -> int:
+    return next(e["calls_last_minute"] for e in cluster.status()["envs"] if e["name"] == "default")
+
+
+def test_a_connection_without_the_daemons_token_is_closed_unanswered(cluster, tmp_path):
+    tick = rh.function(funcs.tick).to(cluster, name="direct_tick")
+    tick(str(tmp_path / "warm"), 0)
+    route = _route(cluster, "direct_tick")
+    marker = tmp_path / "ticks"
+    meta = protocol.encode_meta({"name": "direct_tick", "method": "call"})
+    call = protocol.worker_frame_head(protocol.REQUEST, 1, meta, 0)
+    wrong = b"not-the-token"
+    attempts = [
+        protocol.WORKER_HEADER.pack(protocol.HELLO, 0, 0, len(wrong)) + wrong + call,  # wrong token
+        call,  # no hello at all
+        protocol.WORKER_HEADER.pack(protocol.HELLO, 0, 0, 2**40),  # a token longer than any
+    ]
+    for attempt in attempts:
+        with _connect(route) as sock:
+            sock.sendall(attempt)
+            assert _closed_without_answer(sock)
+    assert not marker.exists()
+    assert tick(str(tmp_path / "after"), 0) == "finished"  # the worker still serves its clients
+
+
+def test_a_worker_killed_mid_call_raises_worker_crashed_and_the_next_call_works(own_cluster):
+    pid_of = rh.function(funcs.pid).to(own_cluster, name="direct_pid")
+    kill_self = rh.function(funcs.kill_self).to(own_cluster, name="direct_kill_self")
+    first = pid_of()
+    with pytest.raises(WorkerCrashedError) as info:
+        kill_self(signal.SIGKILL)
+    assert info.value.signal == "SIGKILL" and "default" in str(info.value)
+    run = _wait_for_run(own_cluster, "direct_kill_self", "crashed")
+    assert "SIGKILL" in run["error"]
+    assert pid_of() != first  # routed afresh to the restarted worker
+
+
+def test_a_client_that_goes_away_mid_call_cancels_it(own_cluster, tmp_path):
+    rh.function(funcs.tick).to(own_cluster, name="direct_ticker")
+    marker = tmp_path / "ticks"
+    script = (
+        "import sys, runhouse as rh\n"
+        f"c = rh.cluster(name='other', host='localhost', server_port={own_cluster.server_port})\n"
+        "fn = c.get('direct_ticker')\n"
+        f"fn({str(marker)!r}, 60)\n"
+    )
+    client = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert client.poll() is None and time.monotonic() < deadline, "the call never started"
+            time.sleep(0.02)
+        run = own_cluster.runs(name="direct_ticker", limit=1)[0]
+        assert run["status"] == "running"
+    finally:
+        client.kill()
+        client.wait()
+    run = _wait_for_run(own_cluster, "direct_ticker", "cancelled")
+    size = marker.stat().st_size
+    time.sleep(0.3)
+    assert marker.stat().st_size == size, "the call kept running after its client went away"
+
+
+def test_an_object_moved_to_another_env_or_a_restarted_daemon_is_found_again(own_cluster):
+    fn = rh.function(funcs.env_var).to(own_cluster, name="direct_env_var")
+    assert fn("RH_ENV_NAME") == "default"
+    old = _route(own_cluster, "direct_env_var")
+    # Another client moves it: this one's route still names the old worker, which no longer has it.
+    other = rh.cluster(name="other", host="localhost", server_port=own_cluster.server_port)
+    rh.function(funcs.env_var).to(other, env=rh.env(name="direct_other_env", env_vars={"MOVED": "1"}), name="direct_env_var")
+    assert fn("RH_ENV_NAME") == "direct_other_env"  # the old worker answered "missing": through the daemon
+    assert fn("RH_ENV_NAME") == "direct_other_env"  # routed afresh
+    assert _route(own_cluster, "direct_env_var").pid != old.pid
+    own_cluster.restart_server()
+    assert fn("RH_ENV_NAME") == "direct_other_env"
