@@ -72,8 +72,8 @@ def sample_data(den_url: str, database: Database) -> str:
         put("/alice/clusters/a10g", {"resource_type": "cluster", "name": "a10g", "ips": ["10.0.0.5"],
                                      "server_port": 32300})
         put("/ml-team/shared/tokenizer", _function("tokenizer"))
-        http.put("/v1/shares/alice/pipelines", json={"users": ["bob"], "access_level": "read"}).raise_for_status()
-        http.put("/v1/shares/alice/pipelines/train", json={"users": ["carol"], "access_level": "write"}).raise_for_status()
+        for address, user, level in (("/alice/pipelines", "bob", "read"), ("/alice/pipelines/train", "carol", "write")):
+            http.put(f"/v1/shares{address}", json={"users": [user], "access_level": level}).raise_for_status()
         for owner, name, provider in (("alice", "aws", "aws"), ("alice", "huggingface", "huggingface"),
                                       ("ml-team", "wandb", "wandb")):
             http.put(f"/v1/secrets/{owner}/{name}", json={"provider": provider, "values": {"key": "sample"}}

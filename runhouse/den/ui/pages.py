@@ -19,6 +19,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from runhouse.den import auth, clusters, secret_store, service
+from runhouse.den.api import routes as _api_routes  # noqa: F401  (registers the "address" path convertor)
 from runhouse.den.auth import Caller
 from runhouse.den.ui import queries
 from runhouse.den.ui.web import (
@@ -147,7 +148,7 @@ async def roots(request: Request) -> Response:
         "folders.html", caller, visit, section="folders", q="", roots=queries.roots(caller)))
 
 
-@router.get("/folders/{path:path}")
+@router.get("/folders/{path:address}")
 async def folder(path: str, request: Request) -> Response:
     """A folder's entries the user can read."""
     def render(caller: Caller, visit: Visit) -> Response:
@@ -169,7 +170,7 @@ async def folder(path: str, request: Request) -> Response:
 # -------------------------------------------------------------------------------------- resources
 
 
-@router.get("/resources/{path:path}")
+@router.get("/resources/{path:address}")
 async def resource(path: str, request: Request) -> Response:
     """A resource: its config (current, or ``?version=``), every version, who it is shared with."""
     address = _address(path)
@@ -186,7 +187,7 @@ async def resource(path: str, request: Request) -> Response:
     return await show(request, render, grows=True)
 
 
-@router.get("/diff/{path:path}")
+@router.get("/diff/{path:address}")
 async def diff(path: str, request: Request) -> Response:
     """The difference between two versions of a resource (``?a=`` and ``?b=``; the last two by default)."""
     address = _address(path)
@@ -203,7 +204,7 @@ async def diff(path: str, request: Request) -> Response:
     return await show(request, render, grows=True)
 
 
-@router.post("/rollback/{path:path}")
+@router.post("/rollback/{path:address}")
 async def rollback(path: str, request: Request) -> Response:
     address = _address(path)
 
@@ -214,7 +215,7 @@ async def rollback(path: str, request: Request) -> Response:
     return await change(request, act)
 
 
-@router.post("/share/{path:path}")
+@router.post("/share/{path:address}")
 async def share(path: str, request: Request) -> Response:
     """Share with a user, or with every member of one of the user's orgs."""
     address = _address(path)
@@ -236,7 +237,7 @@ async def share(path: str, request: Request) -> Response:
     return await change(request, act)
 
 
-@router.post("/unshare/{path:path}")
+@router.post("/unshare/{path:address}")
 async def unshare(path: str, request: Request) -> Response:
     address = _address(path)
 
@@ -270,7 +271,7 @@ async def clusters_page(request: Request) -> Response:
         "clusters.html", caller, visit, section="clusters", clusters=queries.readable_clusters(caller)), grows=True)
 
 
-@router.get("/clusters/{path:path}")
+@router.get("/clusters/{path:address}")
 async def cluster(path: str, request: Request) -> Response:
     """A cluster's last heartbeat, launches and usage."""
     def render(caller: Caller, visit: Visit) -> Response:
@@ -380,7 +381,7 @@ async def audit(request: Request) -> Response:
 # ------------------------------------------------------------------------------------ no such page
 
 
-@router.api_route("/{path:path}", methods=["GET", "POST"])
+@router.api_route("/{path:address}", methods=["GET", "POST"])
 async def missing(path: str, request: Request) -> Response:
     visit = await visit_of(request)
     return error_page(ObjectNotFoundError(f"there is no page {PREFIX}/{path[:200]}"), visit, 404)
