@@ -239,11 +239,17 @@ def code_from_spec(spec: dict[str, Any]) -> Any:
     to a repo is read against the current checkout's root).
 
     Raises:
-        SerializationError: code sent by value was written by another Python or cloudpickle version, or
-            refers to a module missing here.
+        SerializationError: code sent by value was written by another Python or cloudpickle version, refers to
+            a module missing here, or its saved bytes are damaged.
     """
     if spec.get("pickled"):
-        return serialization.load_code(base64.b64decode(spec["payload"]), spec, repr(spec.get("qualname")))
+        what = repr(spec.get("qualname"))
+        try:
+            payload = base64.b64decode(spec.get("payload", ""), validate=True)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"the saved code of {what} is damaged (its payload is not base64): "
+                                     "deploy it and save it again") from exc
+        return serialization.load_code(payload, spec, what)
     try:
         obj: Any = importlib.import_module(spec["module"])
     except ImportError:
