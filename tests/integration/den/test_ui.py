@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 
 from runhouse.den import auth
+from runhouse.den.db import Token, User, WebSession, utcnow
 from tests.integration.den.conftest import DenServer, DenUser, put, sqlite_den_in
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -113,6 +116,18 @@ def test_sign_in_sets_a_strict_http_only_session_cookie_and_sign_out_ends_it(
     assert "/ui/signin" in replay.url
     # The token itself still works for the user's other clients.
     assert alice.http.get("/v1/me").status_code == 200
+
+
+def test_an_expired_session_is_refused(den: DenServer, browser: Browser, open_pages: list[Page]) -> None:
+    alice = den.user("alice")
+    page = sign_in(den, browser, open_pages, alice)
+    assert page.goto(f"{den.url}/ui/tokens") is not None and "/ui/tokens" in page.url
+    past = utcnow() - timedelta(minutes=1)
+    alices = select(Token.id).join(User).where(User.name == alice.name)
+    den.database.run(lambda session: session.execute(
+        update(WebSession).where(WebSession.token_id.in_(alices)).values(expires_at=past)))
+    page.goto(f"{den.url}/ui/tokens")
+    assert "/ui/signin" in page.url
 
 
 def test_a_wrong_token_is_refused_on_the_sign_in_page(den: DenServer, browser: Browser,
