@@ -113,7 +113,13 @@ def describe_code(obj: Any) -> tuple[dict[str, Any], bytes, str]:
     module = sys.modules.get(module_name or "")
     source = getattr(module, "__file__", None)
     if module_name == "__main__" or "<locals>" in qualname or module is None or source is None:
-        payload = cloudpickle.dumps(obj)
+        try:
+            payload = cloudpickle.dumps(obj)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot send {qualname or obj!r} by value (as code written in a notebook or __main__ is): "
+                f"{type(exc).__name__}: {exc}. A global it uses cannot be pickled (a lock, an open file, a "
+                "connection): create it inside the function or class instead") from exc
         spec = {"module": module_name, "qualname": qualname, "pickled": True, **serialization.code_versions()}
         return spec, payload, hashlib.sha256(payload).hexdigest()[:20]
     path = Path(source).resolve()
@@ -137,7 +143,7 @@ class Deployable(Resource):
 
     def __init__(self, code: Any = None, name: str | None = None, remote_name: str | None = None) -> None:
         super().__init__(name or getattr(code, "__name__", None))
-        if not self.name:
+        if not self.name or self.name == "<lambda>":  # every lambda would deploy under the same name
             raise RunhouseError(f"rh.{self.RESOURCE_TYPE} needs a named {self.KIND}, or name=")
         self.remote_name: str = remote_name or self.name
         self.code = code

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import sys
+import threading
 
 import cloudpickle
 import pytest
 
+import runhouse as rh
 from runhouse import serialization
-from runhouse.errors import SerializationError
+from runhouse.errors import RunhouseError, SerializationError
 from runhouse.resources.remote import code_from_spec, describe_code
 
 
@@ -56,3 +58,19 @@ def test_load_code_names_a_missing_module() -> None:
     payload = b"cnb_module_nobody_has\nthing\n."  # pickle GLOBAL opcode: nb_module_nobody_has.thing
     with pytest.raises(SerializationError, match="module 'nb_module_nobody_has', which cannot be imported"):
         serialization.load_code(payload, serialization.code_versions(), "'thing'")
+
+
+def test_code_using_an_unpicklable_global_says_what_to_do() -> None:
+    lock = threading.Lock()
+
+    def holds_lock() -> object:
+        return lock
+
+    with pytest.raises(SerializationError, match="cannot send .*holds_lock.* by value.*create it inside"):
+        describe_code(holds_lock)
+
+
+def test_a_lambda_needs_a_name() -> None:
+    with pytest.raises(RunhouseError, match="needs a named function, or name="):
+        rh.function(lambda x: x)
+    assert rh.function(lambda x: x, name="identity").name == "identity"
