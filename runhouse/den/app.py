@@ -1,14 +1,15 @@
 """Den's ASGI app: :func:`create_app` puts the routers, the error answers and the body-size limit together.
 
-The seam for another HTTP surface: routers sit side by side in :data:`ROUTERS`. Today that is the JSON API
-(:mod:`runhouse.den.api`, under ``/v1``); a web UI router (``runhouse/den/ui/``) goes beside it. Every
+The seam for another HTTP surface: routers sit side by side in :data:`ROUTERS`: the JSON API
+(:mod:`runhouse.den.api`, under ``/v1``) and the web UI (:mod:`runhouse.den.ui`, under ``/ui``). Every
 router's handlers reach the database only through the one access check,
 :func:`runhouse.den.access.run_as_caller`, and call the library (:mod:`runhouse.den.service`,
 :mod:`runhouse.den.auth`, :mod:`runhouse.den.secret_store`); this module adds what they share:
 
 - errors: every error, from a router or from FastAPI, is the JSON envelope
   ``{"error": {"type", "message", "details"?}}`` of :func:`runhouse.protocol.error_envelope` (clients read it
-  with :func:`runhouse.protocol.error_from_envelope`), with a 4xx status for anything the caller can fix;
+  with :func:`runhouse.protocol.error_from_envelope`), with a 4xx status for anything the caller can fix (the
+  web UI shows its own as pages);
 - a request-body limit (:data:`MAX_BODY_BYTES`), checked before a body is read;
 - ``/health`` (no token) and the OpenAPI schema at ``/openapi.json`` and ``/docs``, where the API's routes
   are marked as needing ``Authorization: Bearer <token>``.
@@ -57,7 +58,7 @@ _TYPE_BY_STATUS = {
 
 ADMIN_PREFIX = f"{api.router.prefix}/admin/"
 ROUTERS: tuple[APIRouter, ...] = (api.router, ui.router)
-"""The routers :func:`create_app` includes, side by side; a web UI router joins the API here."""
+"""The routers :func:`create_app` includes, side by side."""
 
 # The bearer scheme, for the OpenAPI schema only: the access check reads the header itself (a FastAPI
 # security dependency would cost about 0.2 ms a request).

@@ -20,9 +20,8 @@ from sqlalchemy.orm import Session
 from runhouse.den.auth import Caller
 from runhouse.den.crypto import SecretBox
 from runhouse.den.db import ClusterHeartbeat, ClusterUsage, Database, Resource, Token, WebSession, utcnow
-from runhouse.den.service import access, iso
+from runhouse.den.service import _stored, access, iso
 from runhouse.errors import BadRequestError, ConfigError, ObjectNotFoundError
-from runhouse.rns.names import DEN, Address
 
 SESSION_LIFETIME = timedelta(hours=8)
 """How long a sign-in lasts; the cookie expires with it."""
@@ -112,10 +111,6 @@ def revoke_token(caller: Caller, token_id: int) -> None:
 
 
 # --------------------------------------------------------------------------------- what one can read
-
-
-def _stored(text: str) -> Address:
-    return Address(DEN, tuple(text[1:].split("/")))
 
 
 def access_label(caller: Caller, address: str, public: bool, shares: dict[str, str] | None = None) -> str | None:
