@@ -276,6 +276,7 @@ async def cluster(path: str, request: Request) -> Response:
     """A cluster's last heartbeat, launches and usage."""
     def render(caller: Caller, visit: Visit) -> Response:
         info = clusters.cluster_info(caller, _address(path))
+        queries.require_cluster(caller, info["address"])
         beat = info["heartbeat"]
         return user_page("cluster.html", caller, visit, section="clusters", info=info,
                          fields=queries.status_summary(beat["status"] if beat else None),

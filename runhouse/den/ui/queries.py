@@ -174,6 +174,16 @@ def readable_clusters(caller: Caller) -> list[dict[str, Any]]:
     return found
 
 
+def require_cluster(caller: Caller, address: str) -> None:
+    """404 unless a resource is at ``address``, 400 unless it is a cluster (after the caller's read access was
+    checked)."""
+    kind = caller.session.scalar(select(Resource.resource_type).where(Resource.address == address))
+    if kind is None:
+        raise ObjectNotFoundError(f"no resource at {address}")
+    if kind != "cluster":
+        raise BadRequestError(f"{address} is a {kind}, not a cluster; its page is /ui/resources{address}")
+
+
 def status_summary(status: dict[str, Any] | None) -> list[tuple[str, str]]:
     """The top-level scalar fields of a heartbeat's status, as (name, text) pairs, for a table."""
     if not isinstance(status, dict):

@@ -343,6 +343,9 @@ def test_clusters_show_their_last_heartbeat_and_usage(den: DenServer, browser: B
     assert "server_pid: 4242" in row and row.split("\t")[4] == "7"
     click(page, f"a:text-is('{address}')")
     assert "4242" in page.inner_text(".kvtable") and alice.name in page.inner_text("main")
+    put(alice, f"/{alice.name}/fn")
+    answer = page.goto(f"{den.url}/ui/clusters/{alice.name}/fn")
+    assert answer is not None and answer.status == 400 and "is a function, not a cluster" in error_of(page)
 
 
 def test_the_audit_log_is_filtered_and_paged(den: DenServer, browser: Browser, open_pages: list[Page]) -> None:
