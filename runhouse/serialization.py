@@ -6,7 +6,8 @@ copied into the pickle stream: they ride beside it and are rebuilt zero-copy fro
 without asking any hook, so a value holding one of ``OUT_OF_BAND_MIN`` bytes or more near its top (see
 :func:`_holds_large_bytes`) is pickled with a persistent-id hook that sends every such one out of band too;
 it arrives as a copy of its own type. Plain ``pickle`` is tried first because it is fastest; code and
-objects it cannot handle (lambdas, classes defined in ``__main__``) fall back to cloudpickle. Refs to
+objects it cannot handle (lambdas), or would name in ``__main__`` (a script's or notebook's classes and
+functions, which the receiver's own ``__main__`` lacks), go by cloudpickle, which sends that code by value. Refs to
 results kept on a cluster travel as pickle persistent ids, so the cluster can resolve them without the
 value ever crossing the network.
 
@@ -32,6 +33,7 @@ import itertools
 import mmap
 import os
 import pickle
+import re
 import struct
 import sys
 import time
@@ -204,6 +206,12 @@ def _bytes_from_buffers(persistent_load: PersistentLoad | None) -> PersistentLoa
     return load
 
 
+# A plain pickle naming module "__main__" (its opcode and length, then the name) refers to a class or function
+# of this script or notebook by name, which the receiver's own __main__ lacks: such values go by cloudpickle, which
+# sends that code by value. (A string holding the same bytes only costs the slower path.)
+_NAMES_MAIN = re.compile(re.escape(b"\x8c\x08__main__"))
+
+
 def _pickle(obj: Any, pickler_cls: type[pickle.Pickler], persistent_id: PersistentId | None) -> tuple:
     buffers: list[pickle.PickleBuffer] = []
     if _holds_large_bytes(obj):
@@ -231,7 +239,10 @@ def serialize(
     """
     try:
         main, buffers = _pickle(obj, pickle.Pickler, persistent_id)
+        by_value = bool(_NAMES_MAIN.search(main))
     except Exception:
+        by_value = True
+    if by_value:
         try:
             main, buffers = _pickle(obj, cloudpickle.Pickler, persistent_id)
         except Exception as exc:

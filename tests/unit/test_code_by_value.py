@@ -74,3 +74,18 @@ def test_a_lambda_needs_a_name() -> None:
     with pytest.raises(RunhouseError, match="needs a named function, or name="):
         rh.function(lambda x: x)
     assert rh.function(lambda x: x, name="identity").name == "identity"
+
+
+def test_values_of_classes_named_in_main_travel_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A notebook's class: plain pickle finds it in this __main__ and would send only its name, which the
+    # receiver's __main__ lacks.
+    class Point:
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    Point.__module__, Point.__qualname__ = "__main__", "Point"
+    monkeypatch.setattr(sys.modules["__main__"], "Point", Point, raising=False)
+    parts = serialization.serialize([Point(3)])
+    monkeypatch.delattr(sys.modules["__main__"], "Point")  # the receiver's __main__
+    (point,) = serialization.deserialize(serialization.join(parts))
+    assert point.x == 3

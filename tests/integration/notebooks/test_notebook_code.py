@@ -65,6 +65,24 @@ def test_a_function_from_a_cell_uses_the_imports_and_globals_of_earlier_cells(ke
     )
 
 
+def test_values_of_classes_from_cells_and_async_functions_round_trip(kernel: Kernel) -> None:
+    kernel.run(textwrap.dedent("""        import asyncio
+        from dataclasses import dataclass
+
+        @dataclass
+        class Point:
+            x: int
+            y: int
+
+        async def shift(p, dx):
+            await asyncio.sleep(0)
+            return Point(p.x + dx, p.y)
+
+        moved = await rh.function(shift).to(box)(Point(1, 2), 3)  # top-level await, as in a notebook
+        assert isinstance(moved, Point) and moved == Point(4, 2)
+        """))
+
+
 def test_a_class_from_a_cell_makes_stateful_instances(kernel: Kernel) -> None:
     kernel.run(textwrap.dedent("""\
         import collections
