@@ -315,7 +315,7 @@ def notebook(
     signal.signal(signal.SIGHUP, interrupt)
     with _daemon_of(name, None) as target:
         server = target.notebook(port_forward=port, env=env)
-        console.print("Ctrl-C stops JupyterLab and the tunnel")
+        console.print("Ctrl-C stops JupyterLab")
         server.wait()
     console.print(f"JupyterLab on {name} stopped")
 

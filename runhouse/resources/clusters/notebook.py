@@ -55,9 +55,11 @@ WAIT_POLL_S = 2.0  # how often wait() checks that JupyterLab still answers
 _LOG_TAIL_LINES = 30
 
 # Run on the cluster by the env's interpreter: start JupyterLab (token from stdin), wait until it listens,
-# print one JSON line. argv: port (0: any free one), seconds to wait.
+# print one JSON line. argv: port (0: any free one), seconds to wait, log lines to report. While it waits it
+# writes empty lines: when they (or the report) cannot be written, the client is gone (Ctrl-C, a dropped
+# connection) and JupyterLab is stopped, since nobody could stop it later.
 _LAUNCHER = """
-import json, os, socket, subprocess, sys, time
+import json, os, signal, socket, subprocess, sys, time
 import psutil
 port, timeout = int(sys.argv[1]), float(sys.argv[2])
 token = sys.stdin.readline().strip()
@@ -76,6 +78,17 @@ with open(log_path, "wb") as log:
     os.chmod(log_path, 0o600)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "JUPYTER_TOKEN": token})
+def stop():
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+def say(text):
+    try:
+        sys.stdout.write(text + "\\n")
+        sys.stdout.flush()
+    except OSError:
+        stop()
+        os._exit(1)
 started = psutil.Process(proc.pid).create_time()
 deadline = time.monotonic() + timeout
 ready = False
@@ -84,14 +97,14 @@ while not ready and proc.poll() is None and time.monotonic() < deadline:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         ready = True
     except OSError:
-        time.sleep(0.1)
-if not ready and proc.poll() is None:
-    os.killpg(proc.pid, 9)
-    proc.wait()
+        say("")
+        time.sleep(0.2)
+if not ready:
+    stop()
 with open(log_path, errors="replace") as log:
     tail = "".join(log.readlines()[-int(sys.argv[3]):])
-print(json.dumps({"pid": proc.pid, "started": started, "port": port, "ready": ready, "exit_code": proc.poll(),
-                  "log": log_path, "tail": tail}))
+say(json.dumps({"pid": proc.pid, "started": started, "port": port, "ready": ready, "exit_code": proc.poll(),
+                "log": log_path, "tail": tail}))
 """
 
 # Run on the cluster: stop JupyterLab (pid, its start time so a reused pid is never signalled), its kernels (in
@@ -158,11 +171,20 @@ class LocalHost(NotebookHost):
         return local_port
 
     def run(self, argv: list[str], stdin: bytes, timeout: float) -> tuple[int, str, str]:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
         try:
-            done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, start_new_session=True)
-        except subprocess.TimeoutExpired:
-            raise NotebookError(f"`{argv[0]}` did not finish within {timeout:g} s on this machine") from None
-        return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except BaseException as exc:
+            # Closing its output (rather than killing it) lets the launcher see that nobody listens and stop
+            # what it started.
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise NotebookError(f"`{argv[0]}` did not finish within {timeout:g} s on this machine") from None
+            raise
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     def forward(self, remote_port: int, local_port: int) -> Closeable | None:
         return None
