@@ -2,7 +2,7 @@
 
 Used by ``bench/den.py`` (:func:`bench`, per backend, on its folder of 1,000 resources), or alone::
 
-    .venv/bin/python bench/_den_pages.py            # a SQLite Den in this process, 1,000 resources
+    .venv/bin/python bench/_den_pages.py            # a SQLite Den of its own, 1,000 resources
 
 The page is fetched the way a browser does (a session cookie from the sign-in form), so each figure covers
 the session lookup, the access check, the listing and the HTML. Figures are seen from the client: server
@@ -73,49 +73,44 @@ def bench(backend: str, den_url: str, token: str, folder: str, results: Any) -> 
 
 
 def main() -> None:
-    """A SQLite Den in this process with 1,000 resources in one folder, measured."""
+    """``runhouse den serve`` in a process of its own over a SQLite file with 1,000 resources in one folder
+    (written straight into the database first), measured from this process."""
     import os
+    import subprocess
     import tempfile
-    import threading
-    import time
 
-    import uvicorn
     from cryptography.fernet import Fernet
     from sqlalchemy.orm import Session
 
     from runhouse.den import auth, service
-    from runhouse.den.app import create_app
-    from runhouse.den.crypto import SecretBox
+    from runhouse.den.crypto import KEY_ENV
     from runhouse.den.db import Database
 
     with tempfile.TemporaryDirectory() as folder:
-        os.environ["RH_CONFIG_DIR"] = folder
-        database = Database(f"sqlite:///{folder}/den.sqlite")
-        database.migrate()
-        token = database.run(lambda session: auth.add_user(session, "bench"))
+        url = f"sqlite:///{folder}/den.sqlite"
+        with Database(url) as database:
+            database.migrate()
+            token = database.run(lambda session: auth.add_user(session, "bench"))
 
-        def fill(session: Session) -> None:
-            caller = auth.authenticate(session, token)
-            for i in range(1000):
-                service.put_resource(caller, f"/bench/fns/fn_{i:04d}", {"resource_type": "function", "i": i})
+            def fill(session: Session) -> None:
+                caller = auth.authenticate(session, token)
+                for i in range(1000):
+                    service.put_resource(caller, f"/bench/fns/fn_{i:04d}", {"resource_type": "function", "i": i})
 
-        database.run(fill)
+            database.run(fill)
         port = C.free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(database, SecretBox(Fernet.generate_key())),
-                                               host=C.HOST, port=port, log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
+        env = {**os.environ, "RH_CONFIG_DIR": folder, KEY_ENV: Fernet.generate_key().decode()}
+        with open(Path(folder) / "den.log", "wb") as log:
+            den = subprocess.Popen([sys.executable, "-m", "runhouse.cli", "den", "serve", "--port", str(port),
+                                    "--db", url], env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT)
         try:
-            while not server.started:
-                if not thread.is_alive():
-                    raise RuntimeError(f"Den did not start on port {port}")
-                time.sleep(0.01)
-            print("-- web UI folder page: /bench/fns (1,000 resources), SQLite, Den in this process")
+            C.wait_until(lambda: C.http_health(port), den, "Den")
+            print("-- web UI folder page: /bench/fns (1,000 resources), SQLite, `runhouse den serve` of its own")
             folder_page_figures(f"http://{C.HOST}:{port}", token, "/bench/fns")
         finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-            database.close()
+            den.terminate()
+            den.wait(timeout=HTTP_TIMEOUT_S)
 
 
 if __name__ == "__main__":
