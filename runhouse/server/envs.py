@@ -3,11 +3,13 @@
 An env is a name, a list of requirements and environment variables. The default env runs in the daemon's
 own interpreter. An env with requirements gets a virtual environment under ``~/.rh/envs/<hash of reqs>``,
 shared by every env with the same requirements so a second one installs nothing; it sees the daemon's
-packages (runhouse among them) after its own. Packages (a package folder here, installed editable; a git URL;
-a pip requirement) can be installed into an env's interpreter later (:func:`install_packages`); each
-interpreter records what it got, so an unchanged package is not installed again. Each env has one main worker
-(its named objects live there) and a pool of extra workers, started on first use, that ``map``/``starmap`` fan
-out over.
+packages (runhouse among them) after its own. The venv is made in the daemon's process, and requirements that
+uv's cache holds are installed from it alone (linked, no network: an unpinned requirement gets the cached
+version; pin one to get another), else from the package index. Packages (a package folder here, installed
+editable; a git URL; a pip requirement) can be installed into an env's interpreter later
+(:func:`install_packages`); each interpreter records what it got, so an unchanged package is not installed
+again. Each env has one main worker (its named objects live there) and a pool of extra workers, started on
+first use, that ``map``/``starmap`` fan out over.
 
 :class:`EnvRuntime` has the daemon's :class:`~runhouse.server.backend.WorkerBackend` place and make its
 workers (local processes, :class:`~runhouse.server.channel.WorkerChannel`, on a single-node cluster;
@@ -25,6 +27,7 @@ import shutil
 import site
 import sys
 import time
+import venv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,15 +262,47 @@ def _venv_key(reqs: tuple[str, ...]) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _installer(python: str, reqs: Sequence[str], editable: Sequence[str] = ()) -> list[str]:
-    """The argv installing ``reqs`` (each one argument) and the folders ``editable`` into ``python``."""
-    targets = [*reqs, *(arg for folder in editable for arg in ("--editable", folder))]
+def _uv() -> str | None:
+    """The uv binary, or None when uv is not installed (pip is used then)."""
     try:
         from uv import find_uv_bin
 
-        return [find_uv_bin(), "pip", "install", "--python", python, *targets]
+        return find_uv_bin()
     except (ImportError, FileNotFoundError):
-        return [sys.executable, "-m", "pip", "--python", python, "install", "--progress-bar", "off", *targets]
+        return None
+
+
+def _installer(python: str, reqs: Sequence[str], editable: Sequence[str] = (), offline: bool = False) -> list[str]:
+    """The argv installing ``reqs`` (each one argument) and the folders ``editable`` into ``python``; with
+    ``offline``, from uv's cache only (never the network)."""
+    targets = [*reqs, *(arg for folder in editable for arg in ("--editable", folder))]
+    uv = _uv()
+    if uv is not None:
+        return [uv, "pip", "install", "--python", python, *(["--offline"] if offline else []), *targets]
+    return [sys.executable, "-m", "pip", "--python", python, "install", "--progress-bar", "off", *targets]
+
+
+async def _install_reqs(python: str, reqs: Sequence[str], env: str, progress: Progress) -> tuple[int, list[str]]:
+    """Install ``reqs`` into ``python``: from uv's cache alone when it has them all (no network, files linked
+    from the cache), else from the package index."""
+    if _uv() is not None:
+        code, lines = await _run_streaming(_installer(python, reqs, offline=True), _ignore)
+        if code == 0:
+            for line in lines:
+                progress(line)
+            return code, lines
+        progress(f"env {env!r}: not all in uv's cache; installing from the package index")
+    return await _run_streaming(_installer(python, reqs), progress)
+
+
+def _ignore(_: str) -> None:
+    pass
+
+
+def _make_venv(path: Path) -> None:
+    """A virtual environment at ``path`` on the daemon's Python, without pip (made in this process: no
+    interpreter to start)."""
+    venv.EnvBuilder(symlinks=os.name != "nt", with_pip=False).create(path)
 
 
 async def _run_streaming(cmd: list[str], progress: Progress) -> tuple[int, list[str]]:
@@ -304,12 +339,13 @@ async def ensure_python(spec: EnvSpec, progress: Progress) -> str:
         shutil.rmtree(path, ignore_errors=True)  # a half-made venv from an interrupted attempt
         progress(f"env {spec.name!r}: creating virtual environment {path}")
         try:
-            code, lines = await _run_streaming([sys.executable, "-m", "venv", "--without-pip", str(path)], progress)
-            if code != 0:
-                raise EnvCreationError(f"could not create a virtual environment for env {spec.name!r}: {lines[-5:]}")
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, _make_venv, path)
+            except OSError as exc:
+                raise EnvCreationError(f"could not create a virtual environment for env {spec.name!r}: {exc}") from exc
             _link_daemon_packages(Path(python))
             progress(f"env {spec.name!r}: installing {', '.join(spec.reqs)}")
-            code, lines = await _run_streaming(_installer(python, spec.reqs), progress)
+            code, lines = await _install_reqs(python, spec.reqs, spec.name, progress)
             if code != 0:
                 tail = "\n".join(lines[-_INSTALL_TAIL_LINES:])
                 named = [r for r in spec.reqs if _req_name(r) in tail.lower()] or list(spec.reqs)

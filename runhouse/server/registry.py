@@ -9,10 +9,11 @@ A change (an env or an entry set or dropped) is one line appended to the journal
 (``fdatasync``) before the call that made it answers: saving costs the size of the change, not of the
 registry. Loading reads the snapshot and replays the journal; a line whose checksum does not match (a daemon
 killed in the middle of an append, or a damaged disk) is skipped. The journal is folded into a new snapshot
-when the registry is loaded with a non-empty journal (or without a snapshot yet), at a clean stop, and while the daemon runs once the journal outgrows
-``max(JOURNAL_SLACK * snapshot, JOURNAL_MIN_BYTES)``, so each change is written a bounded number of times
-(amortized O(change)). Records set or drop by name, so replaying a journal over a snapshot that already holds
-it (a crash between writing the snapshot and emptying the journal) gives the same registry.
+when the registry is loaded with a non-empty journal (or without a snapshot yet), at a clean stop, and while
+the daemon runs once the journal outgrows ``max(JOURNAL_SLACK * snapshot, JOURNAL_MIN_BYTES)``, so each
+change is written a bounded number of times (amortized O(change)). Records set or drop by name, so
+replaying a journal over a snapshot that already holds it (a crash between writing the snapshot and emptying
+the journal) gives the same registry.
 
 Plain values (``put``, results of ``.remote()``) are registered but never persisted: they live in a worker.
 """
