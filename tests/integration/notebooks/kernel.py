@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +59,11 @@ class Kernel:
             self.client.on_stream = None
         return self.client.nb
 
+
+    def interrupt(self) -> None:
+        """What a notebook's stop button does: SIGINT to the kernel (ipykernel's interrupt mode)."""
+        process = self.client.km.provisioner.process  # type: ignore[union-attr]
+        process.send_signal(signal.SIGINT)
 
     def run_answering(self, code: str, answer: Callable[[str, bool], str]) -> list[tuple[str, bool]]:
         """Execute ``code`` as a page that takes input does (JupyterLab, Colab): every prompt (its text, and

@@ -162,6 +162,27 @@ def test_stream_logs_reach_the_cell_while_the_call_runs(kernel: Kernel, tmp_path
     assert printed.index("first line") < printed.index("second line") < printed.index("result: released")
 
 
+def test_interrupting_the_cell_cancels_the_remote_call(kernel: Kernel) -> None:
+    # The notebook's stop button (SIGINT to the kernel), pressed once the call has started on the cluster.
+    def on_stream(text: str) -> None:
+        if "started" in text:
+            kernel.interrupt()
+
+    with pytest.raises(CellExecutionError, match="KeyboardInterrupt"):
+        kernel.run(
+            "import time\n\ndef sleeper():\n    print('started', flush=True)\n    for _ in range(6000):\n"
+            "        time.sleep(0.01)\n\n"
+            "rh.function(sleeper).to(box)()",
+            on_stream=on_stream,
+        )
+    kernel.run(textwrap.dedent("""\
+        deadline = time.monotonic() + 30  # the daemon sees the closed connection, then stops the call
+        while box.runs(name="sleeper")[0]["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [run["status"] for run in box.runs(name="sleeper")] == ["cancelled"], box.runs(name="sleeper")
+        """))
+
+
 def test_a_saved_notebook_function_loads_by_name_in_another_process(kernel: Kernel, box: rh.Cluster) -> None:
     kernel.run(textwrap.dedent("""\
         FACTOR = 3
