@@ -73,15 +73,16 @@ def test_the_cli_says_which_port_is_in_use(cluster, taken_port):
     assert f"local port {taken_port} is already in use" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({"persist": True}, re.escape("notebook(persist=True) is not supported")),
-    ({"sync_package_on_close": "./"}, re.escape("notebook(sync_package_on_close=...) is not supported")),
-    ({"port_forward": 0}, "port_forward is a local port number"),
-    ({"port_forward": "8888"}, "port_forward is a local port number"),
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"persist": True}, ValueError, re.escape("notebook(persist=True) is not supported")),
+    ({"sync_package_on_close": "./"}, ValueError, re.escape("notebook(sync_package_on_close=...) is not supported")),
+    ({"port_forward": 0}, ValueError, "port_forward is a local port number"),
+    ({"port_forward": "8888"}, ValueError, "port_forward is a local port number"),
+    ({"persist": 8888}, TypeError, "persist is True or False, not 8888"),
 ])
-def test_unsupported_arguments_are_refused_before_anything_starts(arguments, message):
+def test_unsupported_arguments_are_refused_before_anything_starts(arguments, error, message):
     here = rh.cluster(name="nowhere", host="localhost", server_port=free_port())  # no daemon: nothing is started
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         here.notebook(**arguments)
 
 

@@ -399,10 +399,11 @@ class Cluster(Resource, Closeable):
 
     def notebook(
         self,
-        port_forward: int = DEFAULT_NOTEBOOK_PORT,
-        env: Env | str | None = None,
         persist: bool = False,
         sync_package_on_close: str | None = None,
+        port_forward: int = DEFAULT_NOTEBOOK_PORT,
+        *,
+        env: Env | str | None = None,
     ) -> NotebookServer:
         """Start JupyterLab on the cluster and open it here at ``http://127.0.0.1:{port_forward}`` (the URL with its
         token is printed); installs JupyterLab into ``env``'s interpreter (the cluster's ``default_env``) when it

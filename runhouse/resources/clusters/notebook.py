@@ -314,7 +314,9 @@ def start_notebook(
 ) -> NotebookServer:
     """Start JupyterLab in ``env``'s interpreter on ``cluster`` (running on ``host``) and reach it at local port
     ``port_forward``; prints its URL. See :meth:`Cluster.notebook <runhouse.Cluster.notebook>`."""
-    if persist is not False:
+    if not isinstance(persist, bool):
+        raise TypeError(f"persist is True or False, not {persist!r} (the local port is port_forward=)")
+    if persist:
         raise ValueError(
             "cluster.notebook(persist=True) is not supported: JupyterLab stops when the notebook is closed. To keep "
             "one running, run it yourself: cluster.run(['jupyter lab --no-browser --port 8888 &']) and "

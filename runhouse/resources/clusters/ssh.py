@@ -389,10 +389,11 @@ class SSHCluster(Cluster):
 
     def notebook(
         self,
-        port_forward: int = DEFAULT_NOTEBOOK_PORT,
-        env: Env | str | None = None,
         persist: bool = False,
         sync_package_on_close: str | None = None,
+        port_forward: int = DEFAULT_NOTEBOOK_PORT,
+        *,
+        env: Env | str | None = None,
     ) -> NotebookServer:
         """:meth:`Cluster.notebook`: JupyterLab on the head node, forwarded through this cluster's SSH connection."""
         self._ensure_up()  # connects first: accepting a new host key replaces the connection
