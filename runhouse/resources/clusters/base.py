@@ -49,7 +49,7 @@ from runhouse.errors import ClusterUnreachableError, ConfigError, RunhouseError
 from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
 from runhouse.protocol import DEFAULT_ENV, LogSink, Op
-from runhouse.resources.clusters.notebook import DEFAULT_NOTEBOOK_PORT
+from runhouse.resources.clusters.notebook import DEFAULT_NOTEBOOK_PORT, LocalHost, NotebookServer, start_notebook
 from runhouse.resources.env import Env, Requirement
 from runhouse.resources.package import packages_from
 from runhouse.resources.resource import Resource
@@ -64,7 +64,6 @@ from runhouse.transport.client import (
 from runhouse.transport.direct import DirectCalls
 
 if TYPE_CHECKING:
-    from runhouse.resources.clusters.notebook import NotebookServer
     from runhouse.resources.data.base import DataSystem
 
 CONTROL_TIMEOUT_S = 60.0
@@ -408,7 +407,8 @@ class Cluster(Resource, Closeable):
         """Start JupyterLab on the cluster and open it here at ``http://127.0.0.1:{port_forward}`` (the URL with its
         token is printed); installs JupyterLab into ``env``'s interpreter (the cluster's ``default_env``) when it
         lacks it. Use as a context manager: leaving the block stops JupyterLab, its kernels and the tunnel;
-        ``.wait()`` blocks until Ctrl-C, then does the same (as ``runhouse notebook CLUSTER`` does).
+        ``.wait()`` blocks until Ctrl-C, then does the same (as ``runhouse notebook CLUSTER`` does). Keep the
+        returned server: once nothing holds it (or this interpreter exits), JupyterLab is stopped too.
 
         JupyterLab binds 127.0.0.1 on the cluster with a new random token; an SSH cluster forwards it through its
         SSH connection, a daemon on this machine runs it on ``port_forward`` itself. ``persist=True`` and
@@ -424,8 +424,6 @@ class Cluster(Resource, Closeable):
             NotebookError: JupyterLab did not start or answer (carries the end of its log).
             ClusterUnreachableError: a daemon on another machine reached without SSH (nothing to forward through).
         """
-        from runhouse.resources.clusters.notebook import LocalHost, start_notebook
-
         if not self.is_local:
             raise ClusterUnreachableError(
                 f"{self.name or self.host} is reached directly at {self.host}:{self.server_port}, not over SSH, so "
