@@ -127,6 +127,7 @@ class WorkerOp:
     GET = "get"
     DELETE = "delete"
     FLUSH = "flush"
+    MAP = "map"
 
 
 # The class attribute through which a class deployed to a cluster names its client-side-only members (a

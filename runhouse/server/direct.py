@@ -105,12 +105,13 @@ class DirectHub:
 
     # --- from the workers ------------------------------------------------------------------------------
     def on_events(self, worker: WorkerChannel, events: list[tuple]) -> None:
-        runs, idle = self.runtime.runs, self.runtime.idle
+        runs, idle, metrics = self.runtime.runs, self.runtime.idle, self.runtime.metrics
         open_runs = self._open.setdefault(worker, {})
         for event in events:
             what, drid = event[0], event[1]
             if what == "start":
-                _, _, name, method, started_at = event
+                _, _, name, method, started_at, received = event
+                metrics.bytes_in.inc(received)
                 started = runs.start(name, method, CALL, worker.env_name, worker.pid, DAEMON_CALLER, None)
                 started.started_at = started_at
                 open_runs[drid] = started
@@ -123,7 +124,8 @@ class DirectHub:
             elif what == "end":
                 run = open_runs.pop(drid, None)
                 if run is not None:
-                    _, _, info, ended_at = event
+                    _, _, info, ended_at, sent = event
+                    metrics.bytes_out.inc(sent)
                     status, error = ended_with(info) if info else (DONE, None)
                     runs.finish(run, status, error, ended_at)
                     idle.end()

@@ -7,7 +7,7 @@ One :class:`prometheus_client.CollectorRegistry` of the daemon's own (never the 
     runhouse_call_duration_seconds{name, method, kind}    histogram of their durations
     runhouse_runs_in_flight                               runs going now
     runhouse_worker_restarts_total{env, role}             workers that exited on their own (a crash, a kill)
-    runhouse_bytes_in_total / runhouse_bytes_out_total    HTTP bodies received and sent
+    runhouse_bytes_in_total / runhouse_bytes_out_total    bytes of requests and answers (direct calls' too)
 
 The label children of each (name, method, kind) are looked up once and cached: a finished run costs three
 dictionary lookups and three increments.

@@ -67,11 +67,12 @@ def _read(stream: Any, n: int) -> bytearray:
 class _CallContext:
     """Per-call state reachable from user code through a context variable: where the call's output goes."""
 
-    __slots__ = ("rid", "sinks", "pending")
+    __slots__ = ("rid", "sinks", "pending", "prefix")
 
     def __init__(self, rid: int, sinks: Sequence[Callable[[bytes], None]]) -> None:
         self.rid, self.sinks = rid, sinks
         self.pending = ""
+        self.prefix = b""  # what each line starts with: ``[index] `` while a map item runs
 
     def write(self, text: str) -> None:
         self.pending += text
@@ -79,6 +80,8 @@ class _CallContext:
         if cut:
             lines, self.pending = self.pending[:cut], self.pending[cut:]
             data = lines.encode("utf-8", "replace")
+            if self.prefix:
+                data = b"".join(self.prefix + line for line in data.splitlines(keepends=True))
             for sink in self.sinks:
                 sink(data)
 
@@ -226,6 +229,7 @@ class Worker:
             WorkerOp.GET: self.op_get,
             WorkerOp.DELETE: self.op_delete,
             WorkerOp.FLUSH: self.op_flush,
+            WorkerOp.MAP: self.op_map,
         }
 
     # --- transport ---------------------------------------------------------------------------------
@@ -367,7 +371,7 @@ class Worker:
         except asyncio.CancelledError:
             raise CallCancelledError("the call was cancelled") from None
 
-    def _load_args(self, meta: dict, payload: bytearray) -> Any:
+    def _load_args(self, meta: dict, payload: bytearray | memoryview) -> Any:
         if "refs" not in meta:
             return serialization.deserialize(payload)
         fetched = meta["refs"]
@@ -394,7 +398,7 @@ class Worker:
         return None, serialization.serialize(value, shm=bool(meta.get("shm")), shm_owner=owner)
 
     # --- ops ---------------------------------------------------------------------------------------
-    def op_call(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+    def op_call(self, meta: dict, payload: bytearray | memoryview) -> tuple[dict | None, list]:
         target = self._object(meta["name"])
         method = meta.get("method") or "__call__"
         if method in ("call", "__call__") and not hasattr(target, method):
@@ -408,6 +412,37 @@ class Worker:
         if inspect.iscoroutine(result):
             result = self._run_coroutine(_current_call.get().rid, result)  # type: ignore[union-attr]
         return self._reply(result, meta)
+
+    def op_map(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
+        """Run a batch of a map's items one after another: ``sizes`` cut the payload into the items' arguments
+        and ``indices`` number them (each line of an item's output starts with ``[index]``). The reply's parts are
+        the items' answers back to back; its meta has their ``kinds`` (RESULT or ERROR) and ``sizes``."""
+        ctx = _current_call.get()
+        assert ctx is not None
+        call = {"name": meta["name"], "method": meta["method"], "shm": meta.get("shm")}
+        if "refs" in meta:
+            call["refs"] = meta["refs"]
+        view = memoryview(payload)
+        kinds: list[int] = []
+        sizes: list[int] = []
+        parts: list = []
+        offset = 0
+        for index, size in zip(meta["indices"], meta["sizes"], strict=True):
+            ctx.prefix = f"[{index}] ".encode()
+            try:
+                item = self.op_call(call, view[offset : offset + size])[1]
+                kind = protocol.RESULT
+            except CallCancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - an item's failure is its answer
+                item, kind = [protocol.encode_meta(serialization.pack_exception(exc))], protocol.ERROR
+            ctx.close()
+            offset += size
+            kinds.append(kind)
+            sizes.append(serialization.serialized_size(item))
+            parts += item
+        ctx.prefix = b""
+        return {"kinds": kinds, "sizes": sizes}, parts
 
     def op_deploy(self, meta: dict, payload: bytearray) -> tuple[dict | None, list]:
         spec = meta["spec"]
@@ -570,7 +605,7 @@ class _DirectServer:
         method = meta.get("method") or protocol.CALL_METHOD
         record = functools.partial(self._output, drid)
         sinks = [functools.partial(send.log, rid), record] if meta.get("stream_logs") else [record]
-        self.event(("start", drid, name, method, time.time()))
+        self.event(("start", drid, name, method, time.time(), len(payload)))
         fd = conn.fileno()
         with self._watch_lock:
             self._watched[fd] = drid
@@ -582,7 +617,7 @@ class _DirectServer:
             with self._watch_lock:
                 self._watched.pop(fd, None)
             self._watch.unregister(fd)
-        self.event(("end", drid, info, time.time()))
+        self.event(("end", drid, info, time.time(), serialization.serialized_size(parts)))
         send(kind, rid, reply_meta, parts)
 
     def _watcher(self) -> None:

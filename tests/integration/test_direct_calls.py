@@ -140,7 +140,8 @@ def test_an_object_moved_to_another_env_or_a_restarted_daemon_is_found_again(own
     old = _route(own_cluster, "direct_env_var")
     # Another client moves it: this one's route still names the old worker, which no longer has it.
     other = rh.cluster(name="other", host="localhost", server_port=own_cluster.server_port)
-    rh.function(funcs.env_var).to(other, env=rh.env(name="direct_other_env", env_vars={"MOVED": "1"}), name="direct_env_var")
+    moved_env = rh.env(name="direct_other_env", env_vars={"MOVED": "1"})
+    rh.function(funcs.env_var).to(other, env=moved_env, name="direct_env_var")
     assert fn("RH_ENV_NAME") == "direct_other_env"  # the old worker answered "missing": through the daemon
     assert fn("RH_ENV_NAME") == "direct_other_env"  # routed afresh
     assert _route(own_cluster, "direct_env_var").pid != old.pid
