@@ -105,7 +105,9 @@ _MIGRATION_LOCK_ID = 0x52484445  # "RHDE": PostgreSQL advisory lock held while m
 # Connections for 32 concurrent clients without waiting on the pool; PostgreSQL ones are recycled hourly.
 POOL_SIZE = 32
 POOL_RECYCLE_S = 3600
-# asyncpg (fetch_one on PostgreSQL): how long to wait for a connection, and for the pool to close.
+# asyncpg (fetch_one on PostgreSQL): its connections (one event loop keeps a few queries in flight; each
+# connection counts against PostgreSQL's max_connections), how long to wait for one, and for the pool to close.
+ASYNC_POOL_SIZE = 8
 ASYNC_CONNECT_TIMEOUT_S = 10.0
 ASYNC_CLOSE_TIMEOUT_S = 5.0
 # Queued audit entries are written at least this often, and at once when this many are waiting.
@@ -571,8 +573,10 @@ class Database(Closeable):
             pool = await self._pool()
             try:
                 return await pool.fetchrow(sql, *args, record_class=self._record_class)
+            # A connection the server ended: found closed, told of it, or caught mid-message (asyncpg's
+            # protocol then refuses the query with an internal error).
             except (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.InterfaceError,
-                    ConnectionError):
+                    asyncpg.InternalClientError, ConnectionError):
                 if attempt == 2:
                     raise
                 await pool.expire_connections()
@@ -626,7 +630,7 @@ class Database(Closeable):
         import asyncpg
 
         url = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
-        return await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, init=_json_columns,
+        return await asyncpg.create_pool(url, min_size=1, max_size=ASYNC_POOL_SIZE, init=_json_columns,
                                          timeout=ASYNC_CONNECT_TIMEOUT_S)
 
     def close(self) -> None:

@@ -155,8 +155,9 @@ def _naive_utc(moment: datetime | None) -> datetime | None:
 
 
 def iso(moment: datetime) -> str:
-    """A stored (naive UTC) time as ISO 8601 with its zone."""
-    return moment.replace(tzinfo=timezone.utc).isoformat()
+    """A stored (naive UTC) time as ISO 8601 with its zone (what ``isoformat`` gives for UTC, made without
+    an aware copy: listings format thousands)."""
+    return moment.isoformat() + "+00:00"
 
 
 # ------------------------------------------------------------------------------------------- access
@@ -434,29 +435,25 @@ def list_folder(caller: Caller, text: str) -> dict[str, Any]:
     """The direct children of a folder that the caller may read: resources and sub-folders."""
     folder = folder_address(text)
     prefix = f"{folder}/"
-    rows = caller.session.execute(
+    # Core, not the ORM's result machinery (a third of the time of a 1,000-entry listing).
+    rows = caller.session.connection().execute(
         select(Resource.address, Resource.resource_type, Resource.updated_at, Resource.public)
         .where(starts_with(caller.session, Resource.address, prefix))
-    )
+    ).all()
     whole = access(caller, folder) is not None
     shares = None if whole else caller.shares
-    entries: dict[tuple[str, str], dict[str, Any]] = {}
+    cut = len(prefix)
+    latest: dict[tuple[str, str], tuple[datetime, str]] = {}  # (name, kind) -> (updated_at, resource_type)
     for address, resource_type, updated_at, public in rows:
         if not (whole or public or access(caller, _stored(address), shares) is not None):
             continue
-        name, below, _ = address[len(prefix):].partition("/")
-        kind = "folder" if below else "resource"
-        entry = entries.get((name, kind))
-        if entry is not None and entry["updated_at"] >= updated_at:
-            continue
-        entries[(name, kind)] = {
-            "name": name,
-            "address": prefix + name,
-            "kind": kind,
-            "resource_type": "folder" if below else resource_type,
-            "updated_at": updated_at,
-        }
-    listing = [{**entry, "updated_at": iso(entry["updated_at"])} for _, entry in sorted(entries.items())]
+        name, below, _ = address[cut:].partition("/")
+        key = (name, "folder" if below else "resource")
+        seen = latest.get(key)
+        if seen is None or seen[0] < updated_at:
+            latest[key] = (updated_at, "folder" if below else resource_type)
+    listing = [{"name": name, "address": prefix + name, "kind": kind, "resource_type": resource_type,
+                "updated_at": iso(updated_at)} for (name, kind), (updated_at, resource_type) in sorted(latest.items())]
     return {"folder": str(folder), "entries": listing}
 
 
