@@ -44,6 +44,7 @@ import _common as C  # noqa: E402
 
 TARGET_RATIO = 0.5
 RAY_TIMEOUT_S = 600
+RAY_START_ATTEMPTS = 3
 
 _RAY_DRIVER = textwrap.dedent("""
     import json, sys, time
@@ -71,7 +72,21 @@ def numpy_total(n: int) -> int:
 
 
 def ray_run(extra_path: str | None) -> float:
-    """Seconds from submitting a pip-runtime-env task to its result, in a Ray of its own."""
+    """Seconds from submitting a pip-runtime-env task to its result, in a Ray of its own (started again when it
+    does not come up: on a loaded machine Ray's node agent can miss the raylet's start deadline)."""
+    for attempt in range(RAY_START_ATTEMPTS):
+        try:
+            return _ray_once(extra_path)
+        except RayDidNotStart as exc:
+            print(f"  (Ray did not start, attempt {attempt + 1} of {RAY_START_ATTEMPTS}: {exc})", flush=True)
+    raise RuntimeError(f"Ray did not start in {RAY_START_ATTEMPTS} attempts")
+
+
+class RayDidNotStart(Exception):
+    pass
+
+
+def _ray_once(extra_path: str | None) -> float:
     temp = tempfile.mkdtemp(prefix="rh-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     environ = dict(os.environ)
     if extra_path:
@@ -81,6 +96,8 @@ def ray_run(extra_path: str | None) -> float:
     try:
         stdout, stderr = driver.communicate(timeout=RAY_TIMEOUT_S)
         lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        if "timed out during startup" in stderr:
+            raise RayDidNotStart(stderr.strip().splitlines()[-1])
         if driver.returncode != 0 or not lines:
             raise RuntimeError(f"the Ray driver failed ({driver.returncode}): {stderr[-2000:]}")
         answer = json.loads(lines[-1])
