@@ -9,7 +9,7 @@ A change (an env or an entry set or dropped) is one line appended to the journal
 (``fdatasync``) before the call that made it answers: saving costs the size of the change, not of the
 registry. Loading reads the snapshot and replays the journal; a line whose checksum does not match (a daemon
 killed in the middle of an append, or a damaged disk) is skipped. The journal is folded into a new snapshot
-when the registry is loaded with a non-empty journal (or without a snapshot yet), at a clean stop, and while
+at the first change after loading a non-empty journal (or without a snapshot yet), at a clean stop, and while
 the daemon runs once the journal outgrows ``max(JOURNAL_SLACK * snapshot, JOURNAL_MIN_BYTES)``, so each
 change is written a bounded number of times (amortized O(change)). Records set or drop by name, so
 replaying a journal over a snapshot that already holds it (a crash between writing the snapshot and emptying
@@ -81,9 +81,10 @@ class Registry:
         self._snapshot_bytes = 0
         self._journal_bytes = 0
         self._load()
-        self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
-        if self._journal_bytes or not self.path.exists():
-            self.compact()
+        # Opened, and the journal folded in, at the first change: a registry only read writes nothing (a second
+        # daemon started on the same port reads it, then finds the port taken and exits).
+        self._journal_fd: int | None = None
+        self._fold_first = self._journal_bytes > 0 or not self.path.exists()
 
     # --- reading -------------------------------------------------------------------------------------
     def entry(self, name: str) -> Entry:
@@ -130,7 +131,11 @@ class Registry:
                 return
             self.envs[spec.name] = spec
         elif "entry" in record:
-            entry = Entry.from_json(record["entry"])
+            try:
+                entry = Entry.from_json(record["entry"])
+            except (TypeError, KeyError, ValueError) as exc:  # not what this version writes: skipped, not fatal
+                print(f"runhouse daemon: dropped a saved object that is not valid ({exc!r})", file=sys.stderr)
+                return
             self.entries[entry.name] = entry
         elif "drop" in record:
             self.entries.pop(record["drop"], None)
@@ -169,12 +174,21 @@ class Registry:
             del self.entries[key]
         self._append({"drop_env": name})
 
+    def _journal(self) -> int:
+        """The journal's file, open for appending (after folding what an earlier daemon left in it)."""
+        if self._journal_fd is None:
+            self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        if self._fold_first:
+            self.compact()
+        return self._journal_fd
+
     def _append(self, record: dict[str, Any]) -> None:
         line = _format_line(record)
+        fd = self._journal()
         view = memoryview(line)
         while view:
-            view = view[os.write(self._journal_fd, view):]
-        os.fdatasync(self._journal_fd)
+            view = view[os.write(fd, view):]
+        os.fdatasync(fd)
         self._journal_bytes += len(line)
         if self._journal_bytes > max(JOURNAL_SLACK * self._snapshot_bytes, JOURNAL_MIN_BYTES):
             self.compact()
@@ -185,18 +199,24 @@ class Registry:
             "envs": [s.to_dict() for s in self.envs.values()],
             "entries": [e.to_json() for e in self.entries.values() if e.kind != VALUE],
         })
+        self._fold_first = False
+        fd = self._journal()
         write_atomic(self.path, text, _FILE_MODE)
-        os.ftruncate(self._journal_fd, 0)
-        os.fsync(self._journal_fd)
+        os.ftruncate(fd, 0)
+        os.fsync(fd)
         self._snapshot_bytes, self._journal_bytes = len(text), 0
 
     def close(self) -> None:
-        """Fold the journal into the snapshot (a clean stop leaves one file) and close it."""
+        """Fold the journal into the snapshot (a clean stop leaves one file) and close it; a registry that was
+        only read is left as it was."""
+        if self._journal_fd is None:
+            return
         try:
             self.compact()
         finally:
             with contextlib.suppress(OSError):
                 os.close(self._journal_fd)
+            self._journal_fd = None
 
 
 def _format_line(record: dict[str, Any]) -> bytes:

@@ -91,9 +91,28 @@ def test_a_torn_last_record_is_skipped_and_what_came_before_kept(tmp_path, capsy
     again = Registry(path)
     assert set(again.entries) == {"fn_0", "fn_1", "fn_2"}
     assert "incomplete or damaged" in capsys.readouterr().err
-    assert again.journal_path.stat().st_size == 0  # folded at load: the next append starts on a clean line
-    again.set(_function("after"))
+    again.set(_function("after"))  # the journal is folded first: this append starts on a clean line
+    assert len(again.journal_path.read_bytes().splitlines()) == 1
     assert set(Registry(path).entries) == {"fn_0", "fn_1", "fn_2", "after"}
+
+
+def test_a_registry_only_read_writes_nothing(tmp_path):
+    path = tmp_path / "registry.json"
+    _populated(path, 3).close()
+    reg = _populated(path, 2)  # the journal holds changes again
+    files = {p: (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in (path, reg.journal_path)}
+    reader = Registry(path)  # e.g. a second daemon on the same port, about to find the port taken
+    reader.close()
+    assert {p: (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in files} == files
+    assert _state(Registry(path)) == _state(reg)
+
+
+def test_a_saved_object_this_version_cannot_read_is_dropped_not_fatal(tmp_path, capsys):
+    path = tmp_path / "registry.json"
+    reg = _populated(path, 2)
+    reg._append({"entry": {"name": "odd", "unknown_field": 1}})
+    assert set(Registry(path).entries) == {"fn_0", "fn_1"}
+    assert "dropped a saved object" in capsys.readouterr().err
 
 
 def test_a_damaged_record_in_the_middle_is_skipped_not_fatal(tmp_path):
