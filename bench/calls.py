@@ -31,6 +31,7 @@ import argparse
 import importlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ import _common as C  # noqa: E402
 import _funcs  # noqa: E402
 
 BIG = 100 * C.MIB  # bytes of the large argument / return
+MAP_ITEMS = 10_000
+BIG_MAP_ITEMS = 100_000
+ECHO = "uvicorn echo"
+DAEMON_PATH = "through the daemon (RH_DIRECT_CALLS=0)"
 SMALL_BODY = b"x" * 48  # about the size of a serialized add(1, 2) call
 
 
@@ -58,11 +63,12 @@ class Config:
     cold_runs: int = 5
     redeploy_runs: int = 20
     start_runs: int = 3
+    map_items: int = MAP_ITEMS
 
     @classmethod
     def quick(cls) -> Config:
         return cls(warmup=20, calls=200, threads=16, seconds=1.0, big_runs=3, cold_runs=2, redeploy_runs=5,
-                   start_runs=1)
+                   start_runs=1, map_items=MAP_ITEMS // 10)
 
 
 # --- results ---------------------------------------------------------------------------------------------
@@ -72,13 +78,24 @@ class Metric:
     unit: str  # "ms", "s", "calls/s" or "MB/s"
     lower_is_better: bool
     target: float | None
+    # A target relative to a baseline of the same run: (baseline name, ratio ours / baseline must stay within).
+    ratio_target: tuple[str, float] | None = None
     ours: float | None = None
     baselines: list[tuple[str, float]] = field(default_factory=list)
 
     def met(self) -> bool | None:
-        if self.ours is None or self.target is None:
+        if self.ours is None:
             return None
-        return self.ours <= self.target if self.lower_is_better else self.ours >= self.target
+        verdicts = []
+        if self.target is not None:
+            verdicts.append(self.ours <= self.target if self.lower_is_better else self.ours >= self.target)
+        if self.ratio_target is not None:
+            name, limit = self.ratio_target
+            base = dict(self.baselines).get(name)
+            if base:
+                ratio = self.ours / base
+                verdicts.append(ratio <= limit if self.lower_is_better else ratio >= limit)
+        return all(verdicts) if verdicts else None
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -98,20 +115,27 @@ def fmt_ratio(ours: float | None, base: float) -> str:
 
 
 def fmt_target(m: Metric) -> str:
-    if m.target is None:
-        return "-"
-    return f"{'<=' if m.lower_is_better else '>='} {fmt(m.target, m.unit)}"
+    sign = "<=" if m.lower_is_better else ">="
+    texts = [f"{sign} {fmt(m.target, m.unit)}"] if m.target is not None else []
+    if m.ratio_target is not None:
+        texts.append(f"{sign} {m.ratio_target[1]:g}x {m.ratio_target[0]}")
+    return "\n".join(texts) or "-"
 
 
 class Results:
     def __init__(self) -> None:
         self.metrics: dict[str, Metric] = {
-            "p50": Metric("warm call p50 (stream_logs=False)", "ms", True, 0.5),
-            "p99": Metric("warm call p99 (stream_logs=False)", "ms", True, 1.5),
-            "p50_default": Metric("warm call p50 (default, stream_logs=True)", "ms", True, 0.5),
-            "tput": Metric("throughput, 16 caller threads", "calls/s", False, 3000),
-            "arg": Metric("100 MiB numpy argument", "MB/s", False, 1000),
-            "ret": Metric("100 MiB numpy return", "MB/s", False, 1000),
+            "p50": Metric("warm call p50 (stream_logs=False)", "ms", True, 0.5, (ECHO, 2.0)),
+            "p99": Metric("warm call p99 (stream_logs=False)", "ms", True, 1.5, (ECHO, 3.0)),
+            "p50_default": Metric("warm call p50 (default, stream_logs=True)", "ms", True, 0.5, (ECHO, 2.0)),
+            "tput": Metric("throughput, 16 caller threads", "calls/s", False, 3000, (ECHO, 0.5)),
+            "arg": Metric("100 MiB numpy argument, median of runs", "MB/s", False, 1000),
+            "arg_worst": Metric("100 MiB numpy argument, worst run", "MB/s", False, 1000),
+            "ret": Metric("100 MiB numpy return, median of runs", "MB/s", False, 1000),
+            "ret_worst": Metric("100 MiB numpy return, worst run", "MB/s", False, 1000),
+            "map": Metric(f"map of {MAP_ITEMS:,} trivial items", "items/s", False, 20_000),
+            "map_client_mem": Metric(f"map of {BIG_MAP_ITEMS:,} items: client memory growth", "MiB", True, None),
+            "map_daemon_mem": Metric(f"map of {BIG_MAP_ITEMS:,} items: daemon memory growth", "MiB", True, None),
             "arg_body": Metric("100 MiB argument in the HTTP body (no shm)", "MB/s", False, None),
             "cold": Metric("cold deploy to first result (new module)", "s", True, 0.2),
             "cold_value": Metric("cold deploy to first result (by value)", "s", True, 0.2),
@@ -268,12 +292,14 @@ def bench_ours(rh, daemon, cfg: Config, R: Results, started: list[int], state: P
         times = C.timed_runs(lambda: nbytes(big, stream_logs=False), cfg.big_runs)
         print(f"  argument, MB/s per run: {mbps_runs(times)}")
         R.ours("arg", C.mb_per_s(BIG, C.median(times)))
+        R.ours("arg_worst", C.mb_per_s(BIG, max(times)))
         back = ones(BIG, stream_logs=False)
         assert back.nbytes == BIG and back[0] == 1 and back[-1] == 1
         del back
         times = C.timed_runs(lambda: ones(BIG, stream_logs=False), cfg.big_runs, warmup=0)
         print(f"  return, MB/s per run: {mbps_runs(times)}")
         R.ours("ret", C.mb_per_s(BIG, C.median(times)))
+        R.ours("ret_worst", C.mb_per_s(BIG, max(times)))
         # As from another host: no shared memory, all 100 MiB in the request body the daemon reads.
         from runhouse import protocol, serialization
 
@@ -288,8 +314,66 @@ def bench_ours(rh, daemon, cfg: Config, R: Results, started: list[int], state: P
         kept = rh.function(_funcs.kept_ones).to(cluster)
         times = C.timed_runs(lambda: kept(BIG, stream_logs=False), cfg.big_runs)
         print(f"  return of an array the worker already holds (transport only), MB/s per run: {mbps_runs(times)}")
+        bench_map(add, cluster, cfg, R, port)
+        bench_daemon_path(add, cfg, R)
     finally:
         daemon.stop(port)
+
+
+def bench_map(add, cluster, cfg: Config, R: Results, port: int) -> None:
+    """``map`` of trivial items: items/s for 10,000; for 100,000 the peak memory growth of client and daemon."""
+    import psutil
+
+    items = cfg.map_items
+    print(f"-- map: add over {items:,} items (median of 3), then {BIG_MAP_ITEMS:,} items watching memory")
+    assert add.map(range(100), range(100), stream_logs=False) == [2 * i for i in range(100)]
+    times = C.timed_runs(lambda: add.map(range(items), range(items), stream_logs=False), 3)
+    print(f"  items/s per run: {', '.join(f'{items / t:,.0f}' for t in times)}")
+    R.ours("map", items / C.median(times))
+    from runhouse.transport.client import health
+
+    daemon_pid = int(health(port)["pid"])
+    procs = {"client": psutil.Process(), "daemon": psutil.Process(daemon_pid)}
+    before = {k: p.memory_info().rss for k, p in procs.items()}
+    peak = dict(before)
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.is_set():
+            for key, proc in procs.items():
+                peak[key] = max(peak[key], proc.memory_info().rss)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    results = add.map(range(BIG_MAP_ITEMS), range(BIG_MAP_ITEMS), stream_logs=False)
+    took = time.perf_counter() - t0
+    watching.set()
+    watcher.join()
+    assert results[-1] == 2 * (BIG_MAP_ITEMS - 1)
+    grown = {k: (peak[k] - before[k]) / C.MIB for k in procs}
+    print(f"  {BIG_MAP_ITEMS:,} items in {took:.2f} s ({BIG_MAP_ITEMS / took:,.0f}/s); peak memory growth: "
+          f"client {grown['client']:.0f} MiB, daemon {grown['daemon']:.0f} MiB "
+          f"(the results list alone: {sys.getsizeof(results) / C.MIB:.1f} MiB of pointers)")
+    R.ours("map_client_mem", grown["client"])
+    R.ours("map_daemon_mem", grown["daemon"])
+
+
+def bench_daemon_path(add, cfg: Config, R: Results) -> None:
+    """The same calls through the daemon (two hops), as every call went before direct calls: the before/after."""
+    os.environ["RH_DIRECT_CALLS"] = "0"
+    try:
+        print("-- the same calls through the daemon (RH_DIRECT_CALLS=0)")
+        lat = C.latencies(lambda: add(1, 2, stream_logs=False), cfg.calls, cfg.warmup)
+        print(f"  stream_logs=False: {C.lat_summary(lat)}")
+        rate, errors = C.throughput(lambda: (lambda: add(1, 2, stream_logs=False)), cfg.threads, cfg.seconds)
+        print(rate_line(cfg, rate, errors))
+    finally:
+        del os.environ["RH_DIRECT_CALLS"]
+    R.baseline("p50", DAEMON_PATH, C.median(lat) * 1e3)
+    R.baseline("p99", DAEMON_PATH, C.percentile(lat, 99) * 1e3)
+    R.baseline("tput", DAEMON_PATH, rate)
 
 
 # --- baselines --------------------------------------------------------------------------------------------
@@ -439,6 +523,13 @@ def bench_ray(cfg: Config, R: Results, big) -> None:
         times = C.timed_runs(lambda: ray.get(actor.ones.remote(BIG)), cfg.big_runs)
         print(f"  100 MiB return, MB/s per run: {mbps_runs(times)}")
         R.baseline("ret", "Ray actor", C.mb_per_s(BIG, C.median(times)))
+
+        add_task = ray.remote(lambda a, b: a + b)
+        items = cfg.map_items
+        assert ray.get([add_task.remote(i, i) for i in range(100)]) == [2 * i for i in range(100)]
+        times = C.timed_runs(lambda: ray.get([add_task.remote(i, i) for i in range(items)]), 3, warmup=0)
+        print(f"  {items:,} tasks (add), items/s per run: {', '.join(f'{items / t:,.0f}' for t in times)}")
+        R.baseline("map", "Ray tasks", items / C.median(times))
     finally:
         ray.shutdown()
 

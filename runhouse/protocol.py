@@ -139,6 +139,8 @@ CLIENT_ONLY_ATTR = "_rh_client_only"
 RESULT = 1
 ERROR = 2
 LOG = 3
+# Daemon -> client, answering a map: answers of items (item frames back to back), in order, as they come.
+ITEMS = 4
 REQUEST = 10
 CANCEL = 11
 # A client's first frame on a direct connection to a worker: its payload is the daemon's token.

@@ -161,6 +161,10 @@ PersistentId = Callable[[Any], Any]
 PersistentLoad = Callable[[Any], Any]
 
 
+# Types that hold no bytes: skipped without a call when looking for large ones.
+_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+
+
 def _holds_large_bytes(obj: Any, depth: int = _SCAN_DEPTH) -> bool:
     """Whether ``obj`` is, or holds within ``depth`` levels of tuples, lists and dict values (looking at the
     first ``_SCAN_ITEMS`` of each), a ``bytes`` or ``bytearray`` of :data:`OUT_OF_BAND_MIN` bytes or more.
@@ -178,7 +182,10 @@ def _holds_large_bytes(obj: Any, depth: int = _SCAN_DEPTH) -> bool:
         items = itertools.islice(obj.values(), _SCAN_ITEMS)
     else:
         return False
-    return any(_holds_large_bytes(item, depth - 1) for item in items)
+    for item in items:
+        if type(item) not in _SCALARS and _holds_large_bytes(item, depth - 1):
+            return True
+    return False
 
 
 def _bytes_out_of_band(persistent_id: PersistentId | None) -> PersistentId:
@@ -309,6 +316,14 @@ def split(data: Buffer) -> tuple[memoryview, list[memoryview], list[bool]]:
         version, nbufs = _HEAD.unpack_from(view, 0)
         if version != VERSION:
             raise SerializationError(f"unsupported serialization version {version}; use the same runhouse version")
+        if not nbufs:  # the common small value: the main stream alone
+            (main_len,) = _LEN.unpack_from(view, _HEAD.size)
+            start = _HEAD.size + _LEN.size
+            if start + main_len != view.nbytes:
+                raise SerializationError(
+                    f"malformed serialized value: lengths add up to {start + main_len} bytes, not {view.nbytes}"
+                )
+            return view[start:], [], []
         offset = _HEAD.size
         fields = [_LEN.unpack_from(view, offset + i * _LEN.size)[0] for i in range(nbufs)]
         sizes = [f & ~_SHARED for f in fields]

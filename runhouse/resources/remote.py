@@ -418,6 +418,9 @@ def map_call(
 ) -> list[Any]:
     """Run one call per item in parallel on the cluster; results in input order.
 
+    The items go in one request body (small ones packed together); the answers come back in order as the
+    daemon streams them, each rebuilt as it arrives, so neither side holds every answer twice.
+
     Raises:
         MapError: some items failed; it carries every item's result or exception.
     """
@@ -427,8 +430,23 @@ def map_call(
     if not items:
         return []
     refs: list[str] = []
-    packed = [_pack(system, item, refs) for item in items]
-    sizes = [serialization.serialized_size(parts) for parts in packed]
+    body: list = []  # small parts joined into chunks, large ones as they are
+    chunk = bytearray()
+    sizes: list[int] = []
+    with_buffers: list[list] = []  # items whose out-of-band buffers may be shared-memory files
+    for item in items:
+        parts = _pack(system, item, refs)
+        sizes.append(serialization.serialized_size(parts))
+        if len(parts) > 2:
+            with_buffers.append(parts)
+        for part in parts:
+            if memoryview(part).nbytes < protocol.SMALL_FRAME_BYTES:
+                chunk += part
+            else:
+                body += [chunk, part]
+                chunk = bytearray()
+    body.append(chunk)
+    del items
     meta = {
         "name": name,
         "method": method,
@@ -438,21 +456,29 @@ def map_call(
         "shm": system.shares_memory,
         "run_name": options.get("run_name"),
     }
+    results: list[Any] = []
+
+    def on_items(payload: bytearray) -> None:
+        view, offset = memoryview(payload), 0
+        while offset < view.nbytes:
+            kind, size = protocol.HTTP_FRAME.unpack_from(view, offset)
+            offset += protocol.HTTP_FRAME.size
+            answer = view[offset : offset + size]
+            offset += size
+            if kind == protocol.ERROR:
+                results.append(protocol.error_from_info(protocol.decode_meta(answer)))
+            else:
+                results.append(serialization.deserialize(answer))
+
     on_log = _log_sink(name, method) if stream_logs else None
-    response = _send(system, protocol.control_path(Op.MAP), meta, packed, on_log, CALL_READ_TIMEOUT_S)
+    try:
+        response = system.request(protocol.control_path(Op.MAP), meta, body, on_log, CALL_READ_TIMEOUT_S, on_items)
+    except BaseException:
+        for parts in with_buffers:
+            serialization.discard(parts)
+        raise
     if response.kind == protocol.ERROR:
         response.value()
-    results: list[Any] = []
-    view, offset = memoryview(response.payload), 0
-    while offset < view.nbytes:
-        kind, size = protocol.HTTP_FRAME.unpack_from(view, offset)
-        offset += protocol.HTTP_FRAME.size
-        body = view[offset : offset + size]
-        offset += size
-        if kind == protocol.ERROR:
-            results.append(protocol.error_from_info(protocol.decode_meta(body)))
-        else:
-            results.append(serialization.deserialize(body))
     if any(isinstance(r, BaseException) for r in results):
         raise MapError(results)
     return results

@@ -243,21 +243,25 @@ class _Response:
         self.send, self.json_mode = send, json_mode
         self.started = False
         self.sent = 0  # body bytes, for the metrics
-        self.logs: deque[bytes] = deque()
+        self.logs: deque[tuple[int, bytes]] = deque()
         self.flusher: asyncio.Task | None = None
 
     def log(self, data: bytes) -> None:
-        self.logs.append(data)
+        self.stream(protocol.LOG, data)
+
+    def stream(self, kind: int, data: bytes) -> None:
+        """Send a LOG (or ITEMS) frame soon, after those before it; the last frame waits for them."""
+        self.logs.append((kind, data))
         if self.flusher is None:
             self.flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         while self.logs:
-            data = self.logs.popleft()
+            kind, data = self.logs.popleft()
             if not self.started:
                 self.started = True
                 await self.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", _CT)]})
-            head = protocol.http_frame_head(protocol.LOG, len(data))
+            head = protocol.http_frame_head(kind, len(data))
             self.sent += len(head) + len(data)
             await self.send({"type": "http.response.body", "body": head + data, "more_body": True})
         self.flusher = None
@@ -510,6 +514,7 @@ class App:
             await response.reply(reply)
 
     async def _map(self, request: _Request, response: _Response) -> None:
+        """Items' answers go out in order as soon as they are (ITEMS frames of item frames), then a RESULT."""
         if request.json_mode:
             raise BadRequestError("map needs the runhouse client (serialized items)")
         options = request.options
@@ -520,33 +525,39 @@ class App:
         for size in sizes:
             items.append(_checked_payload(request.body[offset : offset + size]))
             offset += size
+        waiting: dict[int, Reply | BaseException] = {}
+        sent = 0
 
-        def on_log(index: int, data: bytes) -> None:
-            response.log(b"".join(f"[{index}] ".encode() + line for line in data.splitlines(keepends=True)))
+        def on_results(indices: list[int], results: list[Reply | BaseException]) -> None:
+            nonlocal sent
+            waiting.update(zip(indices, results, strict=True))
+            if sent not in waiting:
+                return
+            parts: list = []
+            while sent in waiting:
+                answer = waiting.pop(sent)
+                if isinstance(answer, Reply):
+                    kind, payload = answer.kind, answer.payload
+                else:
+                    info = protocol.encode_meta(serialization.pack_exception(answer))
+                    kind, payload = protocol.ERROR, memoryview(info)
+                parts += [protocol.http_frame_head(kind, payload.nbytes), payload]
+                sent += 1
+            response.stream(protocol.ITEMS, b"".join(parts))
 
-        results = await self.runtime.map(
+        await self.runtime.map(
             options["name"],
             options["method"],
             items,
+            on_results,
             stream_logs=options["stream_logs"],
             refs=options["refs"],
             shm=options["shm"],
-            on_log=on_log,
+            on_log=response.log,
             caller=request.caller,
             run_name=options["run_name"],
         )
-        frames = []
-        for result in results:
-            if isinstance(result, Reply):
-                frames.append((result.kind, result.payload))
-            else:
-                info = serialization.pack_exception(result)
-                frames.append((protocol.ERROR, memoryview(protocol.encode_meta(info))))
-        # One RESULT frame whose payload is the item frames back to back.
-        parts: list = []
-        for kind, payload in frames:
-            parts += [protocol.http_frame_head(kind, payload.nbytes), payload]
-        await response.frame(protocol.RESULT, parts)
+        await response.frame(protocol.RESULT, [])
 
     # --- control -------------------------------------------------------------------------------------
     async def _env(self, request: _Request, response: _Response) -> None:

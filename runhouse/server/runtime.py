@@ -18,6 +18,7 @@ Plain values (``put``, results of ``.remote()``) live only in their env's main w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -407,104 +408,110 @@ class Runtime:
         name: str,
         method: str,
         items: Sequence[memoryview],
+        on_results: Callable[[list[int], list[Reply | BaseException]], None],
         *,
         stream_logs: bool = False,
         refs: Sequence[str] = (),
         shm: bool = False,
-        on_log: Callable[[int, bytes], None] | None = None,
+        on_log: LogSink | None = None,
         caller: str = "local",
         run_name: str | None = None,
-    ) -> list[Reply | BaseException]:
-        """Run one call per item in parallel over the workers the env fans out to (see ``fanout_workers``).
+    ) -> None:
+        """Run one call per item in parallel over the workers the env fans out to (see ``fanout_workers``),
+        handing each batch's answers to ``on_results(indices, replies or exceptions)`` as it finishes.
 
-        The items each slot of a worker runs, one after another, are one run (its output's lines start with
-        ``[item index]``).
+        Each slot of a worker takes the items in batches (:func:`map_batch_size`), one request per batch, and
+        is one run (its output's lines start with ``[item index]``, as the worker writes them).
         """
         entry = self.registry.entry(name)
         self._check_method(entry, method)
         failed = await self._settle_refs(refs)
         if failed is not None:
-            return [failed] * len(items)
+            on_results(list(range(len(items))), [failed] * len(items))
+            return
         runtime = await self.env_runtime(entry.env)
         stateful = entry.kind != FUNCTION
         workers, slots = await runtime.fanout_workers(stateful)
-        results: list[Reply | BaseException | None] = [None] * len(items)
+        count = min(len(items), len(workers) * slots)
         order = iter(range(len(items)))
+        left = [len(items)]
         fetched: dict[int, dict[str, bytes]] = {}
+        log = on_log if stream_logs else None
 
         async def slot(index: int) -> None:
             nonlocal workers
             pid = getattr(workers[index % len(workers)], "pid", None)
             run = self.runs.start(name, method, MAP, entry.env, pid, caller, run_name)
-            mine: list[int] = []
+            sink = self.runs.sink(run, log)
+            done, ended = 0, []
             try:
-                for i in order:
-                    mine.append(i)
-                    await item(i, index, run)
+                while batch := list(itertools.islice(order, map_batch_size(left[0], count))):
+                    left[0] -= len(batch)
+                    results = await batch_results(batch, index, sink)
+                    ended += [_ended_by(result) for result in results if _is_failure(result)]
+                    on_results(batch, results)
+                    done += len(batch)
             except asyncio.CancelledError:
                 self.runs.finish(run, CANCELLED, "cancelled: its caller went away")
                 raise
-            run.items = len(mine)
-            ended = [_ended_by(r) for r in (results[i] for i in mine) if r is not None and _is_failure(r)]
+            run.items = done
             if not ended:
                 self.runs.finish(run, DONE)
             else:
                 status = CRASHED if any(s == CRASHED for s, _ in ended) else FAILED
-                self.runs.finish(run, status, f"{len(ended)} of {len(mine)} items failed; the first: {ended[0][1]}")
+                self.runs.finish(run, status, f"{len(ended)} of {done} items failed; the first: {ended[0][1]}")
 
-        def item_log(i: int, run: Run) -> LogSink | None:
-            stream = (lambda data: on_log(i, data)) if on_log is not None and stream_logs else None
-            if not self.runs.enabled:
-                return stream
-
-            def log(data: bytes) -> None:
-                run(_prefixed(i, data))
-                if stream is not None:
-                    stream(data)
-
-            return log
-
-        async def item(i: int, index: int, run: Run) -> None:
+        async def batch_results(batch: list[int], index: int, sink: LogSink | None) -> list[Reply | BaseException]:
             nonlocal workers
-            log = item_log(i, run)
+            failure: BaseException | None = None
             for _ in range(MAP_NODE_RETRIES + 1):
                 try:
                     worker = workers[index % len(workers)]
                     if not worker.alive:
                         workers, _ = await runtime.fanout_workers(stateful)
                         worker = workers[index % len(workers)]
-                    results[i] = await self._map_item(worker, entry, method, items[i], shm, refs, fetched, log)
-                    break
+                    return await self._map_batch(worker, entry, method, [items[i] for i in batch], batch, shm,
+                                                 refs, fetched, sink)
                 except NodeLostError as exc:  # run it again on the workers of the nodes still alive
-                    results[i] = exc
-                except Exception as exc:  # a crashed worker, or code that fails to load there, fails the item
-                    results[i] = exc
+                    failure = exc
+                except Exception as exc:  # a crashed worker, or code that fails to load there, fails the items
+                    failure = exc
                     break
+            assert failure is not None
+            return [failure] * len(batch)
 
-        count = min(len(items), len(workers) * slots)
         await asyncio.gather(*(slot(k) for k in range(count)))
-        return results  # type: ignore[return-value]
 
-    async def _map_item(
+    async def _map_batch(
         self,
         worker: WorkerHandle,
         entry: Entry,
         method: str,
-        item: memoryview,
+        batch: list[memoryview],
+        indices: list[int],
         shm: bool,
         refs: Sequence[str],
         fetched: dict[int, dict[str, bytes]],
         log: LogSink | None,
-    ) -> Reply:
+    ) -> list[Reply | BaseException]:
         meta: dict[str, Any] = {
-            "op": WorkerOp.CALL, "name": entry.name, "method": method, "stream_logs": log is not None, "shm": shm
+            "op": WorkerOp.MAP, "name": entry.name, "method": method, "stream_logs": log is not None, "shm": shm,
+            "indices": indices, "sizes": [item.nbytes for item in batch],
         }
         await self._load(worker, entry)
         if refs:
             if id(worker) not in fetched:
                 fetched[id(worker)] = await self._fetch_refs(refs, worker)
             meta["refs"] = fetched[id(worker)]
-        return await worker.request(meta, [item] if item.nbytes else [], log)
+        reply = await worker.request(meta, batch, log)
+        if reply.kind == protocol.ERROR:  # the batch as a whole failed (cancelled, say): every item with it
+            return [reply] * len(batch)
+        results: list[Reply | BaseException] = []
+        offset = 0
+        for kind, size in zip(reply.meta["kinds"], reply.meta["sizes"], strict=True):
+            results.append(Reply(kind, {}, reply.payload[offset : offset + size]))
+            offset += size
+        return results
 
     # --- key-value store -----------------------------------------------------------------------------
     async def put(self, key: str, env: str, payload: memoryview) -> None:
@@ -721,6 +728,17 @@ class Runtime:
         }
 
 
+# The most items of a map one request to a worker carries: enough to make a trivial item cost little more
+# than its own work, few enough that a slow batch does not hold back the rest of the map for long.
+MAP_BATCH_MAX = 256
+
+
+def map_batch_size(left: int, slots: int) -> int:
+    """How many of the ``left`` items of a map a slot takes next: about a quarter of its fair share, so that
+    slots finish together (from 1 for a short map of slow items to :data:`MAP_BATCH_MAX`)."""
+    return max(1, min(MAP_BATCH_MAX, left // (4 * max(slots, 1))))
+
+
 def _is_failure(result: Reply | BaseException) -> bool:
     return isinstance(result, BaseException) or result.kind == protocol.ERROR
 
@@ -737,12 +755,6 @@ def _ended_by(failure: Reply | BaseException) -> tuple[str, str]:
     if isinstance(failure, (CallTimeoutError, CallCancelledError)):
         return CANCELLED, str(failure)
     return FAILED, f"{type(failure).__name__}: {failure}"
-
-
-def _prefixed(index: int, data: bytes) -> bytes:
-    """Output of map item ``index``, each line starting with ``[index]``."""
-    tag = f"[{index}] ".encode()
-    return b"".join(tag + line for line in data.splitlines(keepends=True))
 
 
 async def _finished(task: asyncio.Task[Reply], timeout: float | None) -> None:

@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httptools
@@ -38,6 +38,8 @@ CALL_READ_TIMEOUT_S = 7 * 24 * 3600.0
 # The daemon enforces a call's own timeout; the client waits this much longer to receive its answer.
 ANSWER_GRACE_S = 30.0
 _RECV_CHUNK = 256 * 1024
+# Where the answers of a map's items go as they arrive (the payload of each ITEMS frame).
+ItemsSink = Callable[[bytearray], None]
 
 
 
@@ -98,8 +100,8 @@ class _StaleConnection(Exception):
 class _Reader:
     """httptools callbacks: collect status and headers, split the body into frames as it arrives."""
 
-    def __init__(self, on_log: protocol.LogSink | None) -> None:
-        self.on_log = on_log
+    def __init__(self, on_log: protocol.LogSink | None, on_items: ItemsSink | None = None) -> None:
+        self.on_log, self.on_items = on_log, on_items
         self.headers: dict[str, str] = {}
         self.done = False
         self.framed = False
@@ -123,10 +125,14 @@ class _Reader:
             self.raw += body
 
     def _on_frame(self, fields: tuple, payload: bytearray) -> None:
-        if fields[0] != protocol.LOG:
-            self.final = (fields[0], payload)
-        elif self.on_log is not None:
-            self.on_log(bytes(payload))
+        kind = fields[0]
+        if kind == protocol.LOG:
+            if self.on_log is not None:
+                self.on_log(bytes(payload))
+        elif kind == protocol.ITEMS and self.on_items is not None:
+            self.on_items(payload)
+        else:
+            self.final = (kind, payload)
 
 
 class _Connection:
@@ -146,7 +152,7 @@ class _Connection:
         self.sock.close()
 
     def exchange(self, head: bytes, parts: Sequence[Any], size: int, on_log: protocol.LogSink | None,
-                 timeout: float) -> _Reader:
+                 timeout: float, on_items: ItemsSink | None = None) -> _Reader:
         reused, self.used = self.used, True
         sock = self.sock
         sock.settimeout(timeout)
@@ -162,7 +168,7 @@ class _Connection:
             if reused:
                 raise _StaleConnection() from exc
             send_error = exc  # the daemon may have answered first (a wrong token, a body over its cap): read it
-        reader = _Reader(on_log)
+        reader = _Reader(on_log, on_items)
         parser = httptools.HttpResponseParser(reader)
         view = memoryview(self.buffer)
         received = 0
@@ -253,8 +259,10 @@ class DaemonClient(Closeable):
         parts: Sequence[Any] = (),
         on_log: protocol.LogSink | None = None,
         timeout: float = CALL_READ_TIMEOUT_S,
+        on_items: ItemsSink | None = None,
     ) -> Response:
-        """POST a serialized payload and read the framed answer, streaming LOG frames to ``on_log``.
+        """POST a serialized payload and read the framed answer, streaming LOG frames to ``on_log`` (and a
+        map's ITEMS frames to ``on_items``).
 
         Raises:
             ClusterUnreachableError: nothing answers at the daemon's address.
@@ -267,7 +275,7 @@ class DaemonClient(Closeable):
         while True:
             try:
                 conn = self._connection()
-                reader = conn.exchange(head, parts, size, on_log, timeout)
+                reader = conn.exchange(head, parts, size, on_log, timeout, on_items)
                 break
             except _ClosedAfter as closed:
                 self._local.conn = None

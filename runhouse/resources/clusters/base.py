@@ -57,6 +57,7 @@ from runhouse.transport.client import (
     CALL_READ_TIMEOUT_S,
     RECONNECT_WINDOW_S,
     DaemonClient,
+    ItemsSink,
     Response,
     answer_wait,
     health,
@@ -446,9 +447,10 @@ class Cluster(Resource, Closeable):
         parts: Sequence[Any] = (),
         on_log: LogSink | None = None,
         timeout: float = CONTROL_TIMEOUT_S,
+        on_items: ItemsSink | None = None,
     ) -> Response:
         """Send one request to the daemon (the routes are :mod:`runhouse.protocol`'s)."""
-        return self.client.request(path, meta, parts, on_log, timeout)
+        return self.client.request(path, meta, parts, on_log, timeout, on_items)
 
     def _control(self, op: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (), **kw: Any) -> Any:
         return self.request(protocol.control_path(op), meta, parts, **kw).value()

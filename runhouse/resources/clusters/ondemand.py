@@ -33,7 +33,7 @@ from runhouse.resources.clusters.provisioning import (
 from runhouse.resources.clusters.ray import RayCluster
 from runhouse.resources.clusters.ssh import SSHCluster
 from runhouse.resources.secret import configured_store
-from runhouse.transport.client import Response
+from runhouse.transport.client import ItemsSink, Response
 from runhouse.transport.ssh import ssh_config
 
 DEFAULT_PROVISIONER = "sky"
@@ -178,18 +178,19 @@ class _OnDemand(SSHCluster):
         super()._ensure_up(start)
 
     def request(self, path: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (),
-                on_log: LogSink | None = None, timeout: float = CONTROL_TIMEOUT_S) -> Response:
+                on_log: LogSink | None = None, timeout: float = CONTROL_TIMEOUT_S,
+                on_items: ItemsSink | None = None) -> Response:
         """As an SSH cluster's; when its machines cannot be reached because they stopped (autostop) or moved,
         they are found or launched again first (the request was never sent)."""
         try:
-            return super().request(path, meta, parts, on_log, timeout)
+            return super().request(path, meta, parts, on_log, timeout, on_items)
         except SSHConnectionError:
             machines = self.machines()
             if machines is not None and machines.state == UP and list(machines.ips) == self.ips:
                 raise
         self.close()
         self._ensure_up()
-        return super().request(path, meta, parts, on_log, timeout)
+        return super().request(path, meta, parts, on_log, timeout, on_items)
 
     def _after_start(self) -> None:
         """The daemon's stop action is the provisioner's "stop these machines"; while in use the daemon keeps

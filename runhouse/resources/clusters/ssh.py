@@ -32,7 +32,7 @@ from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S, LOCAL_HOSTS, Clu
 from runhouse.resources.clusters.code import SYNC_TIMEOUT_S, RepoShipper, local_wheel
 from runhouse.resources.clusters.notebook import DEFAULT_NOTEBOOK_PORT, NotebookServer, SSHHost, start_notebook
 from runhouse.resources.env import Env
-from runhouse.transport.client import Response, pinned_ssl_context
+from runhouse.transport.client import ItemsSink, Response, pinned_ssl_context
 from runhouse.transport.ssh import HostGroup, SSHConnection, SSHCredentials, Tunnel, ssh_config
 from runhouse.version import build_id
 
@@ -225,9 +225,10 @@ class SSHCluster(Cluster):
             self.ssh_connection.check()
 
     def request(self, path: str, meta: dict[str, Any] | None = None, parts: Sequence[Any] = (),
-                on_log: LogSink | None = None, timeout: float = CONTROL_TIMEOUT_S) -> Response:
+                on_log: LogSink | None = None, timeout: float = CONTROL_TIMEOUT_S,
+                on_items: ItemsSink | None = None) -> Response:
         try:
-            return super().request(path, meta, parts, on_log, timeout)
+            return super().request(path, meta, parts, on_log, timeout, on_items)
         except ClusterUnreachableError as exc:
             if getattr(exc, "request_sent", True):
                 raise  # it may have reached user code: never resent
@@ -238,7 +239,7 @@ class SSHCluster(Cluster):
             self._tunnel.close()
             self._tunnel = None
         self._ensure_up()
-        return super().request(path, meta, parts, on_log, timeout)
+        return super().request(path, meta, parts, on_log, timeout, on_items)
 
     # --- bring-up ------------------------------------------------------------------------------------
     def _python(self) -> str:
