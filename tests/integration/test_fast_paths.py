@@ -1,8 +1,9 @@
-"""Direct calls: a client on the daemon's machine calls the env's main worker straight (issue 20).
+"""The fast paths of issue 20: direct calls, and maps in batches with answers streamed in order.
 
-The daemon stays the token gate and the control plane: these tests check that calls really go direct, that a
-connection without the daemon's token gets nothing, and that runs, crashes, cancellation and moved or
-restarted objects behave as they do through the daemon.
+Direct calls: a client on the daemon's machine calls the env's main worker straight. The daemon stays the
+token gate and the control plane: these tests check that calls really go direct, that a connection without
+the daemon's token gets nothing, and that runs, crashes, cancellation and moved or restarted objects behave as
+they do through the daemon. Maps: answers come back in order while later items still run.
 """
 
 from __future__ import annotations
@@ -147,3 +148,43 @@ def test_an_object_moved_to_another_env_or_a_restarted_daemon_is_found_again(own
     assert _route(own_cluster, "direct_env_var").pid != old.pid
     own_cluster.restart_server()
     assert fn("RH_ENV_NAME") == "direct_other_env"
+
+
+def test_a_maps_answers_arrive_in_order_while_later_items_still_run(cluster):
+    from runhouse.protocol import Op
+    from runhouse.resources.remote import _pack
+
+    sleep = rh.function(funcs.sleep_loop).to(cluster, name="map_sleep")
+    sleep.map([0.0] * 8)  # the pool workers are up
+    seconds = [0.0] * 4 + [2.0] * 4
+    items = [_pack(cluster, ((s,), {}), []) for s in seconds]
+    arrivals: list[tuple[float, int]] = []
+
+    def on_items(payload: bytearray) -> None:
+        view, offset, count = memoryview(payload), 0, 0
+        while offset < view.nbytes:
+            _, size = protocol.HTTP_FRAME.unpack_from(view, offset)
+            offset += protocol.HTTP_FRAME.size + size
+            count += 1
+        arrivals.append((time.monotonic(), count))
+
+    meta = {"name": "map_sleep", "method": "call", "sizes": [sum(len(p) for p in parts) for parts in items]}
+    began = time.monotonic()
+    response = cluster.request(protocol.control_path(Op.MAP), meta, [p for parts in items for p in parts],
+                               on_items=on_items)
+    ended = time.monotonic()
+    assert response.kind == protocol.RESULT
+    assert sum(count for _, count in arrivals) == len(seconds)
+    assert ended - began >= 2.0
+    assert arrivals[0][0] < ended - 1.0  # the quick items came back while the slow ones still ran
+
+
+def test_a_large_map_keeps_order_and_each_items_failure(cluster):
+    fail_on = rh.function(funcs.fail_on).to(cluster, name="map_fail_on")
+    count = 5000
+    with pytest.raises(rh.MapError) as info:
+        fail_on.map(range(count), [1234] * count)
+    results = info.value.results
+    assert len(results) == count
+    assert isinstance(results[1234], ValueError)
+    assert [r for i, r in enumerate(results) if i != 1234] == [i * 10 for i in range(count) if i != 1234]
