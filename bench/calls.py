@@ -15,11 +15,19 @@ What is measured, for a trivial ``add(a, b)`` deployed by import path from ``ben
 1. warm call latency p50/p99 (sequential calls after a warm-up), with ``stream_logs=False`` and the default;
 2. throughput of 16 caller threads sharing one function handle;
 3. a 100 MiB numpy argument and a 100 MiB numpy return, in MB/s (MB = 10^6 bytes), through shared memory
-   as on this machine; and the argument in the HTTP request body, as from another host;
+   as on this machine (the median and the worst of the runs); and the argument in the HTTP request body, as
+   from another host;
 4. cold deploy to first result (a function never deployed before) and re-deploy of unchanged code;
 5. daemon start until ready (``runhouse.resources.clusters.local_daemon.start``);
 6. what recording every call as a run costs: p50 and throughput again on a daemon started with ``RH_RUNS=0``
-   (no runs recorded), shown as a baseline of 1. (ratio = ours with runs / ours without).
+   (no runs recorded), shown as a baseline of 1. (ratio = ours with runs / ours without);
+7. ``map`` of 10,000 trivial items (items/s, beside Ray tasks), and of 100,000 items the peak memory growth
+   of the client and of the daemon;
+8. the same calls through the daemon (``RH_DIRECT_CALLS=0``: two hops, as every call went before direct
+   calls), a baseline of section 1 in the same run.
+
+Targets relative to a baseline are checked against that baseline of the same run: p50 <= 2x and p99 <= 3x the
+bare uvicorn echo, 16 callers >= 0.5x its calls/s.
 
 Baselines: a raw TCP ping-pong between two processes (the floor), a bare uvicorn (uvloop + httptools) ASGI
 app called with the same kind of client as ours, and a Ray actor when ``ray`` is importable.
