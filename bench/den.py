@@ -33,8 +33,7 @@ What is measured, per backend:
 ``RH_CONFIG_DIR`` points to a new temporary folder, and every process started here (Den servers, the bare
 uvicorn, PostgreSQL) is stopped in ``finally`` blocks. Figures are printed, never asserted; the final table
 shows each one beside its target (load p50 < 3 ms, folder of 1,000 < 20 ms, 32 clients with zero errors)
-and beside the figures before the Speed II work (issue 20, one run of this script at 24c1e26 with 1,000
-resources and one user).
+and beside the figures before the Speed II work (issue 20: this script run against the Den of 24c1e26).
 """
 
 from __future__ import annotations
@@ -66,12 +65,13 @@ from tests.support.postgres import PostgresServer, postgres_bin, postgres_unavai
 USER = "bench"
 LOAD_P50_TARGET_MS = 3.0
 FOLDER_P50_TARGET_MS = 20.0
-# The figures before the Speed II work (issue 20): one full run of this script at 24c1e26 on the 2-core
-# machine, with 1,000 resources and one user in the database (no scale), as (sqlite, postgres).
+# The figures before the Speed II work (issue 20): this script, at this scale, run against the Den of 24c1e26
+# on the 2-core machine (2026-12-02, a loaded machine: the httpx floor was 1.16 ms), as (sqlite, postgres).
 BEFORE: dict[str, tuple[float, float]] = {
-    "save_p50": (4.58, 7.10), "save_p99": (14.5, 24.2), "load_p50": (2.52, 3.23), "load_p99": (6.01, 13.2),
-    "load_cpu": (1.45, 1.90), "tput_load": (508, 333), "err_load": (0, 0), "tput_load_p50": (59.1, 66.9),
-    "tput_mixed": (365, 300), "err_mixed": (0, 0), "tput_mixed_p99": (180, 221), "health_p50": (2.45, 3.37),
+    "save_p50": (4.92, 7.21), "save_p99": (20.0, 22.4), "load_p50": (2.63, 3.23), "load_p99": (7.55, 12.2),
+    "shared_p50": (3.63, 6.43), "folder_p50": (22.9, 42.6), "folder_p99": (59.2, 79.1), "load_cpu": (1.53, 1.90),
+    "tput_load": (437, 336), "err_load": (0, 0), "tput_load_p50": (65.5, 75.8), "tput_mixed": (286, 325),
+    "err_mixed": (0, 0), "tput_mixed_p99": (281, 245), "health_p50": (3.14, 3.51),
 }
 MAX_ERRORS_PER_THREAD = 1000  # a thread that fails this often stops (the server is likely gone)
 
@@ -175,7 +175,7 @@ class Results:
                 met = " / ".join(verdicts) or "n/a"
             table.add_row(row.label, *cells, row.target, met)
         console.print(table)
-        console.print("before: this script at 24c1e26, before issue 20, with 1,000 resources and one user")
+        console.print("before: this script against the Den of 24c1e26 (before issue 20), same scale")
         for label, value in self.floor:
             console.print(f"floor: {label}: {value}")
         for note in self.notes:
