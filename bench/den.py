@@ -6,8 +6,8 @@ Run from the repository root::
     .venv/bin/python bench/den.py --quick   # smoke run, fewer resources and shorter windows
 
 For each backend, Den runs as ``runhouse den serve --port P --db URL`` in a process of its own (exactly what
-an administrator starts: uvicorn with its defaults, access log included, to a log file here), its user is
-added straight to the database with :func:`runhouse.den.auth.add_user`, and the client is runhouse's own
+an administrator starts: uvicorn as ``den serve`` sets it up, no access log, to a log file here), its users
+are written straight into the database (below), and the client is runhouse's own
 :class:`~runhouse.rns.den_client.DenClient` (httpx), one per thread. PostgreSQL is a throwaway cluster in a
 temporary folder on a free loopback port, started as the integration tests start it (``initdb`` + ``pg_ctl``
 as the ``postgres`` user when root, ``fsync=off``); it is skipped, with a note, when its binaries are missing.
