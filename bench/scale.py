@@ -46,7 +46,7 @@ class Config:
     calls: int = 1000
     warmup: int = 200
     deploys: int = 20
-    restarts: int = 3
+    restarts: int = 5
 
     @classmethod
     def quick(cls) -> Config:
