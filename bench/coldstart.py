@@ -148,20 +148,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'warm-up' if i == 0 else f'run {i}'}: {seconds:.3f} s", flush=True)
             if i:
                 ours.append(seconds)
+        daemon.stop(port)
+        if ray_has_virtualenv(args.ray_path):
+            print(f"\n== Ray: task with runtime_env={{'pip': ['numpy']}} to result, a new Ray each run "
+                  f"({args.runs} runs after a warm-up)")
+            for i in range(args.runs + 1):
+                seconds = ray_run(args.ray_path)
+                print(f"  {'warm-up' if i == 0 else f'run {i}'}: {seconds:.3f} s", flush=True)
+                if i:
+                    theirs.append(seconds)
+        else:
+            print("\n== Ray skipped: its pip runtime env needs virtualenv (uv pip install --target DIR "
+                  "virtualenv, then --ray-path DIR)")
     finally:
         daemon.stop(port)
-    if ray_has_virtualenv(args.ray_path):
-        print(f"\n== Ray: task with runtime_env={{'pip': ['numpy']}} to result, a new Ray each run "
-              f"({args.runs} runs after a warm-up)")
-        for i in range(args.runs + 1):
-            seconds = ray_run(args.ray_path)
-            print(f"  {'warm-up' if i == 0 else f'run {i}'}: {seconds:.3f} s", flush=True)
-            if i:
-                theirs.append(seconds)
-    else:
-        print("\n== Ray skipped: its pip runtime env needs virtualenv (uv pip install --target DIR virtualenv, "
-              "then --ray-path DIR)")
-    C.drop_state(state, args.keep_state)
+        C.drop_state(state, args.keep_state)
     print(f"\nbench took {time.perf_counter() - began:.1f} s\n")
     print("| figure | runhouse | Ray | ratio | target |\n|---|---|---|---|---|")
     mine = C.median(ours)
