@@ -186,9 +186,13 @@ class Registry:
         line = _format_line(record)
         fd = self._journal()
         view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fdatasync(fd)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        except OSError:  # e.g. the disk is full: part of the line may be there, so fold before the next one
+            self._fold_first = True
+            raise
         self._journal_bytes += len(line)
         if self._journal_bytes > max(JOURNAL_SLACK * self._snapshot_bytes, JOURNAL_MIN_BYTES):
             self.compact()

@@ -115,6 +115,23 @@ def test_a_saved_object_this_version_cannot_read_is_dropped_not_fatal(tmp_path, 
     assert "dropped a saved object" in capsys.readouterr().err
 
 
+def test_a_change_that_failed_half_written_does_not_damage_the_next_one(tmp_path, monkeypatch):
+    path = tmp_path / "registry.json"
+    reg = _populated(path, 2)
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data)[:20])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry_module.os, "write", disk_full)
+    with pytest.raises(OSError):
+        reg.set(_function("lost"))
+    monkeypatch.setattr(registry_module.os, "write", real_write)
+    reg.set(_function("next"))
+    assert {"fn_0", "fn_1", "next"} <= set(Registry(path).entries)
+
+
 def test_a_damaged_record_in_the_middle_is_skipped_not_fatal(tmp_path):
     path = tmp_path / "registry.json"
     reg = _populated(path, 3)
