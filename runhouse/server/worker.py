@@ -65,29 +65,47 @@ def _read(stream: Any, n: int) -> bytearray:
 
 
 class _CallContext:
-    """Per-call state reachable from user code through a context variable: where the call's output goes."""
+    """Per-call state reachable from user code through a context variable: where the call's output goes.
 
-    __slots__ = ("rid", "sinks", "pending", "prefix")
+    Output goes out line by line, and a partial line (a progress bar's ``\r...``) as soon as user code
+    flushes it.
+    """
+
+    __slots__ = ("rid", "sinks", "pending", "prefix", "line_start")
 
     def __init__(self, rid: int, sinks: Sequence[Callable[[bytes], None]]) -> None:
         self.rid, self.sinks = rid, sinks
         self.pending = ""
         self.prefix = b""  # what each line starts with: ``[index] `` while a map item runs
+        self.line_start = True  # whether the output so far ends a line
 
     def write(self, text: str) -> None:
         self.pending += text
         cut = self.pending.rfind("\n") + 1
         if cut:
             lines, self.pending = self.pending[:cut], self.pending[cut:]
-            data = lines.encode("utf-8", "replace")
-            if self.prefix:
-                data = b"".join(self.prefix + line for line in data.splitlines(keepends=True))
-            for sink in self.sinks:
-                sink(data)
+            self._emit(lines)
+
+    def flush(self) -> None:
+        if self.pending:
+            text, self.pending = self.pending, ""
+            self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        if self.prefix:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(self.prefix + line if i or self.line_start else line for i, line in enumerate(lines))
+        self.line_start = data.endswith(b"\n")
+        for sink in self.sinks:
+            sink(data)
 
     def close(self) -> None:
-        if self.pending:
-            self.write("\n")
+        """End the call's output with a whole line."""
+        if self.pending or not self.line_start:
+            self.pending += "\n"
+            self.flush()
+        self.line_start = True
 
 
 _current_call: contextvars.ContextVar[_CallContext | None] = contextvars.ContextVar("rh_call", default=None)
@@ -108,6 +126,9 @@ class _CallOutput(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        ctx = _current_call.get()
+        if ctx is not None and ctx.sinks:
+            ctx.flush()
         self._real.flush()
 
     def fileno(self) -> int:

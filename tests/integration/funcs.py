@@ -162,3 +162,14 @@ def ones(nbytes):
 
 def checksum(array):
     return int(array.sum()), bool(array.flags.writeable)
+
+
+def progress_bar(seconds):
+    """A progress bar as tqdm draws one: partial lines flushed, each starting over with a carriage return."""
+    import sys
+
+    sys.stdout.write("\r 10%")
+    sys.stdout.flush()
+    time.sleep(seconds)
+    sys.stdout.write("\r100%\n")
+    return "finished"

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,21 @@ def test_a_large_map_keeps_order_and_each_items_failure(cluster):
     assert len(results) == count
     assert isinstance(results[1234], ValueError)
     assert [r for i, r in enumerate(results) if i != 1234] == [i * 10 for i in range(count) if i != 1234]
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_a_flushed_partial_line_is_streamed_at_once(cluster, monkeypatch, capsys, direct):
+    """A progress bar shows while the call runs (in a notebook's cell as in a terminal), on either path."""
+    monkeypatch.setenv("RH_DIRECT_CALLS", direct)
+    bar = rh.function(funcs.progress_bar).to(cluster, name="progress_bar")
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(bar, 3.0)
+        deadline = time.monotonic() + 2.5
+        shown = ""
+        while "10%" not in shown:
+            assert time.monotonic() < deadline and not call.done(), f"the partial line was held back: {shown!r}"
+            time.sleep(0.05)
+            shown += capsys.readouterr().out
+        assert call.result() == "finished"
+    shown += capsys.readouterr().out
+    assert shown == "\r(progress_bar)  10%\r(progress_bar) 100%\n"

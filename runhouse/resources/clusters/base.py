@@ -36,6 +36,7 @@ import abc
 import functools
 import hashlib
 import os
+import re
 import ssl
 import sys
 import time
@@ -77,14 +78,30 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def print_log(prefix: str) -> LogSink:
-    """A log sink printing each streamed line to stdout behind ``(prefix)``."""
+    """A log sink printing streamed output to stdout, each line (and each line a ``\r`` starts again, as a
+    progress bar does) behind ``(prefix)``; a partial line is printed as it comes."""
+    tag = f"({prefix}) "
+    line_start = True
 
     def sink(data: bytes) -> None:
-        text = data.decode("utf-8", "replace")
-        sys.stdout.write("".join(f"({prefix}) {line}" for line in text.splitlines(keepends=True)))
+        nonlocal line_start
+        out = []
+        for piece in _LINE_ENDS.split(data.decode("utf-8", "replace")):
+            if piece == "\r":  # a progress bar going back to the line's start: nothing to tag yet
+                out.append(piece)
+                line_start = True
+            elif piece:
+                out.append(tag + piece if line_start else piece)
+                line_start = piece.endswith(("\n", "\r"))
+        sys.stdout.write("".join(out))
         sys.stdout.flush()
 
     return sink
+
+
+# Where streamed output is cut into pieces that each end a line: after a newline, or a carriage return not
+# followed by one.
+_LINE_ENDS = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
 
 
 def progress_log(prefix: str) -> LogSink:
