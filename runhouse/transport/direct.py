@@ -14,8 +14,10 @@ the worker died: :class:`WorkerGone` says so and the caller asks the daemon for 
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +26,7 @@ from runhouse.lifetime import Closeable
 from runhouse.transport.client import Response
 
 _RECV_CHUNK = 256 * 1024
+_everyone: weakref.WeakSet[DirectCalls] = weakref.WeakSet()
 
 
 class Unroutable(Exception):
@@ -124,6 +127,13 @@ class DirectCalls(Closeable):
         self._local = threading.local()
         self._all: list[_Connection] = []
         self._lock = threading.Lock()
+        _everyone.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's connections are its own (frames of two processes would mix)."""
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()
 
     def forget(self, name: str | None = None) -> None:
         """Drop the route of ``name`` (of every object when None): the next call asks the daemon."""
@@ -180,3 +190,11 @@ class DirectCalls(Closeable):
         with self._lock:
             if conn in self._all:
                 self._all.remove(conn)
+
+
+def _after_fork() -> None:
+    for calls in list(_everyone):
+        calls._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -207,3 +207,20 @@ def test_a_flushed_partial_line_is_streamed_at_once(cluster, monkeypatch, capsys
         assert call.result() == "finished"
     shown += capsys.readouterr().out
     assert shown == "\r(progress_bar)  10%\r(progress_bar) 100%\n"
+
+
+def test_a_forked_child_calls_on_connections_of_its_own(cluster):
+    """A fork (multiprocessing, a data loader's workers) must not share the parent's worker connections."""
+    add = rh.function(funcs.add).to(cluster, name="fork_add")
+    assert add(1, 2) == 3  # the parent's connection is open
+    pid = os.fork()
+    if pid == 0:  # the child: calls at the same time as the parent
+        ok = all(add(i, 1) == i + 1 for i in range(300))
+        os._exit(0 if ok else 1)
+    results = [add(i, 2) for i in range(300)]
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        assert time.monotonic() < deadline, "the child's calls hung"
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert results == [i + 2 for i in range(300)]
