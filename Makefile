@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/den.py
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/multinode.py
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/coldstart.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check runhouse tests bench examples
