@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -173,6 +174,20 @@ def decode_meta(data: bytes | bytearray | memoryview) -> dict[str, Any]:
 def worker_frame_head(kind: int, rid: int, meta: bytes, payload_len: int) -> bytes:
     """Header plus meta of one daemon <-> worker frame; the payload follows separately."""
     return WORKER_HEADER.pack(kind, rid, len(meta), payload_len) + meta
+
+
+def send_worker_frame(sock: socket.socket, kind: int, rid: int, meta: dict[str, Any] | None, parts: list) -> None:
+    """Write one worker frame to ``sock``: a small one in one write (one wake-up of the reader), a large one
+    part by part, never copied. Callers that share ``sock`` between threads hold their own lock around it."""
+    meta_bytes = encode_meta(meta) if meta else b""
+    size = sum(memoryview(part).nbytes for part in parts)
+    head = worker_frame_head(kind, rid, meta_bytes, size)
+    if size < SMALL_FRAME_BYTES:
+        sock.sendall(b"".join([head, *parts]))
+    else:
+        sock.sendall(head)
+        for part in parts:
+            sock.sendall(part)
 
 
 def http_frame_head(kind: int, payload_len: int) -> bytes:

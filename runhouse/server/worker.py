@@ -255,16 +255,8 @@ class Worker:
 
     # --- transport ---------------------------------------------------------------------------------
     def send(self, kind: int, rid: int, meta: dict | None, parts: list) -> None:
-        meta_bytes = protocol.encode_meta(meta) if meta else b""
-        size = serialization.serialized_size(parts)
-        head = protocol.worker_frame_head(kind, rid, meta_bytes, size)
         with self._send_lock:
-            if size < protocol.SMALL_FRAME_BYTES:
-                self.sock.sendall(b"".join([head, *parts]))
-            else:
-                self.sock.sendall(head)
-                for part in parts:
-                    self.sock.sendall(part)
+            protocol.send_worker_frame(self.sock, kind, rid, meta, parts)
 
     def serve(self) -> None:
         """Serve until the daemon goes away, then exit the process.
@@ -689,16 +681,8 @@ class _Sender:
         self.lock = threading.Lock()  # user code may print from threads of its own while the reply goes out
 
     def __call__(self, kind: int, rid: int, meta: dict | None, parts: list) -> None:
-        meta_bytes = protocol.encode_meta(meta) if meta else b""
-        size = serialization.serialized_size(parts)
-        head = protocol.worker_frame_head(kind, rid, meta_bytes, size)
         with self.lock:
-            if size < protocol.SMALL_FRAME_BYTES:
-                self.conn.sendall(b"".join([head, *parts]))
-            else:
-                self.conn.sendall(head)
-                for part in parts:
-                    self.conn.sendall(part)
+            protocol.send_worker_frame(self.conn, kind, rid, meta, parts)
 
     def log(self, rid: int, data: bytes) -> None:
         try:

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from runhouse import protocol, serialization
+from runhouse import protocol
 from runhouse.lifetime import Closeable
 from runhouse.transport.client import Response
 
@@ -102,15 +102,7 @@ class _Connection:
             return True
 
     def call(self, meta: dict[str, Any], parts: Sequence[Any], on_log: protocol.LogSink | None) -> Response:
-        meta_bytes = protocol.encode_meta(meta)
-        size = serialization.serialized_size(parts)
-        head = protocol.worker_frame_head(protocol.REQUEST, next(self.ids) & 0xFFFFFFFF, meta_bytes, size)
-        if size < protocol.SMALL_FRAME_BYTES:
-            self.sock.sendall(b"".join([head, *parts]))
-        else:
-            self.sock.sendall(head)
-            for part in parts:
-                self.sock.sendall(part)
+        protocol.send_worker_frame(self.sock, protocol.REQUEST, next(self.ids) & 0xFFFFFFFF, meta, list(parts))
         self.on_log = on_log
         kind, reply_meta, payload = self._receive()
         if reply_meta.get("missing"):
