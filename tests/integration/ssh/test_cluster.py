@@ -316,7 +316,7 @@ def test_the_wheel_shipped_to_hosts_holds_exactly_this_build(tmp_path, monkeypat
     here = {
         str(path.relative_to(checkout))
         for path in PACKAGE_DIR.rglob("*")
-        if path.suffix in (".py", ".json", ".typed") and "__pycache__" not in path.parts
+        if path.suffix in (".py", ".json", ".typed", ".html", ".css") and "__pycache__" not in path.parts
     }
     assert shipped == here
 
