@@ -197,8 +197,8 @@ def test_a_flushed_partial_line_is_streamed_at_once(cluster, monkeypatch, capsys
     monkeypatch.setenv("RH_DIRECT_CALLS", direct)
     bar = rh.function(funcs.progress_bar).to(cluster, name="progress_bar")
     with ThreadPoolExecutor(1) as pool:
-        call = pool.submit(bar, 3.0)
-        deadline = time.monotonic() + 2.5
+        call = pool.submit(bar, 1.5)
+        deadline = time.monotonic() + 1.4
         shown = ""
         while "10%" not in shown:
             assert time.monotonic() < deadline and not call.done(), f"the partial line was held back: {shown!r}"
