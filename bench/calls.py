@@ -57,7 +57,7 @@ BIG = 100 * C.MIB  # bytes of the large argument / return
 MAP_ITEMS = 10_000
 BIG_MAP_ITEMS = 100_000
 ECHO = "uvicorn echo"
-DAEMON_PATH = "through the daemon (RH_DIRECT_CALLS=0)"
+DAEMON_PATH = "via the daemon"  # the same calls with RH_DIRECT_CALLS=0
 SMALL_BODY = b"x" * 48  # about the size of a serialized add(1, 2) call
 
 
