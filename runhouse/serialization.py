@@ -161,8 +161,8 @@ PersistentId = Callable[[Any], Any]
 PersistentLoad = Callable[[Any], Any]
 
 
-# Types that hold no bytes: skipped without a call when looking for large ones.
-_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+# Plain values that hold nothing else (no bytes, no refs): skipped without a call when looking inside values.
+SCALAR_TYPES = frozenset({int, float, str, bool, type(None), complex})
 
 
 def _holds_large_bytes(obj: Any, depth: int = _SCAN_DEPTH) -> bool:
@@ -183,7 +183,7 @@ def _holds_large_bytes(obj: Any, depth: int = _SCAN_DEPTH) -> bool:
     else:
         return False
     for item in items:
-        if type(item) not in _SCALARS and _holds_large_bytes(item, depth - 1):
+        if type(item) not in SCALAR_TYPES and _holds_large_bytes(item, depth - 1):
             return True
     return False
 

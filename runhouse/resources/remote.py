@@ -292,7 +292,7 @@ def _pack(system: Cluster, value: Any, refs: list[str], kept: bool = False) -> l
     return serialization.serialize(value, look_for_refs, shm=system.shares_memory and not kept)
 
 
-_PLAIN = frozenset({int, float, str, bool, type(None), bytes, complex})
+_PLAIN = serialization.SCALAR_TYPES | {bytes}  # bytes may be large, but hold no ref
 
 
 def _plain_call(value: Any) -> bool:

@@ -141,7 +141,7 @@ class WorkerChannel:
             WorkerCrashedError: the worker died before replying.
         """
         if not self.alive:
-            raise self._crash_error()
+            raise self.crash_error()
         assert self._transport is not None and self._protocol is not None
         loop = asyncio.get_running_loop()
         rid = next(self._ids) & 0xFFFFFFFF
@@ -235,7 +235,7 @@ class WorkerChannel:
         self.exit_description = description
         if self.kill_reason:
             self.exit_description += f" (killed by the daemon: it {self.kill_reason})"
-        error = self._crash_error()
+        error = self.crash_error()
         for future, _ in list(self._pending.values()):
             if not future.done():
                 future.set_exception(error)
@@ -246,7 +246,8 @@ class WorkerChannel:
         if self._on_exit is not None:
             self._on_exit(self)
 
-    def _crash_error(self) -> WorkerCrashedError:
+    def crash_error(self) -> WorkerCrashedError:
+        """How the worker ended, as the error its calls raise."""
         code = self.proc.returncode if self.proc else None
         sig = signal.Signals(-code).name if code is not None and code < 0 else None
         return WorkerCrashedError(

@@ -89,7 +89,7 @@ class DirectHub:
         deadline = time.monotonic() + EXIT_GRACE_S + 5.0
         while worker.exit_description is None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        error = worker._crash_error()
+        error = worker.crash_error()
         if self._crashed_runs.get(pid):  # its open runs were failed when it exited: this call's is one of them
             self._crashed_runs[pid] -= 1
         else:  # it died before telling the daemon the call started
@@ -142,7 +142,7 @@ class DirectHub:
         if worker.pid is not None:
             asyncio.get_running_loop().run_in_executor(None, _remove_direct_buffers, worker.pid)
         open_runs = self._open.pop(worker, {})
-        error = str(worker._crash_error())
+        error = str(worker.crash_error())
         for run in open_runs.values():
             self.runtime.runs.finish(run, CRASHED, error)
             self.runtime.idle.end()

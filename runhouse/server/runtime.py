@@ -434,19 +434,19 @@ class Runtime:
         workers, slots = await runtime.fanout_workers(stateful)
         count = min(len(items), len(workers) * slots)
         order = iter(range(len(items)))
-        left = [len(items)]
+        left = len(items)  # not yet taken by a slot
         fetched: dict[int, dict[str, bytes]] = {}
         log = on_log if stream_logs else None
 
         async def slot(index: int) -> None:
-            nonlocal workers
+            nonlocal workers, left
             pid = getattr(workers[index % len(workers)], "pid", None)
             run = self.runs.start(name, method, MAP, entry.env, pid, caller, run_name)
             sink = self.runs.sink(run, log)
             done, ended = 0, []
             try:
-                while batch := list(itertools.islice(order, map_batch_size(left[0], count))):
-                    left[0] -= len(batch)
+                while batch := list(itertools.islice(order, map_batch_size(left, count))):
+                    left -= len(batch)
                     results = await batch_results(batch, index, sink)
                     ended += [_ended_by(result) for result in results if _is_failure(result)]
                     on_results(batch, results)

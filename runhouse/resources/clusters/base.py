@@ -50,7 +50,13 @@ from runhouse.errors import ClusterUnreachableError, ConfigError, RunhouseError
 from runhouse.lifetime import Closeable
 from runhouse.paths import default_server_port
 from runhouse.protocol import DEFAULT_ENV, LogSink, Op
-from runhouse.resources.clusters.notebook import DEFAULT_NOTEBOOK_PORT, LocalHost, NotebookServer, start_notebook
+from runhouse.resources.clusters.notebook import (
+    DEFAULT_NOTEBOOK_PORT,
+    LocalHost,
+    NotebookHost,
+    NotebookServer,
+    start_notebook,
+)
 from runhouse.resources.env import Env, Requirement
 from runhouse.resources.package import packages_from
 from runhouse.resources.resource import Resource
@@ -442,13 +448,18 @@ class Cluster(Resource, Closeable):
             NotebookError: JupyterLab did not start or answer (carries the end of its log).
             ClusterUnreachableError: a daemon on another machine reached without SSH (nothing to forward through).
         """
+        return start_notebook(self, self._notebook_host(), port_forward, env, persist, sync_package_on_close)
+
+    def _notebook_host(self) -> NotebookHost:
+        """Where JupyterLab runs and how its port is reached here: this machine for a daemon on it; an SSH
+        cluster connects and forwards through its connection."""
         if not self.is_local:
             raise ClusterUnreachableError(
                 f"{self.name or self.host} is reached directly at {self.host}:{self.server_port}, not over SSH, so "
                 "JupyterLab's port there cannot be forwarded here: use it as an SSH cluster (rh.cluster(ips=..., "
                 "ssh_creds=...)), or run `runhouse notebook here` on that machine"
             )
-        return start_notebook(self, LocalHost(), port_forward, env, persist, sync_package_on_close)
+        return LocalHost()
 
     def teardown(self) -> None:
         """Stop the daemon and its workers, then close the connections (also when stopping failed)."""

@@ -30,7 +30,7 @@ from runhouse.prompts import ask_yes_no
 from runhouse.protocol import LogSink
 from runhouse.resources.clusters.base import CONTROL_TIMEOUT_S, LOCAL_HOSTS, Cluster, progress_log
 from runhouse.resources.clusters.code import SYNC_TIMEOUT_S, RepoShipper, local_wheel
-from runhouse.resources.clusters.notebook import DEFAULT_NOTEBOOK_PORT, NotebookServer, SSHHost, start_notebook
+from runhouse.resources.clusters.notebook import SSHHost
 from runhouse.resources.env import Env
 from runhouse.transport.client import ItemsSink, Response, pinned_ssl_context
 from runhouse.transport.ssh import HostGroup, SSHConnection, SSHCredentials, Tunnel, ssh_config
@@ -388,17 +388,10 @@ class SSHCluster(Cluster):
         """Forward ``local_port`` here to ``remote_port`` on the host; use as a context manager."""
         return self.ssh_connection.forward(remote_port or self.server_port, local_port)
 
-    def notebook(
-        self,
-        persist: bool = False,
-        sync_package_on_close: str | None = None,
-        port_forward: int = DEFAULT_NOTEBOOK_PORT,
-        *,
-        env: Env | str | None = None,
-    ) -> NotebookServer:
-        """:meth:`Cluster.notebook`: JupyterLab on the head node, forwarded through this cluster's SSH connection."""
+    def _notebook_host(self) -> SSHHost:
+        """JupyterLab on the head node, forwarded through this cluster's SSH connection."""
         self._ensure_up()  # connects first: accepting a new host key replaces the connection
-        return start_notebook(self, SSHHost(self.ssh_connection), port_forward, env, persist, sync_package_on_close)
+        return SSHHost(self.ssh_connection)
 
     # --- config --------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
