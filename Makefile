@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/coldstart.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check runhouse tests bench examples
+	$(BIN)/ruff check runhouse tests bench examples scripts
 	$(BIN)/mypy runhouse
 
 clean:

@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from typing_extensions import override
+
 from runhouse.errors import NodeLostError, RunhouseError, WorkerCrashedError
 from runhouse.server.backend import ExitCallback, Layout, NodeInfo, Role, Slot, WorkerHandle, choose_node
 from runhouse.server.channel import WorkerChannel, describe_exit
@@ -263,10 +265,12 @@ class RemoteWorker(WorkerChannel):
         self._memory = 0
         self.node_lost = False
 
+    @override
     @property
     def pid(self) -> int | None:
         return self._pid
 
+    @override
     async def start(self) -> None:
         secret = secrets.token_bytes(SECRET_BYTES)
         connected = self._backend.listener.expect(secret)
@@ -296,16 +300,19 @@ class RemoteWorker(WorkerChannel):
             return exc
         return NodeLostError(f"{where} could not be started: {type(exc).__name__}: {exc}", node=self.slot.ip)
 
+    @override
     async def request(self, meta: dict[str, Any], parts: Sequence[Any] = (), on_log: Any = None) -> Any:
         if meta.get("shm"):  # shared memory is the head's: another node answers in the channel
             meta = {**meta, "shm": False}
         return await super().request(meta, parts, on_log)
 
+    @override
     def kill(self, reason: str) -> None:
         if self.alive and self._actor is not None:
             self.kill_reason = reason
             self._actor.kill.remote()
 
+    @override
     async def _reap(self) -> None:
         """The channel closed: learn from the launcher how the worker ended (none answering: the node is lost),
         then fail what is in flight."""
@@ -320,7 +327,8 @@ class RemoteWorker(WorkerChannel):
         self._end_actor()
         self._exited(f"was lost with its node {self.slot.ip}" if self.node_lost else describe_exit(code))
 
-    def _crash_error(self) -> WorkerCrashedError:
+    @override
+    def crash_error(self) -> WorkerCrashedError:
         where = f"the {self.role} worker of env {self.env_name!r} on node {self.slot.ip} (pid {self._pid})"
         if self.node_lost:
             return NodeLostError(f"{where} was lost with its node {self.slot.ip}", node=self.slot.ip)
@@ -330,6 +338,7 @@ class RemoteWorker(WorkerChannel):
             exit_code=code,
         )
 
+    @override
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         self._on_exit = None
         if self._actor is None:
@@ -348,6 +357,7 @@ class RemoteWorker(WorkerChannel):
 
             ray.kill(self._actor, no_restart=True)
 
+    @override
     def memory(self) -> int:
         import ray
 
@@ -357,6 +367,7 @@ class RemoteWorker(WorkerChannel):
             self._memory = 0
         return self._memory
 
+    @override
     def status(self) -> dict[str, Any]:
         return {
             "env": self.env_name,
