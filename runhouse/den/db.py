@@ -9,7 +9,8 @@ Tables::
     owners           key (PK: the name case-folded), name, kind: "user" | "org"; one row per user and org
     memberships      (org_id -> orgs, user_id -> users) PK, role: "admin" | "member"
     resources        id, address (unique, e.g. /alice/proj/fn), owner, resource_type, public,
-                     current_version, created_at, updated_at
+                     current_version, created_at, updated_at; on PostgreSQL also an index of address
+                     with text_pattern_ops (its prefix LIKE, for folder listings)
     resource_versions id, resource_id -> resources (cascade), version, config (JSON), author, created_at;
                      unique (resource_id, version)
     shares           id, address (a resource or a folder), user_id -> users, access_level: "read" | "write",
@@ -81,6 +82,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    type_coerce,
 )
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import Connection, make_url
@@ -126,6 +128,17 @@ def starts_with(session: Session, column: QueryableAttribute[str] | ColumnElemen
     if session.get_bind().dialect.name == "sqlite":
         return and_(column >= prefix, column < prefix[:-1] + chr(ord(prefix[-1]) + 1))
     return column.startswith(prefix, autoescape=True)
+
+
+def iso_text(session: Session, column: QueryableAttribute[datetime]) -> ColumnElement[str]:
+    """SQL for a stored (naive UTC) time as the text ``runhouse.den.service.iso`` makes of it in Python (ISO
+    8601 with ``+00:00``, no fraction for whole seconds), formatted by the database: for listings, where
+    a thousand ``isoformat`` calls cost over a millisecond. Such texts sort in time order."""
+    if session.get_bind().dialect.name == "sqlite":  # stored as text, 'YYYY-MM-DD HH:MM:SS.ffffff'
+        iso = func.replace(type_coerce(column, String), " ", "T", type_=String)
+    else:
+        iso = func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS.US', type_=String)
+    return func.replace(iso + "+00:00", ".000000+", "+", type_=String)
 
 
 def utcnow() -> datetime:
@@ -381,6 +394,14 @@ def _audit_by_owner(conn: Connection) -> None:
             index.create(conn)
 
 
+def _resource_prefix_index(conn: Connection) -> None:
+    """Migration 7, on PostgreSQL: an index that serves :func:`starts_with` on resource addresses (folder
+    listings), whose LIKE the unique index cannot serve unless the database's collation is C (seen: a scan of
+    all 100,000 resources, 17 ms, for a folder of 100). SQLite's range already runs on the unique index."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("CREATE INDEX ix_resources_address_prefix ON resources (address text_pattern_ops)"))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "users, tokens, orgs, resources, shares, audit log, defaults",
               _create_tables("users", "tokens", _ORGS_1, "memberships", "resources", "resource_versions", _SHARES_1,
@@ -391,6 +412,7 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "clusters: heartbeat keys, launches, last heartbeat, usage per user and hour",
               _create_tables("cluster_keys", "cluster_launches", "cluster_heartbeats", "cluster_usage")),
     Migration(6, "web UI sessions", _create_tables("web_sessions")),
+    Migration(7, "resources by address prefix on PostgreSQL (folder listings)", _resource_prefix_index),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

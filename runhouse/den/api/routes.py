@@ -21,7 +21,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -98,10 +99,17 @@ router = APIRouter(prefix="/v1", responses=_ERRORS)
 """Every route needs ``Authorization: Bearer <token>``; :func:`runhouse.den.app.create_app` includes it."""
 
 
-async def _listing(request: Request, action: Callable[[auth.Caller], dict[str, Any]]) -> JSONResponse:
+def _json_response(content: Any) -> Response:
+    """``content`` as the bytes :class:`JSONResponse` would send (compact, UTF-8, same escapes), made by
+    pydantic-core's encoder, four times faster on a 1,000-entry listing (bench/den.py). NaN and infinities,
+    which JSON lacks, become null, as in pydantic's own JSON (:class:`JSONResponse` refuses them: a 500)."""
+    return Response(to_json(content, inf_nan_mode="null"), media_type="application/json")
+
+
+async def _listing(request: Request, action: Callable[[auth.Caller], dict[str, Any]]) -> Response:
     """The answer of a read whose work grows with the data (a listing, a history, the audit log): its
     database work and its JSON are made in a worker thread, so the event loop keeps serving other requests."""
-    return await run_as_caller(request, lambda caller: JSONResponse(action(caller)), read_only=True, grows=True)
+    return await run_as_caller(request, lambda caller: _json_response(action(caller)), read_only=True, grows=True)
 
 
 # ------------------------------------------------------------------------------------------ resources
