@@ -16,7 +16,9 @@ each into its own file in shared memory (``/dev/shm``) and sends the file's name
 file copy-on-write (so the array is writable and nothing is copied until written) and unlinks it at once.
 A file's name carries its owner (by default the writer's pid; a worker's reply: its pid and the request's
 id), so that when a reader will never come (the writer died before sending the names) whoever knows the
-owner removes them (:func:`remove_shm`); what is left anyway is swept after ``SHM_MAX_AGE_S``.
+owner removes them (:func:`remove_shm`); what is left anyway is swept after ``SHM_MAX_AGE_S``. A worker
+answering direct calls reuses a few files instead (:class:`ShmPool`): their names hold ``-pool-``, and the
+receiver maps them without unlinking, holding a shared lock for as long as it maps them.
 
 Wire layout of one serialized value::
 
@@ -28,6 +30,7 @@ Wire layout of one serialized value::
 
 from __future__ import annotations
 
+import fcntl
 import io
 import itertools
 import mmap
@@ -36,6 +39,7 @@ import pickle
 import re
 import struct
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -63,6 +67,11 @@ OUT_OF_BAND_MIN = 64 * 1024
 _SCAN_DEPTH = 3
 _SCAN_ITEMS = 1000
 _BYTES_ID = "rh-bytes"  # first item of the persistent id of an out-of-band bytes or bytearray
+POOL_MARK = "-pool-"  # in the names of the files a ShmPool reuses: rh-buf-<pid>-pool-<id>
+# A ShmPool keeps at most this many files, none larger than SHM_POOL_MAX_BYTES, and drops one unused this long.
+SHM_POOL_FILES = 4
+SHM_POOL_MAX_BYTES = 1 << 30
+SHM_POOL_IDLE_S = float(os.environ.get("RH_SHM_POOL_IDLE_S", "30"))
 
 
 def shm_available() -> bool:
@@ -92,6 +101,113 @@ def _to_shm(raw: memoryview, owner: str, created: list[str]) -> bytes:
     return name.encode()
 
 
+class _PoolFile:
+    __slots__ = ("name", "path", "fd", "map", "size", "writing", "lent", "used")
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name, self.path, self.fd = name, os.path.join(SHM_DIR, name), fd
+        self.map: mmap.mmap | None = None
+        self.size = 0
+        self.writing = self.lent = False
+        self.used = time.monotonic()
+
+
+class ShmPool:
+    """Shared-memory files a worker reuses for the large buffers of its replies.
+
+    A fresh file per reply costs the kernel allocating and freeing its pages each time (half the time of a
+    100 MiB return, and stalls when memory fragments); a reused file's pages stay, so a reply is one copy.
+
+    A receiver holds a shared ``flock`` on a file for as long as it maps it (:func:`_from_shm`: the lock is
+    on the descriptor its mmap keeps), and the pool writes a file only under the exclusive lock, i.e. when
+    nobody maps it. From the reply going out until the receiver has taken its lock, the file is *lent* to
+    the caller's list: the caller gives it back (:meth:`give_back`) when its receiver has surely locked or
+    dropped it (its next request on a connection, or the connection closed). When every file is in use
+    :meth:`lend` answers None and the reply gets a file of its own.
+    """
+
+    def __init__(self, owner: str, files: int = SHM_POOL_FILES, max_bytes: int = SHM_POOL_MAX_BYTES) -> None:
+        self.owner, self.files, self.max_bytes = owner, files, max_bytes
+        self._pool: list[_PoolFile] = []
+        self._lock = threading.Lock()
+
+    def lend(self, raw: memoryview, lent: list[_PoolFile]) -> bytes | None:
+        """Copy ``raw`` into a free file of the pool and lend it to ``lent``; its name, or None (no file free)."""
+        size = raw.nbytes
+        if size > self.max_bytes:
+            return None
+        with self._lock:
+            entry = self._take(size)
+        if entry is None:
+            return None
+        try:
+            if entry.size != size or entry.map is None:
+                if entry.map is not None:
+                    entry.map.close()
+                    entry.map = None
+                os.ftruncate(entry.fd, size)
+                entry.size = size
+                entry.map = mmap.mmap(entry.fd, size, flags=mmap.MAP_SHARED)
+            entry.map[:size] = raw.cast("B")
+            os.utime(entry.fd)  # a file in use is never swept as abandoned
+        except BaseException:
+            with self._lock:
+                self._drop(entry)
+            raise
+        fcntl.flock(entry.fd, fcntl.LOCK_UN)
+        with self._lock:
+            entry.writing, entry.lent, entry.used = False, True, time.monotonic()
+        lent.append(entry)
+        return entry.name.encode()
+
+    def _take(self, size: int) -> _PoolFile | None:
+        """A file no receiver maps, locked for writing (the lock held; called with ``_lock``)."""
+        for entry in sorted(self._pool, key=lambda e: e.size != size):  # one of the same size needs no resize
+            if entry.writing or entry.lent:
+                continue
+            try:
+                fcntl.flock(entry.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a receiver still maps it
+                continue
+            entry.writing = True
+            return entry
+        if len(self._pool) >= self.files:
+            return None
+        name = f"{SHM_PREFIX}{self.owner}{POOL_MARK}{uuid.uuid4().hex}"
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        entry = _PoolFile(name, fd)
+        entry.writing = True
+        self._pool.append(entry)
+        return entry
+
+    def give_back(self, lent: list[_PoolFile]) -> None:
+        """The receivers of the files in ``lent`` have locked or dropped them: they may be reused once free."""
+        if lent:
+            with self._lock:
+                for entry in lent:
+                    entry.lent = False
+            lent.clear()
+
+    def trim(self, idle_s: float = SHM_POOL_IDLE_S) -> None:
+        """Remove the files unused for ``idle_s`` seconds (a receiver that still maps one keeps its pages)."""
+        cutoff = time.monotonic() - idle_s
+        with self._lock:
+            for entry in [e for e in self._pool if not e.writing and e.used < cutoff]:
+                self._drop(entry)
+
+    def close(self) -> None:
+        """Remove every file of the pool."""
+        self.trim(-1.0)
+
+    def _drop(self, entry: _PoolFile) -> None:
+        self._pool.remove(entry)
+        if entry.map is not None:
+            entry.map.close()
+        os.close(entry.fd)
+        _unlink(entry.path)
+
+
 def _unlink(path: str) -> bool:
     """Remove a file; False when it was already gone."""
     try:
@@ -110,12 +226,16 @@ def _from_shm(name: bytes) -> memoryview:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise SerializationError(f"shared-memory buffer {text} is gone (already read, or swept)") from None
+    pooled = POOL_MARK in text
     try:
+        if pooled:  # held until the mapping goes (its mmap keeps a copy of this descriptor): see ShmPool
+            fcntl.flock(fd, fcntl.LOCK_SH)
         size = os.fstat(fd).st_size
         mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
-        os.unlink(path)
+        if not pooled:
+            os.unlink(path)
     return memoryview(mapped)
 
 
@@ -234,12 +354,17 @@ def _pickle(obj: Any, pickler_cls: type[pickle.Pickler], persistent_id: Persiste
 
 
 def serialize(
-    obj: Any, persistent_id: PersistentId | None = None, shm: bool = False, shm_owner: str | None = None
+    obj: Any,
+    persistent_id: PersistentId | None = None,
+    shm: bool = False,
+    shm_owner: str | None = None,
+    shm_lend: Callable[[memoryview], bytes | None] | None = None,
 ) -> list[Buffer]:
     """Serialize ``obj`` into a list of buffers to be sent back to back (no concatenation copy).
 
     With ``shm=True`` (receiver on this machine), buffers of ``SHM_THRESHOLD`` bytes or more are placed in
-    shared memory, named after ``shm_owner`` (default: this process's pid), and only their names are sent.
+    shared memory, named after ``shm_owner`` (default: this process's pid), and only their names are sent;
+    ``shm_lend`` (a bound :meth:`ShmPool.lend`) places them in reused files when it has one free.
 
     Raises:
         SerializationError: the value cannot be pickled, even by cloudpickle.
@@ -265,7 +390,7 @@ def serialize(
         for buffer in buffers:
             raw = buffer.raw()
             if shm and raw.nbytes >= max(SHM_THRESHOLD, 1):
-                name = _to_shm(raw, owner, created)
+                name = (shm_lend and shm_lend(raw)) or _to_shm(raw, owner, created)
                 head += _LEN.pack(_SHARED | len(name))
                 raws.append(name)
             else:
@@ -290,7 +415,7 @@ def discard(parts: Sequence[Buffer]) -> None:
         (field,) = _LEN.unpack_from(head, _HEAD.size + index * _LEN.size)
         if field & _SHARED:
             name = bytes(parts[2 + index]).decode()
-            if name.startswith(SHM_PREFIX) and "/" not in name:
+            if name.startswith(SHM_PREFIX) and "/" not in name and POOL_MARK not in name:
                 _unlink(os.path.join(SHM_DIR, name))
 
 

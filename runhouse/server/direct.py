@@ -154,11 +154,12 @@ class DirectHub:
 
 
 def _remove_direct_buffers(pid: int) -> int:
-    """Remove the shared-memory buffers worker ``pid`` wrote for replies to direct calls."""
+    """Remove the shared-memory buffers worker ``pid`` wrote for replies to direct calls, its pool's too."""
     prefix = f"{pid}-"
+    pool = f"{pid}{serialization.POOL_MARK[:-1]}"
 
     def direct(owner: str) -> bool:
         rid = owner[len(prefix):]
-        return owner.startswith(prefix) and rid.isdigit() and bool(int(rid) & DIRECT_RID_BIT)
+        return owner == pool or (owner.startswith(prefix) and rid.isdigit() and bool(int(rid) & DIRECT_RID_BIT))
 
     return serialization.remove_shm(direct)

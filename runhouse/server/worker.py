@@ -50,6 +50,8 @@ HELLO_TIMEOUT_S = 5.0
 EVENTS_DELAY_S = 0.05
 # Set in the ids of direct calls: the daemon's request ids never have it.
 DIRECT_RID_BIT = 0x80000000
+# Copies a large reply buffer into reused shared memory and gives its file's name (None: none free).
+_Lend = Callable[[memoryview], "bytes | None"]
 
 
 def _read(stream: Any, n: int) -> bytearray:
@@ -72,10 +74,10 @@ class _CallContext:
     flushes it.
     """
 
-    __slots__ = ("rid", "sinks", "pending", "prefix", "line_start")
+    __slots__ = ("rid", "sinks", "lend", "pending", "prefix", "line_start")
 
-    def __init__(self, rid: int, sinks: Sequence[Callable[[bytes], None]]) -> None:
-        self.rid, self.sinks = rid, sinks
+    def __init__(self, rid: int, sinks: Sequence[Callable[[bytes], None]], lend: _Lend | None = None) -> None:
+        self.rid, self.sinks, self.lend = rid, sinks, lend  # lend: reused shared memory for the reply's buffers
         self.pending = ""
         self.prefix = b""  # what each line starts with: ``[index] `` while a map item runs
         self.line_start = True  # whether the output so far ends a line
@@ -309,15 +311,16 @@ class Worker:
     def _log_frame(self, rid: int, data: bytes) -> None:
         self.send(protocol.LOG, rid, None, [data])
 
-    def execute(self, rid: int, meta: dict, payload: bytearray,
-                sinks: Sequence[Callable[[bytes], None]]) -> tuple[int, dict | None, list, dict | None]:
-        """Run one request as call ``rid`` (cancellable by that id), its output going to ``sinks``.
+    def execute(self, rid: int, meta: dict, payload: bytearray, sinks: Sequence[Callable[[bytes], None]],
+                lend: _Lend | None = None) -> tuple[int, dict | None, list, dict | None]:
+        """Run one request as call ``rid`` (cancellable by that id), its output going to ``sinks`` (and the
+        large buffers of its reply to shared-memory files ``lend`` gives, when it has them).
 
         Returns:
             ``(kind, reply meta, reply parts, error info)``; the error info (None on success) is what the
             ERROR reply carries.
         """
-        ctx = _CallContext(rid, sinks)
+        ctx = _CallContext(rid, sinks, lend)
         token = _current_call.set(ctx)
         info: dict | None = None
         try:
@@ -407,9 +410,10 @@ class Worker:
             return {"stored": store_as}, []
         if meta.get("json"):
             return None, [json.dumps(value, default=repr).encode()]
-        rid = _current_call.get().rid  # type: ignore[union-attr]
-        owner = serialization.request_shm_owner(os.getpid(), rid)  # lets the daemon free them if this worker dies
-        return None, serialization.serialize(value, shm=bool(meta.get("shm")), shm_owner=owner)
+        ctx = _current_call.get()
+        assert ctx is not None
+        owner = serialization.request_shm_owner(os.getpid(), ctx.rid)  # the daemon frees them if this worker dies
+        return None, serialization.serialize(value, shm=bool(meta.get("shm")), shm_owner=owner, shm_lend=ctx.lend)
 
     # --- ops ---------------------------------------------------------------------------------------
     def op_call(self, meta: dict, payload: bytearray | memoryview) -> tuple[dict | None, list]:
@@ -550,6 +554,7 @@ class _DirectServer:
         self._watched: dict[int, int] = {}  # connection fd -> the call it is running
         self._watch_lock = threading.Lock()
         self._open_fds: set[int] = set()
+        self.pool = serialization.ShmPool(str(os.getpid()))
         os.register_at_fork(after_in_child=self._in_forked_child)
 
     def _in_forked_child(self) -> None:
@@ -580,6 +585,7 @@ class _DirectServer:
 
     def _serve(self, conn: socket.socket) -> None:
         fd = conn.fileno()
+        lent: list = []  # the pool's files holding the last reply's buffers, until the client has them
         self._open_fds.add(fd)
         try:
             conn.settimeout(HELLO_TIMEOUT_S)  # a stranger that never says hello is dropped
@@ -597,20 +603,23 @@ class _DirectServer:
                 kind, rid, meta_len, size = protocol.WORKER_HEADER.unpack(
                     _read(stream, protocol.WORKER_HEADER.size)
                 )
+                self.pool.give_back(lent)  # the client read the last reply (and locked its buffers) before this
                 meta = protocol.decode_meta(_read(stream, meta_len)) if meta_len else {}
                 payload = _read(stream, size)
                 if kind != protocol.REQUEST:
                     return
-                self._call(conn, send, rid, meta, payload)
+                self._call(conn, send, rid, meta, payload, functools.partial(self.pool.lend, lent=lent))
         except (EOFError, OSError, ValueError):
             pass
         finally:
+            self.pool.give_back(lent)
             self._open_fds.discard(fd)
             conn.close()
             with self._count_lock:
                 self._connections -= 1
 
-    def _call(self, conn: socket.socket, send: _Sender, rid: int, meta: dict, payload: bytearray) -> None:
+    def _call(self, conn: socket.socket, send: _Sender, rid: int, meta: dict, payload: bytearray,
+              lend: _Lend) -> None:
         name = meta.get("name")
         if name not in self.worker.callables:
             send(protocol.RESULT, rid, {"missing": True}, [])
@@ -626,7 +635,7 @@ class _DirectServer:
         self._watch.register(fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
         try:
             call = {"op": WorkerOp.CALL, "name": name, "method": method, "shm": meta.get("shm")}
-            kind, reply_meta, parts, info = self.worker.execute(drid, call, payload, sinks)
+            kind, reply_meta, parts, info = self.worker.execute(drid, call, payload, sinks, lend)
         finally:
             with self._watch_lock:
                 self._watched.pop(fd, None)
@@ -659,11 +668,13 @@ class _DirectServer:
             self._flush_wanted.set()
 
     def _flusher(self) -> None:
+        """Send the events every EVENTS_DELAY_S while there are any; drop the pool's idle files now and then."""
         while True:
-            self._flush_wanted.wait()
-            time.sleep(EVENTS_DELAY_S)
-            self._flush_wanted.clear()
-            self.flush()
+            if self._flush_wanted.wait(serialization.SHM_POOL_IDLE_S):
+                time.sleep(EVENTS_DELAY_S)
+                self._flush_wanted.clear()
+                self.flush()
+            self.pool.trim()
 
     def flush(self) -> None:
         """Send the events so far to the daemon now."""

@@ -160,6 +160,12 @@ def ones(nbytes):
     return np.ones(nbytes, dtype=np.uint8)
 
 
+def filled(nbytes, value):
+    import numpy as np
+
+    return np.full(nbytes, value, dtype=np.uint8)
+
+
 def checksum(array):
     return int(array.sum()), bool(array.flags.writeable)
 

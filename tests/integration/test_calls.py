@@ -200,9 +200,10 @@ def _args(args, kwargs):
 def _shm_files():
     import os
 
-    from runhouse.serialization import SHM_DIR, SHM_PREFIX
+    from runhouse.serialization import POOL_MARK, SHM_DIR, SHM_PREFIX
 
-    return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)}
+    # A worker's pool files are kept for reuse (bounded; test_fast_paths.py checks they go when idle).
+    return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX) and POOL_MARK not in n}
 
 
 def test_large_arrays_go_through_shared_memory_both_ways_and_leave_nothing(cluster):

@@ -8,6 +8,7 @@ they do through the daemon. Maps: answers come back in order while later items s
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import runhouse as rh
-from runhouse import protocol
+from runhouse import protocol, serialization
 from runhouse.errors import WorkerCrashedError
 from runhouse.transport.direct import Route
 from tests.integration import funcs
@@ -224,3 +225,50 @@ def test_a_forked_child_calls_on_connections_of_its_own(cluster):
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(done[1]) == 0
     assert results == [i + 2 for i in range(300)]
+
+
+def _pool_files(pid: int) -> set[str]:
+    return {name for name in os.listdir(serialization.SHM_DIR)
+            if name.startswith(f"{serialization.SHM_PREFIX}{pid}{serialization.POOL_MARK}")}
+
+
+def test_large_direct_replies_reuse_shared_memory_yet_each_held_result_keeps_its_value(own_cluster):
+    filled = rh.function(funcs.filled).to(own_cluster, name="direct_filled")
+    size = 2 * serialization.SHM_THRESHOLD
+    held = [filled(size, value) for value in range(1, serialization.SHM_POOL_FILES + 3)]  # more than the pool
+    pid = _route(own_cluster, "direct_filled").pid
+    files = _pool_files(pid)
+    assert len(files) == serialization.SHM_POOL_FILES  # all held: the rest got files of their own
+    held[0][:] = 99  # a result is the caller's own: writing it changes nothing the worker reuses
+    for value, array in enumerate(held[1:], 2):
+        assert array.nbytes == size and (array == value).all()
+    del held, array
+    gc.collect()
+    for value in range(100, 110):  # nothing held now: the same files serve every reply
+        assert (filled(size, value) == value).all()
+    assert _pool_files(pid) == files
+    kept = filled(size, 7)
+    assert all((filled(size, v) == v).all() for v in range(8, 20)) and (kept == 7).all()
+    os.kill(pid, signal.SIGKILL)  # a worker that dies leaves no pool behind (the daemon removes its files)
+    deadline = time.monotonic() + 15
+    while _pool_files(pid):
+        assert time.monotonic() < deadline, f"the dead worker's pool files stayed: {_pool_files(pid)}"
+        time.sleep(0.05)
+    assert (kept == 7).all()  # a result still held outlives its file
+
+
+@pytest.fixture
+def quick_pool_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RH_SHM_POOL_IDLE_S", "1")  # read by the workers of the daemon started after this
+
+
+def test_a_workers_pool_files_go_once_idle(quick_pool_trim, own_cluster):
+    filled = rh.function(funcs.filled).to(own_cluster, name="direct_filled")
+    assert (filled(2 * serialization.SHM_THRESHOLD, 5) == 5).all()
+    pid = _route(own_cluster, "direct_filled").pid
+    assert _pool_files(pid)
+    deadline = time.monotonic() + 15
+    while _pool_files(pid):
+        assert time.monotonic() < deadline, "the pool's idle files stayed"
+        time.sleep(0.05)
+    assert (filled(2 * serialization.SHM_THRESHOLD, 6) == 6).all()  # and come back with the next reply

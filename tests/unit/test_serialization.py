@@ -63,6 +63,32 @@ def test_large_bytes_between_processes_go_through_shared_memory():
     assert type(back) is bytes and back == value
 
 
+def test_a_pool_reuses_a_file_only_once_its_receiver_lets_go_and_trims_idle_ones():
+    pool = serialization.ShmPool(f"{os.getpid()}test", files=2)
+    size = 2 * serialization.SHM_THRESHOLD
+    lent: list = []
+    try:
+        parts = serialization.serialize(np.full(size, 1, np.uint8), shm=True, shm_lend=lambda raw: pool.lend(raw, lent))
+        name = bytes(parts[2])
+        assert serialization.POOL_MARK.encode() in name and len(lent) == 1
+        first = serialization.deserialize(serialization.join(parts))
+        pool.give_back(lent)
+        assert os.path.exists(os.path.join(serialization.SHM_DIR, name.decode())), "a pooled file is not unlinked"
+        second = pool.lend(memoryview(np.full(size, 2, np.uint8)), lent)
+        assert second is not None and second != name  # the first is still mapped: another file
+        assert pool.lend(memoryview(np.full(size, 3, np.uint8)), lent) is None  # both lent: none free
+        assert (first == 1).all()
+        del first
+        pool.give_back(lent)
+        assert pool.lend(memoryview(np.full(size, 4, np.uint8)), lent) in (name, second)  # let go: reused
+        held = serialization.deserialize(serialization.join([parts[0], parts[1], lent[0].name.encode()]))
+        pool.trim(-1.0)  # idle files go, lent or not; a mapping keeps its pages
+        assert not [n for n in os.listdir(serialization.SHM_DIR) if n.startswith(f"rh-buf-{os.getpid()}test")]
+        assert (held == 4).all()
+    finally:
+        pool.close()
+
+
 def test_out_of_band_bytes_and_persistent_ids_travel_together():
     class Handle:
         key = "k1"
