@@ -179,7 +179,11 @@ def worker_frame_head(kind: int, rid: int, meta: bytes, payload_len: int) -> byt
 def send_worker_frame(sock: socket.socket, kind: int, rid: int, meta: dict[str, Any] | None, parts: list) -> None:
     """Write one worker frame to ``sock``: a small one in one write (one wake-up of the reader), a large one
     part by part, never copied. Callers that share ``sock`` between threads hold their own lock around it."""
-    meta_bytes = encode_meta(meta) if meta else b""
+    send_encoded_worker_frame(sock, kind, rid, encode_meta(meta) if meta else b"", parts)
+
+
+def send_encoded_worker_frame(sock: socket.socket, kind: int, rid: int, meta_bytes: bytes, parts: list) -> None:
+    """:func:`send_worker_frame` with the meta already encoded (:func:`encode_meta`)."""
     size = sum(memoryview(part).nbytes for part in parts)
     head = worker_frame_head(kind, rid, meta_bytes, size)
     if size < SMALL_FRAME_BYTES:
@@ -212,6 +216,11 @@ class FrameAssembler:
         self._fields: tuple = ()
         self._body: bytearray | None = None
         self._filled = 0
+
+    @property
+    def idle(self) -> bool:
+        """Whether no frame is partly read."""
+        return self._body is None and not self._head
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)

@@ -368,13 +368,12 @@ def _call_direct(
         except BaseException:  # no such object, say: the arguments' shared-memory files will never be read
             serialization.discard(parts)
             raise
-        calls.routes[name] = Route(found["address"], found["pid"], found["methods"]) if found else None
+        calls.routes[name] = Route(name, found["address"], found["pid"], found["methods"]) if found else None
     route = calls.routes[name]
     if route is None or method not in route.methods:
         return None
-    meta = {"name": name, "method": method, "stream_logs": stream_logs, "shm": system.shares_memory}
     try:
-        return calls.call(route, meta, parts, on_log)
+        return calls.call(route, method, stream_logs, system.shares_memory, parts, on_log)
     except Unroutable:
         calls.forget(name)
         return None

@@ -243,6 +243,7 @@ class Worker:
         self._loop: Any = None  # an asyncio loop on its own thread, started by the first coroutine
         self._loop_lock = threading.Lock()
         self._running: dict[int, Any] = {}  # rid -> thread ident, or asyncio task of a coroutine
+        self._raised: set[int] = set()  # calls a cancellation was raised into (their thread may still hold it)
         self._ops: dict[str, Callable[[dict, bytearray], tuple[dict | None, list]]] = {
             WorkerOp.CALL: self.op_call,
             WorkerOp.DEPLOY: self.op_deploy,
@@ -347,7 +348,9 @@ class Worker:
         """Mark the call done; after this no cancellation can reach this thread (a pending one is cleared)."""
         with self._cancel_lock:
             self._running.pop(rid, None)
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
+            if rid in self._raised:
+                self._raised.discard(rid)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
 
     def _cancel(self, rid: int) -> None:
         with self._cancel_lock:
@@ -358,6 +361,7 @@ class Worker:
                 self._loop.call_soon_threadsafe(target.cancel)
             else:
                 exc = ctypes.py_object(CallCancelledError)
+                self._raised.add(rid)
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), exc)
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -551,7 +555,7 @@ class _DirectServer:
         self._flush_lock = threading.Lock()
         self._flush_wanted = threading.Event()
         self._watch = select.epoll()
-        self._watched: dict[int, int] = {}  # connection fd -> the call it is running
+        self._watched: dict[int, tuple[int, socket.socket]] = {}  # connection fd -> the call it runs, and it
         self._watch_lock = threading.Lock()
         self._open_fds: set[int] = set()
         self.pool = serialization.ShmPool(str(os.getpid()))
@@ -599,6 +603,8 @@ class _DirectServer:
             conn.settimeout(None)
             send = _Sender(conn)
             send(protocol.RESULT, 0, None, [])
+            lend = functools.partial(self.pool.lend, lent=lent)
+            self._watch.register(fd, select.EPOLLRDHUP | select.EPOLLONESHOT)  # the client going away, once
             while True:
                 kind, rid, meta_len, size = protocol.WORKER_HEADER.unpack(
                     _read(stream, protocol.WORKER_HEADER.size)
@@ -608,7 +614,7 @@ class _DirectServer:
                 payload = _read(stream, size)
                 if kind != protocol.REQUEST:
                     return
-                self._call(conn, send, rid, meta, payload, functools.partial(self.pool.lend, lent=lent))
+                self._call(send, conn, rid, meta, payload, lend)
         except (EOFError, OSError, ValueError):
             pass
         finally:
@@ -618,7 +624,7 @@ class _DirectServer:
             with self._count_lock:
                 self._connections -= 1
 
-    def _call(self, conn: socket.socket, send: _Sender, rid: int, meta: dict, payload: bytearray,
+    def _call(self, send: _Sender, conn: socket.socket, rid: int, meta: dict, payload: bytearray,
               lend: _Lend) -> None:
         name = meta.get("name")
         if name not in self.worker.callables:
@@ -631,15 +637,13 @@ class _DirectServer:
         self.event(("start", drid, name, method, time.time(), len(payload)))
         fd = conn.fileno()
         with self._watch_lock:
-            self._watched[fd] = drid
-        self._watch.register(fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
+            self._watched[fd] = (drid, conn)
         try:
             call = {"op": WorkerOp.CALL, "name": name, "method": method, "shm": meta.get("shm")}
             kind, reply_meta, parts, info = self.worker.execute(drid, call, payload, sinks, lend)
         finally:
             with self._watch_lock:
                 self._watched.pop(fd, None)
-            self._watch.unregister(fd)
         self.event(("end", drid, info, time.time(), serialization.serialized_size(parts)))
         send(kind, rid, reply_meta, parts)
 
@@ -648,11 +652,13 @@ class _DirectServer:
         while True:
             for fd, _ in self._watch.poll():
                 with self._watch_lock:
-                    drid = self._watched.pop(fd, None)
-                if drid is not None:
-                    self.worker._cancel(drid)
-                    self.event(("cancelled", drid))
-                    self.flush()
+                    running = self._watched.get(fd)
+                    if running is None or not _hung_up(running[1]):  # (a later connection on a reused fd)
+                        continue
+                    drid = self._watched.pop(fd)[0]
+                self.worker._cancel(drid)
+                self.event(("cancelled", drid))
+                self.flush()
 
     # --- events ------------------------------------------------------------------------------------
     def _output(self, drid: int, data: bytes) -> None:
@@ -683,6 +689,16 @@ class _DirectServer:
                 batch, self._events = self._events, []
             if batch:
                 self.worker.send(protocol.EVENTS, 0, {"events": batch}, [])
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the client of a connection running a call closed it (it sends nothing while its call runs)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 class _Sender:

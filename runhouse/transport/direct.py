@@ -42,13 +42,23 @@ class WorkerGone(Exception):
 
 
 class Route:
-    """Where an object's calls go: a worker's listener ``address`` (``@name``: abstract), its ``pid``, and the
-    methods that may be called there."""
+    """Where the calls of object ``name`` go: a worker's listener ``address`` (``@name``: abstract), its
+    ``pid``, and the methods that may be called there."""
 
-    __slots__ = ("address", "pid", "methods")
+    __slots__ = ("name", "address", "pid", "methods", "_metas")
 
-    def __init__(self, address: str, pid: int, methods: Sequence[str]) -> None:
-        self.address, self.pid, self.methods = address, pid, frozenset(methods)
+    def __init__(self, name: str, address: str, pid: int, methods: Sequence[str]) -> None:
+        self.name, self.address, self.pid, self.methods = name, address, pid, frozenset(methods)
+        self._metas: dict[tuple[str, bool, bool], bytes] = {}
+
+    def meta(self, method: str, stream_logs: bool, shm: bool) -> bytes:
+        """The encoded meta of a call of ``method`` (made once per kind of call)."""
+        key = (method, stream_logs, shm)
+        encoded = self._metas.get(key)
+        if encoded is None:
+            meta = {"name": self.name, "method": method, "stream_logs": stream_logs, "shm": shm}
+            encoded = self._metas[key] = protocol.encode_meta(meta)
+        return encoded
 
 
 class _Connection:
@@ -85,6 +95,16 @@ class _Connection:
     def _receive(self) -> tuple[int, dict, bytearray]:
         self.final = None
         view = memoryview(self.buffer)
+        count = self.sock.recv_into(view)
+        head = protocol.WORKER_HEADER.size
+        if count >= head and self.frames.idle:  # the usual reply: one whole frame in one read
+            kind, _, meta_len, size = protocol.WORKER_HEADER.unpack_from(view)
+            if kind != protocol.LOG and head + meta_len + size == count:
+                meta = protocol.decode_meta(view[head : head + meta_len]) if meta_len else {}
+                return kind, meta, bytearray(view[head + meta_len : count])
+        if count == 0:
+            raise EOFError("the worker closed the connection")
+        self.frames.feed(view[:count])
         while self.final is None:
             count = self.sock.recv_into(view)
             if count == 0:
@@ -101,8 +121,8 @@ class _Connection:
         except OSError:
             return True
 
-    def call(self, meta: dict[str, Any], parts: Sequence[Any], on_log: protocol.LogSink | None) -> Response:
-        protocol.send_worker_frame(self.sock, protocol.REQUEST, next(self.ids) & 0xFFFFFFFF, meta, list(parts))
+    def call(self, meta: bytes, parts: Sequence[Any], on_log: protocol.LogSink | None) -> Response:
+        protocol.send_encoded_worker_frame(self.sock, protocol.REQUEST, next(self.ids) & 0xFFFFFFFF, meta, list(parts))
         self.on_log = on_log
         kind, reply_meta, payload = self._receive()
         if reply_meta.get("missing"):
@@ -142,9 +162,9 @@ class DirectCalls(Closeable):
         for conn in connections:
             conn.close()
 
-    def call(self, route: Route, meta: dict[str, Any], parts: Sequence[Any],
+    def call(self, route: Route, method: str, stream_logs: bool, shm: bool, parts: Sequence[Any],
              on_log: protocol.LogSink | None) -> Response:
-        """Send one call along ``route``.
+        """Send one call of ``method`` along ``route``.
 
         Raises:
             Unroutable: nothing ran; send the call through the daemon.
@@ -166,7 +186,7 @@ class DirectCalls(Closeable):
             with self._lock:
                 self._all.append(conn)
         try:
-            return conn.call(meta, parts, on_log)
+            return conn.call(route.meta(method, stream_logs, shm), parts, on_log)
         except Unroutable:
             raise
         except (OSError, EOFError) as exc:
