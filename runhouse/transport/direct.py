@@ -17,6 +17,7 @@ import itertools
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +27,12 @@ from runhouse.lifetime import Closeable
 from runhouse.transport.client import Response
 
 _RECV_CHUNK = 256 * 1024
+# How long the only call in flight in this process polls for its reply before it sleeps until it comes: a
+# thread woken from sleep (its CPU from idle) adds tens of microseconds to a call that takes about a hundred.
+# Concurrent calls never poll (they would take the CPU the worker needs); 0 turns polling off.
+SPIN_S = float(os.environ.get("RH_DIRECT_SPIN_US", "60")) / 1e6
 _everyone: weakref.WeakSet[DirectCalls] = weakref.WeakSet()
+_in_flight = 0  # direct calls in flight in this process
 
 
 class Unroutable(Exception):
@@ -92,10 +98,10 @@ class _Connection:
         meta = protocol.decode_meta(memoryview(body)[:meta_len]) if meta_len else {}
         self.final = (kind, meta, body[meta_len:] if meta_len else body)
 
-    def _receive(self) -> tuple[int, dict, bytearray]:
+    def _receive(self, spin: float = 0.0) -> tuple[int, dict, bytearray]:
         self.final = None
         view = memoryview(self.buffer)
-        count = self.sock.recv_into(view)
+        count = self._first_read(view, spin) if spin else self.sock.recv_into(view)
         head = protocol.WORKER_HEADER.size
         if count >= head and self.frames.idle:  # the usual reply: one whole frame in one read
             kind, _, meta_len, size = protocol.WORKER_HEADER.unpack_from(view)
@@ -112,6 +118,15 @@ class _Connection:
             self.frames.feed(view[:count])
         return self.final
 
+    def _first_read(self, view: memoryview, spin: float) -> int:
+        deadline = time.perf_counter() + spin
+        while True:
+            try:
+                return self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if time.perf_counter() >= deadline:
+                    return self.sock.recv_into(view)
+
     def stale(self) -> bool:
         """Whether the worker closed this kept-alive connection (it exited) before this call was sent."""
         try:
@@ -121,10 +136,10 @@ class _Connection:
         except OSError:
             return True
 
-    def call(self, meta: bytes, parts: Sequence[Any], on_log: protocol.LogSink | None) -> Response:
+    def call(self, meta: bytes, parts: Sequence[Any], on_log: protocol.LogSink | None, spin: float) -> Response:
         protocol.send_encoded_worker_frame(self.sock, protocol.REQUEST, next(self.ids) & 0xFFFFFFFF, meta, list(parts))
         self.on_log = on_log
-        kind, reply_meta, payload = self._receive()
+        kind, reply_meta, payload = self._receive(spin)
         if reply_meta.get("missing"):
             raise Unroutable()
         return Response(kind, payload, {})
@@ -185,8 +200,10 @@ class DirectCalls(Closeable):
             conns[route.address] = conn
             with self._lock:
                 self._all.append(conn)
+        global _in_flight
+        _in_flight += 1  # (a race of two threads here only costs a poll, or one not made)
         try:
-            return conn.call(route.meta(method, stream_logs, shm), parts, on_log)
+            return conn.call(route.meta(method, stream_logs, shm), parts, on_log, SPIN_S if _in_flight == 1 else 0.0)
         except Unroutable:
             raise
         except (OSError, EOFError) as exc:
@@ -195,6 +212,8 @@ class DirectCalls(Closeable):
         except BaseException:  # e.g. Ctrl-C mid-call: closing the connection cancels the call in the worker
             self._drop(conns, route.address, conn)
             raise
+        finally:
+            _in_flight -= 1
 
     def _drop(self, conns: dict[str, _Connection], address: str, conn: _Connection) -> None:
         conns.pop(address, None)
@@ -205,6 +224,8 @@ class DirectCalls(Closeable):
 
 
 def _after_fork() -> None:
+    global _in_flight
+    _in_flight = 0  # the parent's calls in flight are not this child's
     for calls in list(_everyone):
         calls._forked()
 

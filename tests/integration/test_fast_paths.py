@@ -272,3 +272,14 @@ def test_a_workers_pool_files_go_once_idle(quick_pool_trim, own_cluster):
         assert time.monotonic() < deadline, "the pool's idle files stayed"
         time.sleep(0.05)
     assert (filled(2 * serialization.SHM_THRESHOLD, 6) == 6).all()  # and come back with the next reply
+
+
+def test_waiting_for_a_reply_burns_no_cpu_beyond_a_brief_poll(cluster):
+    slow = rh.function(funcs.slow_pid).to(cluster, name="direct_slow_pid")
+    slow(0)
+    _route(cluster, "direct_slow_pid")
+    before = time.process_time()
+    slow(0.5)  # alone: polls its reply for RH_DIRECT_SPIN_US (60 µs), then sleeps until it comes
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: slow(0.5), range(4)))
+    assert time.process_time() - before < 0.25, "waiting for replies burnt CPU"
