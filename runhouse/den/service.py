@@ -454,13 +454,14 @@ def list_folder(caller: Caller, text: str) -> dict[str, Any]:
     # Core, not the ORM's result machinery; every row is a child or lies below one.
     rows = caller.session.connection().execute(query).all()
     cut = len(prefix)
-    resources: dict[str, tuple[str, str]] = {}  # name -> (resource_type, updated_at)
+    resources: dict[str, dict[str, str]] = {}  # name -> its entry
     folders: dict[str, str] = {}  # name -> updated_at of its latest resource
     for address, resource_type, updated_at in rows:
         name = address[cut:]
         slash = name.find("/")
         if slash < 0:
-            resources[name] = (resource_type, updated_at)
+            resources[name] = {"name": name, "address": address, "kind": "resource", "resource_type": resource_type,
+                               "updated_at": updated_at}
         else:
             name = name[:slash]
             if folders.get(name, "") < updated_at:
@@ -471,9 +472,7 @@ def list_folder(caller: Caller, text: str) -> dict[str, Any]:
             entries.append({"name": name, "address": prefix + name, "kind": "folder", "resource_type": "folder",
                             "updated_at": folders[name]})
         if name in resources:
-            resource_type, updated_at = resources[name]
-            entries.append({"name": name, "address": prefix + name, "kind": "resource",
-                            "resource_type": resource_type, "updated_at": updated_at})
+            entries.append(resources[name])
     return {"folder": str(folder), "entries": entries}
 
 
