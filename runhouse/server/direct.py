@@ -107,11 +107,12 @@ class DirectHub:
     def on_events(self, worker: WorkerChannel, events: list[tuple]) -> None:
         runs, idle, metrics = self.runtime.runs, self.runtime.idle, self.runtime.metrics
         open_runs = self._open.setdefault(worker, {})
+        received = sent = 0
         for event in events:
             what, drid = event[0], event[1]
             if what == "start":
-                _, _, name, method, started_at, received = event
-                metrics.bytes_in.inc(received)
+                _, _, name, method, started_at, size = event
+                received += size
                 started = runs.start(name, method, CALL, worker.env_name, worker.pid, DAEMON_CALLER, None)
                 started.started_at = started_at
                 open_runs[drid] = started
@@ -124,13 +125,15 @@ class DirectHub:
             elif what == "end":
                 run = open_runs.pop(drid, None)
                 if run is not None:
-                    _, _, info, ended_at, sent = event
-                    metrics.bytes_out.inc(sent)
+                    _, _, info, ended_at, size = event
+                    sent += size
                     status, error = ended_with(info) if info else (DONE, None)
                     runs.finish(run, status, error, ended_at)
                     idle.end()
             elif what == "cancelled":
                 asyncio.get_running_loop().call_later(CANCEL_GRACE_S, self._kill_if_running, worker, drid)
+        metrics.bytes_in.inc(received)
+        metrics.bytes_out.inc(sent)
 
     def _kill_if_running(self, worker: WorkerChannel, drid: int) -> None:
         if drid in self._open.get(worker, {}):
