@@ -6,8 +6,9 @@ opened with a HELLO frame carrying the daemon's token and kept alive. Frames are
 frames of :mod:`runhouse.protocol`. See :mod:`runhouse.server.direct` for what goes direct and what does not.
 
 A route that no longer leads anywhere (the worker restarted, the object moved or is gone) costs nothing
-but the fallback: connecting fails, or the worker answers ``missing`` without running anything, and the
-call goes through the daemon, which routes the next one afresh. A connection that closes mid-call means
+but the fallback: connecting or sending fails (a Unix socket whose other end has closed refuses data at
+once), or the worker answers ``missing`` without running anything, and the call goes through the daemon,
+which routes the next one afresh. A connection that closes mid-call means
 the worker died: :class:`WorkerGone` says so and the caller asks the daemon for the crash error.
 """
 
@@ -37,6 +38,10 @@ _in_flight = 0  # direct calls in flight in this process
 
 class Unroutable(Exception):
     """The call cannot go direct (nothing was run): send it through the daemon."""
+
+
+class _NotSent(Exception):
+    """Sending failed: the worker's end of a kept-alive connection was closed (a Unix socket says so at once)."""
 
 
 class WorkerGone(Exception):
@@ -127,17 +132,12 @@ class _Connection:
                 if time.perf_counter() >= deadline:
                     return self.sock.recv_into(view)
 
-    def stale(self) -> bool:
-        """Whether the worker closed this kept-alive connection (it exited) before this call was sent."""
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-
     def call(self, meta: bytes, parts: Sequence[Any], on_log: protocol.LogSink | None, spin: float) -> Response:
-        protocol.send_encoded_worker_frame(self.sock, protocol.REQUEST, next(self.ids) & 0xFFFFFFFF, meta, list(parts))
+        try:
+            protocol.send_encoded_worker_frame(self.sock, protocol.REQUEST, next(self.ids) & 0xFFFFFFFF, meta,
+                                               list(parts))
+        except OSError as exc:  # the worker's end is closed (it exited): the call never reached a worker
+            raise _NotSent() from exc
         self.on_log = on_log
         kind, reply_meta, payload = self._receive(spin)
         if reply_meta.get("missing"):
@@ -189,9 +189,6 @@ class DirectCalls(Closeable):
         if conns is None:
             conns = self._local.conns = {}
         conn = conns.get(route.address)
-        if conn is not None and conn.stale():
-            self._drop(conns, route.address, conn)
-            raise Unroutable()
         if conn is None:
             try:
                 conn = _Connection(route.address, self.token)
@@ -206,6 +203,9 @@ class DirectCalls(Closeable):
             return conn.call(route.meta(method, stream_logs, shm), parts, on_log, SPIN_S if _in_flight == 1 else 0.0)
         except Unroutable:
             raise
+        except _NotSent as exc:
+            self._drop(conns, route.address, conn)
+            raise Unroutable() from exc
         except (OSError, EOFError) as exc:
             self._drop(conns, route.address, conn)
             raise WorkerGone(route.pid) from exc

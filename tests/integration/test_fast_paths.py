@@ -283,3 +283,17 @@ def test_waiting_for_a_reply_burns_no_cpu_beyond_a_brief_poll(cluster):
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: slow(0.5), range(4)))
     assert time.process_time() - before < 0.25, "waiting for replies burnt CPU"
+
+
+def test_a_worker_that_died_between_calls_is_routed_around_without_an_error(own_cluster):
+    pid_of = rh.function(funcs.pid).to(own_cluster, name="direct_pid")
+    first = pid_of()
+    _route(own_cluster, "direct_pid")  # the kept-alive connection now leads to a worker about to die
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while any(w["pid"] == first and w["alive"] for w in own_cluster.status()["workers"]):  # the daemon saw it go
+        assert time.monotonic() < deadline, "the daemon still lists the killed worker"
+        time.sleep(0.05)
+    second = pid_of()  # the send failed, nothing ran: the call went through the daemon
+    assert second != first
+    assert pid_of() == second and _route(own_cluster, "direct_pid").pid == second  # then direct to the new one
