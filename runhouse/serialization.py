@@ -54,6 +54,7 @@ VERSION = 1
 _HEAD = struct.Struct("!BI")
 _LEN = struct.Struct("!Q")
 _SHARED = 1 << 63
+_NO_BUFFERS = _HEAD.pack(VERSION, 0)
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "rh-buf-"
@@ -67,6 +68,7 @@ OUT_OF_BAND_MIN = 64 * 1024
 _SCAN_DEPTH = 3
 _SCAN_ITEMS = 1000
 _BYTES_ID = "rh-bytes"  # first item of the persistent id of an out-of-band bytes or bytearray
+_SCALARS_MAX_ITEMS = 32  # a container this large is not looked through for the scalars-only fast path
 POOL_MARK = "-pool-"  # in the names of the files a ShmPool reuses: rh-buf-<pid>-pool-<id>
 # A ShmPool keeps at most this many files, none larger than SHM_POOL_MAX_BYTES, and drops one unused this long.
 SHM_POOL_FILES = 4
@@ -285,6 +287,26 @@ PersistentLoad = Callable[[Any], Any]
 SCALAR_TYPES = frozenset({int, float, str, bool, type(None), complex})
 
 
+def _all_scalars(obj: Any, depth: int = 2) -> bool:
+    """Whether ``obj`` is a scalar, or a small tuple, list or dict of them (within ``depth`` levels: a call's
+    ``(args, kwargs)``): nothing in it can be large, a ref, or code, so plain pickle is all it needs."""
+    kind = type(obj)
+    scalars = SCALAR_TYPES
+    if kind in scalars:
+        return True
+    if depth == 0 or (kind is not tuple and kind is not list and kind is not dict) or len(obj) > _SCALARS_MAX_ITEMS:
+        return False
+    if kind is dict:
+        for key, value in obj.items():
+            if type(key) not in scalars or (type(value) not in scalars and not _all_scalars(value, depth - 1)):
+                return False
+        return True
+    for item in obj:
+        if type(item) not in scalars and not _all_scalars(item, depth - 1):
+            return False
+    return True
+
+
 def _holds_large_bytes(obj: Any, depth: int = _SCAN_DEPTH) -> bool:
     """Whether ``obj`` is, or holds within ``depth`` levels of tuples, lists and dict values (looking at the
     first ``_SCAN_ITEMS`` of each), a ``bytes`` or ``bytearray`` of :data:`OUT_OF_BAND_MIN` bytes or more.
@@ -369,6 +391,9 @@ def serialize(
     Raises:
         SerializationError: the value cannot be pickled, even by cloudpickle.
     """
+    if _all_scalars(obj):  # the common small call and result: no buffers, no hooks, no look for __main__
+        main = pickle.dumps(obj, protocol=5)
+        return [_NO_BUFFERS + _LEN.pack(len(main)), main]
     try:
         main, buffers = _pickle(obj, pickle.Pickler, persistent_id)
         by_value = bool(_NAMES_MAIN.search(main))

@@ -40,7 +40,8 @@ class Function(remote.Deployable):
     @property
     def is_async(self) -> bool:
         """Whether calls return awaitables (the function is ``async def``)."""
-        return bool(self.info.get("is_async", inspect.iscoroutinefunction(self.code)))
+        known = self.info.get("is_async")
+        return bool(known) if known is not None else inspect.iscoroutinefunction(self.code)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call on the cluster and return the result (awaitable when the function is ``async def``)."""

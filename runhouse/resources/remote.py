@@ -288,19 +288,8 @@ def _pack(system: Cluster, value: Any, refs: list[str], kept: bool = False) -> l
             raise SerializationError(f"{obj!r} lives on another cluster; pass rh.get(ref) instead")
         return None
 
-    look_for_refs = persistent_id if not _plain_call(value) else None  # plain values: pickle's all-C path
-    return serialization.serialize(value, look_for_refs, shm=system.shares_memory and not kept)
-
-
-_PLAIN = serialization.SCALAR_TYPES | {bytes}  # bytes may be large, but hold no ref
-
-
-def _plain_call(value: Any) -> bool:
-    """Whether ``value`` is ``(args, kwargs)`` of plain scalars and strings only (so it holds no ref)."""
-    if type(value) is not tuple or len(value) != 2 or type(value[0]) is not tuple or type(value[1]) is not dict:
-        return False
-    plain = _PLAIN
-    return all(type(a) in plain for a in value[0]) and all(type(v) in plain for v in value[1].values())
+    # (a call of plain scalars takes pickle's all-C path in serialize: nothing in it can be a ref)
+    return serialization.serialize(value, persistent_id, shm=system.shares_memory and not kept)
 
 
 def _same_daemon(a: Cluster, b: Cluster) -> bool:

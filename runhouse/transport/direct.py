@@ -82,7 +82,7 @@ class _Connection:
         except OSError:
             self.sock.close()
             raise
-        self.buffer = bytearray(_RECV_CHUNK)
+        self.view = memoryview(bytearray(_RECV_CHUNK))
         self.final: tuple[int, dict, bytearray] | None = None
         self.on_log: protocol.LogSink | None = None
         self.frames = protocol.FrameAssembler(protocol.WORKER_HEADER, lambda f: f[2] + f[3], self._on_frame)
@@ -105,7 +105,7 @@ class _Connection:
 
     def _receive(self, spin: float = 0.0) -> tuple[int, dict, bytearray]:
         self.final = None
-        view = memoryview(self.buffer)
+        view = self.view
         count = self._first_read(view, spin) if spin else self.sock.recv_into(view)
         head = protocol.WORKER_HEADER.size
         if count >= head and self.frames.idle:  # the usual reply: one whole frame in one read
