@@ -16,11 +16,26 @@ def nbytes(arr):
     return int(arr.nbytes)
 
 
+_MADE_IN_S: list = []  # how long each ones() took to make its array, in this worker
+
+
 def ones(n=100 * MIB):
     """An ``n``-byte uint8 array of ones: the work is making it and sending it back."""
+    import time
+
     import numpy as np
 
-    return np.ones(n, dtype=np.uint8)
+    began = time.perf_counter()
+    array = np.ones(n, dtype=np.uint8)
+    _MADE_IN_S.append(time.perf_counter() - began)
+    return array
+
+
+def made_in_s():
+    """Seconds each ones() call in this worker spent making its array (and forget them)."""
+    times = list(_MADE_IN_S)
+    _MADE_IN_S.clear()
+    return times
 
 
 _KEPT: dict = {}

@@ -15,8 +15,9 @@ What is measured, for a trivial ``add(a, b)`` deployed by import path from ``ben
 1. warm call latency p50/p99 (sequential calls after a warm-up), with ``stream_logs=False`` and the default;
 2. throughput of 16 caller threads sharing one function handle;
 3. a 100 MiB numpy argument and a 100 MiB numpy return, in MB/s (MB = 10^6 bytes), through shared memory
-   as on this machine (the median and the worst of the runs); and the argument in the HTTP request body, as
-   from another host;
+   as on this machine (the median and the worst of the runs; for the return, also how long the function
+   took to make its array in the worker, and the rest); and the argument in the HTTP request body, as from
+   another host;
 4. cold deploy to first result (a function never deployed before) and re-deploy of unchanged code;
 5. daemon start until ready (``runhouse.resources.clusters.local_daemon.start``);
 6. what recording every call as a run costs: p50 and throughput again on a daemon started with ``RH_RUNS=0``
@@ -301,11 +302,17 @@ def bench_ours(rh, daemon, cfg: Config, R: Results, started: list[int], state: P
         print(f"  argument, MB/s per run: {mbps_runs(times)}")
         R.ours("arg", C.mb_per_s(BIG, C.median(times)))
         R.ours("arg_worst", C.mb_per_s(BIG, max(times)))
+        made_in = rh.function(_funcs.made_in_s).to(cluster)
         back = ones(BIG, stream_logs=False)
         assert back.nbytes == BIG and back[0] == 1 and back[-1] == 1
         del back
+        made_in()
         times = C.timed_runs(lambda: ones(BIG, stream_logs=False), cfg.big_runs, warmup=0)
+        making = made_in()
         print(f"  return, MB/s per run: {mbps_runs(times)}")
+        print(f"    of which the function making its array in the worker, ms per run: "
+              f"{', '.join(f'{t * 1e3:.0f}' for t in making)}; the rest (runhouse), MB/s per run: "
+              f"{mbps_runs([t - m for t, m in zip(times, making, strict=True)])}")
         R.ours("ret", C.mb_per_s(BIG, C.median(times)))
         R.ours("ret_worst", C.mb_per_s(BIG, max(times)))
         # As from another host: no shared memory, all 100 MiB in the request body the daemon reads.
