@@ -118,7 +118,7 @@ class ShmPool:
     """Shared-memory files a worker reuses for the large buffers of its replies.
 
     A fresh file per reply costs the kernel allocating and freeing its pages each time (half the time of a
-    100 MiB return, and stalls when memory fragments); a reused file's pages stay, so a reply is one copy.
+    100 MiB return); a reused file's pages stay, so a reply is one copy into memory already there.
 
     A receiver holds a shared ``flock`` on a file for as long as it maps it (:func:`_from_shm`: the lock is
     on the descriptor its mmap keeps), and the pool writes a file only under the exclusive lock, i.e. when
@@ -289,7 +289,7 @@ SCALAR_TYPES = frozenset({int, float, str, bool, type(None), complex})
 
 def _all_scalars(obj: Any, depth: int = 2) -> bool:
     """Whether ``obj`` is a scalar, or a small tuple, list or dict of them (within ``depth`` levels: a call's
-    ``(args, kwargs)``): nothing in it can be large, a ref, or code, so plain pickle is all it needs."""
+    ``(args, kwargs)``): nothing in it goes out of band, is a ref, or is code, so plain pickle is all it needs."""
     kind = type(obj)
     scalars = SCALAR_TYPES
     if kind in scalars:
