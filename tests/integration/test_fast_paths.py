@@ -297,3 +297,21 @@ def test_a_worker_that_died_between_calls_is_routed_around_without_an_error(own_
     second = pid_of()  # the send failed, nothing ran: the call went through the daemon
     assert second != first
     assert pid_of() == second and _route(own_cluster, "direct_pid").pid == second  # then direct to the new one
+
+
+def test_many_callers_of_large_results_each_get_their_own_values(cluster):
+    filled = rh.function(funcs.filled).to(cluster, name="direct_filled_many")
+    size = 2 * serialization.SHM_THRESHOLD
+
+    def caller(base: int) -> bool:
+        kept = []
+        for step in range(12):
+            value = (base * 16 + step) % 251
+            kept = [*kept[-2:], (value, filled(size, value))]  # a few held while more arrive
+            if not all(array[0] == v and array[-1] == v and (array == v).all() for v, array in kept):
+                return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(caller, range(8)))
+    assert len(_pool_files(_route(cluster, "direct_filled_many").pid)) <= serialization.SHM_POOL_FILES
