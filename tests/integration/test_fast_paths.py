@@ -3,7 +3,9 @@
 Direct calls: a client on the daemon's machine calls the env's main worker straight. The daemon stays the
 token gate and the control plane: these tests check that calls really go direct, that a connection without
 the daemon's token gets nothing, and that runs, crashes, cancellation and moved or restarted objects behave as
-they do through the daemon. Maps: answers come back in order while later items still run.
+they do through the daemon; that a worker gone between calls is routed around; that large results come
+through the worker's reused shared memory without one caller's result ever changing under it. Maps: answers
+come back in order while later items still run.
 """
 
 from __future__ import annotations
