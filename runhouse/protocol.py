@@ -184,9 +184,7 @@ def send_worker_frame(sock: socket.socket, kind: int, rid: int, meta: dict[str, 
 
 def send_encoded_worker_frame(sock: socket.socket, kind: int, rid: int, meta_bytes: bytes, parts: list) -> None:
     """:func:`send_worker_frame` with the meta already encoded (:func:`encode_meta`)."""
-    size = 0
-    for part in parts:
-        size += len(part) if type(part) is bytes else memoryview(part).nbytes
+    size = serialization.serialized_size(parts)
     head = worker_frame_head(kind, rid, meta_bytes, size)
     if size < SMALL_FRAME_BYTES:
         sock.sendall(b"".join([head, *parts]))

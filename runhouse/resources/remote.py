@@ -25,7 +25,7 @@ from runhouse.resources.clusters.base import print_log
 from runhouse.resources.env import Env, env_name_of
 from runhouse.resources.resource import Resource
 from runhouse.rns.local_store import repo_relative, repo_root
-from runhouse.transport.client import CALL_READ_TIMEOUT_S, Response, answer_wait
+from runhouse.transport.client import CALL_READ_TIMEOUT_S, ItemsSink, Response, answer_wait
 from runhouse.transport.direct import Route, Unroutable, WorkerGone
 
 if TYPE_CHECKING:
@@ -336,7 +336,7 @@ def call(
     if not (refs or remote or enqueue or timeout is not None or meta.get("run_name")):
         response = _call_direct(system, name, method, stream_logs, parts, on_log)
     if response is None:
-        response = _send(system, protocol.call_path(name, method), meta, [parts], on_log, answer_wait(timeout))
+        response = _send(system, protocol.call_path(name, method), meta, parts, [parts], on_log, answer_wait(timeout))
     if remote and response.kind == protocol.RESULT:
         answer = response.value()
         return Ref(answer["ref"], system, answer.get("run_id"))
@@ -374,12 +374,19 @@ def _call_direct(
 
 
 def _send(
-    system: Cluster, path: str, meta: dict[str, Any], values: list[list], on_log: LogSink | None, timeout: float
+    system: Cluster,
+    path: str,
+    meta: dict[str, Any],
+    body: list,
+    values: list[list],
+    on_log: LogSink | None,
+    timeout: float,
+    on_items: ItemsSink | None = None,
 ) -> Response:
-    """Send serialized ``values`` back to back; when the request fails, their shared-memory files are removed
-    (a refused or failed request may leave them unread)."""
+    """Send ``body`` (the serialized ``values``, as parts); when the request fails, the values' shared-memory
+    files are removed (a refused or failed request may leave them unread)."""
     try:
-        return system.request(path, meta, [part for parts in values for part in parts], on_log, timeout)
+        return system.request(path, meta, body, on_log, timeout, on_items)
     except BaseException:
         for parts in values:
             serialization.discard(parts)
@@ -471,12 +478,8 @@ def map_call(
                 results.append(serialization.deserialize(answer))
 
     on_log = _log_sink(name, method) if stream_logs else None
-    try:
-        response = system.request(protocol.control_path(Op.MAP), meta, body, on_log, CALL_READ_TIMEOUT_S, on_items)
-    except BaseException:
-        for parts in with_buffers:
-            serialization.discard(parts)
-        raise
+    response = _send(system, protocol.control_path(Op.MAP), meta, body, with_buffers, on_log, CALL_READ_TIMEOUT_S,
+                     on_items)
     if response.kind == protocol.ERROR:
         response.value()
     if any(isinstance(r, BaseException) for r in results):
